@@ -1,0 +1,1 @@
+"""The yes/no keyword model: its contract, training, evaluation and the shipped artifact."""

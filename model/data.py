@@ -1,0 +1,142 @@
+"""Read the Speech Commands subset into numpy arrays: speech clips by split, and silence clips.
+
+Pure functions (numpy + soundfile only), so training, evaluation and tests share one loader.
+
+Splits: speech clips use the manifest's speaker-disjoint `train` / `val` / `test` splits. The six
+background-noise recordings are not assigned to speakers, so each one is split by TIME instead:
+the first 80% of every file is `train`, the next 10% `val`, the last 10% `test`
+(`NOISE_SPLIT_FRACTIONS`). Silence clips and noise augmentation for a split only ever read that
+split's portion, so test silence never overlaps audio seen in training.
+"""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
+
+MANIFEST_FILE = "manifest.csv"
+SPEECH_SPLITS = ("train", "val", "test")
+NOISE_SPLIT = "noise"
+NOISE_SPLIT_FRACTIONS: dict[str, tuple[float, float]] = {
+    "train": (0.0, 0.8),
+    "val": (0.8, 0.9),
+    "test": (0.9, 1.0),
+}
+SILENCE_LABEL = LABELS.index("silence")
+# Share of silence clips that are near-silent (digital zeros or faint hiss) rather than a noise
+# recording, and the loudness ranges (RMS, full scale = 1) the two kinds are drawn from.
+NEAR_SILENCE_FRACTION = 0.15
+NOISE_RMS_RANGE = (1e-3, 0.15)
+NEAR_SILENCE_RMS_RANGE = (1e-5, 1e-3)
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: str
+    word: str
+    label: str
+    speaker: str
+    split: str
+
+
+def read_manifest(data_dir: str | Path) -> list[ManifestRow]:
+    """All rows of `manifest.csv`, in file order."""
+    with open(Path(data_dir) / MANIFEST_FILE, newline="") as handle:
+        return [ManifestRow(**row) for row in csv.DictReader(handle)]
+
+
+def read_audio(path: str | Path) -> np.ndarray:
+    """A whole mono 16 kHz file as float32 in [-1, 1]."""
+    audio, sample_rate = sf.read(str(path), dtype="float32", always_2d=False)
+    if sample_rate != SAMPLE_RATE or audio.ndim != 1:
+        raise ValueError(f"{path}: expected mono {SAMPLE_RATE} Hz, got {sample_rate} Hz")
+    return audio
+
+
+def fit_to_clip(audio: np.ndarray) -> np.ndarray:
+    """Exactly CLIP_SAMPLES samples: zero-padded at the end if short, cropped if long."""
+    clip = np.zeros(CLIP_SAMPLES, np.float32)
+    kept = audio[:CLIP_SAMPLES]
+    clip[: len(kept)] = kept
+    return clip
+
+
+def load_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The speech clips of one manifest split (`train`, `val` or `test`), in manifest order.
+
+    Returns `(waveforms, labels, paths)`: waveforms float32 [n, 16000] in [-1, 1] (short clips
+    zero-padded at the end), labels int64 [n] indexing LABELS (yes=0, no=1, unknown=2; never
+    silence, which comes from `silence_windows`), and paths relative to `data_dir`.
+    """
+    if split not in SPEECH_SPLITS:
+        raise ValueError(f"split must be one of {SPEECH_SPLITS}, got {split!r}")
+    rows = [row for row in read_manifest(data_dir) if row.split == split]
+    waveforms = np.stack([fit_to_clip(read_audio(Path(data_dir) / row.path)) for row in rows])
+    labels = np.array([LABELS.index(row.label) for row in rows], np.int64)
+    return waveforms, labels, [row.path for row in rows]
+
+
+def load_noise(data_dir: str | Path, split: str) -> list[np.ndarray]:
+    """This split's time portion of each background-noise recording (see module docstring)."""
+    start, end = NOISE_SPLIT_FRACTIONS[split]
+    segments = []
+    for row in read_manifest(data_dir):
+        if row.split == NOISE_SPLIT:
+            audio = read_audio(Path(data_dir) / row.path)
+            segments.append(audio[int(start * len(audio)) : int(end * len(audio))])
+    return segments
+
+
+def random_noise_windows(
+    noise_segments: list[np.ndarray], n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """n random 1 s windows, each from a uniformly chosen segment, at the recording's own level."""
+    windows = np.empty((n, CLIP_SAMPLES), np.float32)
+    for i in range(n):
+        segment = noise_segments[rng.integers(len(noise_segments))]
+        start = rng.integers(len(segment) - CLIP_SAMPLES + 1)
+        windows[i] = segment[start : start + CLIP_SAMPLES]
+    return windows
+
+
+def rms(waveforms: np.ndarray) -> np.ndarray:
+    """Root-mean-square level of each row, shape [n, 1] for broadcasting."""
+    return np.sqrt(np.mean(np.square(waveforms), axis=-1, keepdims=True))
+
+
+def log_uniform(rng: np.random.Generator, low: float, high: float, n: int) -> np.ndarray:
+    """n values spread evenly in log scale, since loudness is perceived logarithmically."""
+    return np.exp(rng.uniform(np.log(low), np.log(high), n))
+
+
+def make_silence(noise_segments: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """n silence-class clips: noise windows at random loudness, plus some near-silent ones.
+
+    A share NEAR_SILENCE_FRACTION are near-silent: half digital zeros, half faint Gaussian hiss.
+    The rest are noise-recording windows rescaled to an RMS drawn log-uniformly from
+    NOISE_RMS_RANGE (the recordings' own levels differ by 100x, so they are normalised first).
+    """
+    n_near = round(n * NEAR_SILENCE_FRACTION)
+    n_noise = n - n_near
+    noise = random_noise_windows(noise_segments, n_noise, rng)
+    target_rms = log_uniform(rng, *NOISE_RMS_RANGE, n_noise)[:, None]
+    noise = noise * (target_rms / np.maximum(rms(noise), 1e-8))
+    hiss_rms = log_uniform(rng, *NEAR_SILENCE_RMS_RANGE, n_near)[:, None]
+    near = rng.standard_normal((n_near, CLIP_SAMPLES)) * hiss_rms
+    near[: n_near // 2] = 0.0
+    clips = np.concatenate([noise, near]).astype(np.float32)
+    return np.clip(clips[rng.permutation(n)], -1.0, 1.0)
+
+
+def silence_windows(data_dir: str | Path, split: str, n: int, seed: int) -> np.ndarray:
+    """Deterministic silence-class clips for one split: float32 [n, 16000] in [-1, 1].
+
+    Random 1 s windows from this split's time portion of the background-noise recordings (first
+    80% of each file for `train`, next 10% `val`, last 10% `test`), rescaled to random loudness,
+    plus a share of near-silent clips (zeros and faint hiss). Same arguments, same array.
+    """
+    return make_silence(load_noise(data_dir, split), n, np.random.default_rng(seed))

@@ -1,0 +1,82 @@
+"""Write the trained model as a plain-TensorFlow SavedModel plus metadata.json and the data licence.
+
+Keras 3 cannot reload SavedModels, so the artifact is a `tf.Module` with one explicit serving
+signature; consumers need only `tf.saved_model.load` (see model/serving.py).
+"""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model.contract import CLIP_SAMPLES, INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE
+
+LICENSE_FILE = "LICENSE"
+DATA_LICENSE_FILE = "DATA_LICENSE"
+# The only entries an artifact directory may hold; anything else means --out points elsewhere.
+ARTIFACT_ENTRIES = {
+    "saved_model.pb", "fingerprint.pb", "variables", "assets", METADATA_FILE, DATA_LICENSE_FILE
+}
+
+
+class ServingModule(tf.Module):
+    """Waveforms in, softmax probabilities out, under the names fixed in model/contract.py."""
+
+    def __init__(self, model: keras.Model):
+        super().__init__()
+        self.model = model
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, CLIP_SAMPLES], tf.float32, name=INPUT_NAME)]
+    )
+    def serve(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_NAME: tf.nn.softmax(self.model(waveform, training=False))}
+
+
+def clear_artifact_dir(out_dir: Path) -> None:
+    """Empty a previous artifact directory, refusing to delete a directory that is not one."""
+    if not out_dir.exists():
+        return
+    unexpected = {entry.name for entry in out_dir.iterdir()} - ARTIFACT_ENTRIES
+    if unexpected:
+        raise FileExistsError(f"{out_dir} holds non-artifact files {sorted(unexpected)}")
+    shutil.rmtree(out_dir)
+
+
+def model_version(out_dir: Path) -> str:
+    """Content hash of the SavedModel: sha256 over saved_model.pb and the variables files' bytes,
+    in sorted relative-path order. metadata.json is excluded, so adding metrics keeps it."""
+    files = [out_dir / "saved_model.pb", *(out_dir / "variables").rglob("*")]
+    digest = hashlib.sha256()
+    for path in sorted((p for p in files if p.is_file()), key=lambda p: p.relative_to(out_dir)):
+        digest.update(path.read_bytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def export_saved_model(model: keras.Model, out_dir: Path, check_waveforms: np.ndarray) -> float:
+    """Save the serving SavedModel to out_dir, reload it with plain TensorFlow and check it
+    reproduces the Keras model on check_waveforms. Returns the largest probability difference."""
+    clear_artifact_dir(out_dir)
+    module = ServingModule(model)
+    tf.saved_model.save(module, str(out_dir), signatures={SIGNATURE: module.serve})
+    signature = tf.saved_model.load(str(out_dir)).signatures[SIGNATURE]
+    reloaded = signature(**{INPUT_NAME: tf.constant(check_waveforms)})[OUTPUT_NAME].numpy()
+    expected = tf.nn.softmax(model(check_waveforms, training=False)).numpy()
+    difference = float(np.max(np.abs(reloaded - expected)))
+    if difference > 1e-4:
+        raise RuntimeError(f"reloaded SavedModel differs from the Keras model by {difference}")
+    return difference
+
+
+def write_metadata(out_dir: Path, metadata: dict) -> None:
+    """metadata.json, pretty-printed so that diffs between versions are readable."""
+    (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def copy_data_license(data_dir: Path, out_dir: Path) -> None:
+    """The dataset is CC BY 4.0: its attribution has to travel with the derived model."""
+    shutil.copyfile(data_dir / LICENSE_FILE, out_dir / DATA_LICENSE_FILE)

@@ -1,0 +1,43 @@
+"""Log-mel spectrogram as a Keras layer made of TensorFlow ops.
+
+It sits inside the exported model, so training and serving compute identical features and no
+consumer ever needs a separate feature extractor.
+"""
+
+import keras
+import tensorflow as tf
+
+from model.contract import CLIP_SAMPLES, SAMPLE_RATE
+
+WINDOW_SAMPLES = 480  # 30 ms
+HOP_SAMPLES = 160  # 10 ms
+FFT_LENGTH = 512
+MEL_BINS = 40
+LOWER_HZ = 20.0
+UPPER_HZ = 7600.0
+LOG_OFFSET = 1e-6  # keeps log finite on digital silence
+FRAMES = 1 + (CLIP_SAMPLES - WINDOW_SAMPLES) // HOP_SAMPLES  # 98
+
+
+class LogMelSpectrogram(keras.layers.Layer):
+    """[batch, samples] waveform -> [batch, FRAMES, MEL_BINS, 1] log-mel magnitudes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.mel_matrix = tf.signal.linear_to_mel_weight_matrix(
+            num_mel_bins=MEL_BINS,
+            num_spectrogram_bins=FFT_LENGTH // 2 + 1,
+            sample_rate=SAMPLE_RATE,
+            lower_edge_hertz=LOWER_HZ,
+            upper_edge_hertz=UPPER_HZ,
+        )
+
+    def call(self, waveforms: tf.Tensor) -> tf.Tensor:
+        stft = tf.signal.stft(
+            waveforms, frame_length=WINDOW_SAMPLES, frame_step=HOP_SAMPLES, fft_length=FFT_LENGTH
+        )
+        mel = tf.matmul(tf.abs(stft), self.mel_matrix)
+        return tf.math.log(mel + LOG_OFFSET)[..., tf.newaxis]
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], FRAMES, MEL_BINS, 1)

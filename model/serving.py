@@ -1,0 +1,39 @@
+"""Load the exported model with plain TensorFlow and score batches of waveforms."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from model.contract import CLIP_SAMPLES, INPUT_NAME, LABELS, METADATA_FILE, OUTPUT_NAME, SIGNATURE
+
+
+class KeywordModel:
+    """The SavedModel's serving signature behind a numpy-in, numpy-out call.
+
+    Loaded with `tf.saved_model.load`, not Keras: Keras 3 cannot reload a SavedModel.
+    """
+
+    def __init__(self, artifact_dir: str | Path):
+        import tensorflow as tf  # imported here so that importing this module stays cheap
+
+        self.artifact_dir = Path(artifact_dir)
+        self.metadata = json.loads((self.artifact_dir / METADATA_FILE).read_text())
+        if tuple(self.metadata["labels"]) != LABELS:
+            raise ValueError(f"{self.artifact_dir}: labels {self.metadata['labels']} != {LABELS}")
+        self._tf = tf
+        self._loaded = tf.saved_model.load(str(self.artifact_dir))
+        self._signature = self._loaded.signatures[SIGNATURE]
+
+    @property
+    def version(self) -> str:
+        return self.metadata["model_version"]
+
+    def predict(self, waveforms: np.ndarray) -> np.ndarray:
+        """Probabilities float32 [n, 4] for waveforms float32 [n, CLIP_SAMPLES]."""
+        if waveforms.ndim != 2 or waveforms.shape[1] != CLIP_SAMPLES:
+            raise ValueError(f"expected [n, {CLIP_SAMPLES}] waveforms, got {waveforms.shape}")
+        if len(waveforms) == 0:
+            return np.zeros((0, len(LABELS)), np.float32)
+        batch = self._tf.constant(waveforms, dtype=self._tf.float32)
+        return self._signature(**{INPUT_NAME: batch})[OUTPUT_NAME].numpy()

@@ -1,0 +1,66 @@
+"""From window probabilities to one output row per file: the Parquet contract lives here."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from model.contract import LABELS
+
+KEYWORDS = ("yes", "no")
+SCORE_COLUMNS = tuple(f"score_{label}" for label in LABELS)
+
+ROW_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        *(pa.field(column, pa.float32()) for column in SCORE_COLUMNS),
+        pa.field("duration_s", pa.float32()),
+        pa.field("sample_rate", pa.int32()),
+        pa.field("channels", pa.int32()),
+        pa.field("error", pa.string()),
+        pa.field("model_version", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    """What is known about a file before scoring; everything but `path` may be unknown."""
+
+    path: str
+    duration_s: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    error: str | None = None
+
+
+def pick_window(probabilities: np.ndarray) -> int:
+    """The window whose keyword (yes or no) score is highest.
+
+    A file is `yes` if some window is confidently `yes`; a file with no keyword window still
+    reports its most keyword-like window, whose own top class is then `unknown` or `silence`.
+    """
+    keyword_columns = [LABELS.index(keyword) for keyword in KEYWORDS]
+    return int(np.argmax(probabilities[:, keyword_columns].max(axis=1)))
+
+
+def make_row(info: RecordingInfo, probabilities: np.ndarray | None, model_version: str) -> dict:
+    """One output row; `probabilities` is [windows, 4], or None for a file that failed."""
+    row = {
+        "path": info.path,
+        "duration_s": info.duration_s,
+        "sample_rate": info.sample_rate,
+        "channels": info.channels,
+        "error": info.error,
+        "model_version": model_version,
+        "label": None,
+        **dict.fromkeys(SCORE_COLUMNS),
+    }
+    if probabilities is not None:
+        scores = probabilities[pick_window(probabilities)]
+        row["label"] = LABELS[int(np.argmax(scores))]
+        row.update(
+            {column: float(score) for column, score in zip(SCORE_COLUMNS, scores, strict=True)}
+        )
+    return row

@@ -1,0 +1,37 @@
+"""Install the `model` and `pipeline` packages, the shipped model, and the `yesno-label` command."""
+
+from setuptools import setup
+
+# Tested together on Python 3.11 (CPU): apache-beam 2.77.0, tensorflow-cpu 2.21.0 (Keras 3.15.1),
+# numpy 2.4.6, pyarrow 25.0.1, protobuf 6.33.6, soundfile 0.14.0, soxr 1.1.0.
+# The caps are Beam 2.77's own (numpy < 2.5, pyarrow < 26, protobuf < 7).
+INSTALL_REQUIRES = [
+    "apache-beam>=2.77,<2.78",
+    "tensorflow-cpu>=2.21,<2.22",
+    "numpy>=1.26,<2.5",
+    "pyarrow>=14,<26",
+    "protobuf>=4.25,<7",
+    "soundfile>=0.12",
+    "soxr>=0.3",
+]
+
+setup(
+    name="yesno-label",
+    version="0.1.0",
+    description="Batch yes/no keyword labelling of WAV recordings with Apache Beam and TensorFlow",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=["model", "pipeline"],
+    package_data={
+        "model": [
+            "README.md",
+            "artifacts/yesno/*",
+            "artifacts/yesno/variables/*",
+        ]
+    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    entry_points={"console_scripts": ["yesno-label=pipeline.cli:main"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,149 @@
+"""Decoding, downmixing, resampling and windowing, on recordings generated here."""
+
+import io
+import struct
+
+import numpy as np
+import pytest
+import soundfile
+
+from model.audio import (
+    WINDOW_HOP,
+    AudioError,
+    DecodedAudio,
+    decode,
+    split_windows,
+    to_model_rate,
+)
+from model.contract import CLIP_SAMPLES, SAMPLE_RATE
+from tests.wavs import tone
+
+SUBTYPES = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"]
+RATES = [8_000, 11_025, 16_000, 22_050, 44_100, 48_000, 96_000]
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sample_rate, subtype=subtype, format="WAV")
+    return buffer.getvalue()
+
+
+def dominant_frequency(mono: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(mono * np.hanning(len(mono))))
+    return float(np.argmax(spectrum) * SAMPLE_RATE / len(mono))
+
+
+@pytest.mark.parametrize("subtype", SUBTYPES)
+def test_every_pcm_and_float_subtype_decodes_to_the_same_tone(subtype):
+    original = tone(440, 0.5, 16_000, amplitude=0.5)
+    audio = decode(wav_bytes(original, 16_000, subtype))
+    assert audio.sample_rate == 16_000
+    assert audio.channels == 1
+    assert audio.samples.dtype == np.float32
+    tolerance = 1 / 64 if subtype == "PCM_U8" else 1e-3
+    np.testing.assert_allclose(audio.samples[:, 0], original, atol=tolerance)
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_any_rate_is_resampled_to_16k_keeping_length_and_pitch(rate):
+    audio = decode(wav_bytes(tone(1000, 1.5, rate), rate))
+    mono = to_model_rate(audio)
+    assert abs(len(mono) - 1.5 * SAMPLE_RATE) <= 1
+    assert abs(dominant_frequency(mono) - 1000) < 5
+    assert np.sqrt(np.mean(mono[1000:-1000] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+
+
+def test_resampling_filters_out_frequencies_above_the_new_nyquist_instead_of_aliasing():
+    # A 10 kHz tone at 48 kHz cannot exist at 16 kHz; naive decimation would fold it to 6 kHz.
+    mono = to_model_rate(DecodedAudio(tone(10_000, 1.0, 48_000)[:, np.newaxis], 48_000))
+    interior = mono[1_000:-1_000]  # away from the filter's start-up and tail transients
+    assert np.sqrt(np.mean(interior**2)) < 0.5 * 10 ** (-60 / 20)
+
+
+@pytest.mark.parametrize("channels", [2, 3, 6, 8])
+def test_multichannel_audio_is_downmixed_by_averaging(channels):
+    left = tone(500, 1.0, 16_000, amplitude=0.4)
+    samples = np.zeros((len(left), channels), np.float32)
+    samples[:, 0] = left  # sound on one channel only, silence on the rest
+    audio = decode(wav_bytes(samples, 16_000, "PCM_24"))
+    assert audio.channels == channels
+    np.testing.assert_allclose(to_model_rate(audio), left / channels, atol=1e-4)
+
+
+def test_duration_and_format_facts_are_reported():
+    audio = decode(wav_bytes(np.zeros((22_050 * 3, 2), np.float32), 22_050))
+    assert audio.duration_s == pytest.approx(3.0)
+    assert (audio.sample_rate, audio.channels) == (22_050, 2)
+
+
+def test_float_samples_beyond_full_scale_are_clipped():
+    audio = decode(wav_bytes(np.full(100, 4.0, np.float32), 16_000, "FLOAT"))
+    assert to_model_rate(audio).max() == 1.0
+
+
+def wav_header_claiming(frames: int) -> bytes:
+    """A 16-bit mono 16 kHz WAV header whose data chunk claims `frames` frames."""
+    data_size = frames * 2
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_size)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 16_000, 32_000, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_size)
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"", "empty_file"),
+        (b"this is a text file, not audio\n" * 10, "unreadable_audio"),
+        (wav_bytes(tone(440, 1, 16_000), 16_000)[:20], "unreadable_audio"),
+        (wav_header_claiming(0), "no_samples"),
+        (
+            wav_bytes(np.array([0.1, np.nan, 0.2], np.float32), 16_000, "FLOAT"),
+            "non_finite_samples",
+        ),
+        (
+            wav_bytes(np.array([0.1, np.inf, 0.2], np.float32), 16_000, "FLOAT"),
+            "non_finite_samples",
+        ),
+        (wav_bytes(np.array([0.1, -np.inf], np.float64), 16_000, "DOUBLE"), "non_finite_samples"),
+    ],
+    ids=["empty", "text", "truncated-header", "zero-samples", "nan", "inf", "double-inf"],
+)
+def test_bad_input_raises_a_clear_audio_error(data, kind):
+    with pytest.raises(AudioError) as raised:
+        decode(data)
+    assert raised.value.kind == kind
+    assert str(raised.value).startswith(f"{kind}: ")
+
+
+def test_short_audio_becomes_one_window_padded_evenly():
+    windows = split_windows(np.ones(8_000, np.float32))
+    assert windows.shape == (1, CLIP_SAMPLES)
+    assert windows[0, :4_000].sum() == 0 and windows[0, -4_000:].sum() == 0
+    assert windows[0, 4_000:12_000].min() == 1
+
+
+def test_exactly_one_second_is_one_window_unchanged():
+    mono = np.random.default_rng(0).uniform(-1, 1, CLIP_SAMPLES).astype(np.float32)
+    np.testing.assert_array_equal(split_windows(mono), mono[np.newaxis])
+
+
+@pytest.mark.parametrize("length", [CLIP_SAMPLES + 1, 24_000, 40_000, 60 * SAMPLE_RATE])
+def test_long_audio_slides_half_second_windows_that_cover_every_sample(length):
+    mono = np.arange(length, dtype=np.float32)
+    windows = split_windows(mono)
+    assert windows.shape[1] == CLIP_SAMPLES
+    starts = windows[:, 0].astype(int)
+    assert starts[0] == 0 and windows[-1, -1] == length - 1  # first sample, last sample
+    assert np.all(np.diff(starts)[:-1] == WINDOW_HOP)
+    assert 0 < np.diff(starts)[-1] <= WINDOW_HOP
+    for window, start in zip(windows, starts, strict=True):
+        np.testing.assert_array_equal(window, mono[start : start + CLIP_SAMPLES])
+
+
+def test_a_minute_costs_about_120_windows():
+    assert len(split_windows(np.zeros(60 * SAMPLE_RATE, np.float32))) == 119

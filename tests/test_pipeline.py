@@ -1,0 +1,175 @@
+"""The Beam job end to end on a folder of real and broken recordings, in and across processes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soxr
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+
+from model.contract import DEFAULT_ARTIFACT
+from model.data import read_audio, read_manifest
+from pipeline.cli import main, read_model_version
+from pipeline.labels import ROW_SCHEMA
+from pipeline.transforms import label_pipeline
+from tests.wavs import tone, write_wav
+
+ERROR_KINDS = {
+    "empty.wav": "empty_file",
+    "text.wav": "unreadable_audio",
+    "truncated.wav": "unreadable_audio",
+    "no_frames.wav": "no_samples",
+    "nan.wav": "non_finite_samples",
+}
+
+
+def first_test_clip(data_dir: Path, word: str) -> np.ndarray:
+    row = next(r for r in read_manifest(data_dir) if r.split == "test" and r.word == word)
+    return read_audio(data_dir / row.path)
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory, data_dir) -> Path:
+    """Real test-split words in many formats, a long recording, silence, and broken files."""
+    folder = tmp_path_factory.mktemp("recordings")
+    yes, no, go = (first_test_clip(data_dir, word) for word in ("yes", "no", "go"))
+    resampled_yes = soxr.resample(yes, 16_000, 44_100)
+    write_wav(folder / "yes_16k.wav", yes, 16_000)
+    write_wav(
+        folder / "yes_44k_stereo.wav", np.stack([resampled_yes] * 2, axis=1), 44_100, "PCM_24"
+    )
+    write_wav(folder / "nested" / "deeper" / "NO_UPPER.WAV", no, 16_000, "FLOAT")
+    write_wav(folder / "go.wav", go, 16_000, "PCM_32")
+    padding = np.zeros(40_000, np.float32)
+    write_wav(folder / "no_late_in_6s.wav", np.concatenate([padding, no, padding]), 16_000)
+    write_wav(folder / "hum.wav", tone(50, 0.3, 8_000, amplitude=0.01), 8_000, "PCM_U8")
+    (folder / "notes.txt").write_text("not audio, and not named .wav: ignored")
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "text.wav").write_text("hello, I am a text file\n" * 20)
+    (folder / "truncated.wav").write_bytes((folder / "yes_16k.wav").read_bytes()[:30])
+    write_wav(folder / "no_frames.wav", np.zeros(0, np.float32), 16_000)
+    write_wav(folder / "nan.wav", np.array([0.0, np.nan, 0.1] * 100, np.float32), 16_000, "FLOAT")
+    return folder
+
+
+def wav_files(folder: Path) -> list[str]:
+    return sorted(str(path) for path in folder.rglob("*") if path.suffix.lower() == ".wav")
+
+
+def check_rows(expected_paths: list[str]):
+    def check(rows):
+        by_name = {Path(row["path"]).name: row for row in rows}
+        assert sorted(row["path"] for row in rows) == expected_paths
+        for name, row in by_name.items():
+            if name in ERROR_KINDS:
+                assert row["label"] is None and row["score_yes"] is None
+                assert row["error"].startswith(ERROR_KINDS[name] + ": ")
+            else:
+                assert row["error"] is None, row
+                assert row["label"] in {"yes", "no", "unknown", "silence"}
+
+    return check
+
+
+def test_pipeline_in_process_gives_one_row_per_file(recordings, tmp_path):
+    with TestPipeline(runner=fn_runner.FnApiRunner()) as pipeline:
+        rows = label_pipeline(
+            pipeline,
+            input_path=str(recordings),
+            output_dir=str(tmp_path / "out"),
+            model_dir=DEFAULT_ARTIFACT,
+            model_version=read_model_version(DEFAULT_ARTIFACT),
+            batch_size=4,  # small batches: many batches, long files spanning several
+        )
+        assert_that(rows, check_rows(wav_files(recordings)))
+
+
+def read_output(output: Path) -> list[dict]:
+    table = pq.read_table(output)
+    assert table.schema.remove_metadata() == ROW_SCHEMA.remove_metadata()
+    return sorted(table.to_pylist(), key=lambda row: row["path"])
+
+
+@pytest.fixture(scope="module")
+def in_process_rows(recordings, tmp_path_factory) -> list[dict]:
+    output = tmp_path_factory.mktemp("in_process")
+    assert main(["--input", str(recordings), "--output", str(output)]) == 0
+    return read_output(output)
+
+
+def test_cli_writes_the_parquet_contract(in_process_rows, recordings, capsys):
+    check_rows(wav_files(recordings))(in_process_rows)
+    by_name = {Path(row["path"]).name: row for row in in_process_rows}
+    stereo = by_name["yes_44k_stereo.wav"]
+    assert (stereo["sample_rate"], stereo["channels"]) == (44_100, 2)
+    assert by_name["no_late_in_6s.wav"]["duration_s"] == pytest.approx(6.0, abs=0.01)
+    assert {row["model_version"] for row in in_process_rows} == {
+        read_model_version(DEFAULT_ARTIFACT)
+    }
+    for row in in_process_rows:
+        if row["error"] is None:
+            scores = [row[f"score_{label}"] for label in ("yes", "no", "unknown", "silence")]
+            assert sum(scores) == pytest.approx(1, abs=1e-4)
+
+
+def test_a_format_or_rate_change_barely_moves_the_scores(in_process_rows):
+    by_name = {Path(row["path"]).name: row for row in in_process_rows}
+    original, converted = by_name["yes_16k.wav"], by_name["yes_44k_stereo.wav"]
+    assert converted["label"] == original["label"]
+    assert converted["score_yes"] == pytest.approx(original["score_yes"], abs=0.05)
+
+
+def test_a_keyword_late_in_a_long_recording_is_found(in_process_rows):
+    by_name = {Path(row["path"]).name: row for row in in_process_rows}
+    assert by_name["no_late_in_6s.wav"]["label"] == by_name["NO_UPPER.WAV"]["label"]
+
+
+def test_rerun_to_the_same_output_replaces_it(recordings, tmp_path, capsys):
+    output = tmp_path / "out"
+    for _ in range(2):
+        assert main(["--input", str(recordings / "nested"), "--output", str(output)]) == 0
+    assert len(pq.read_table(output)) == 1
+    assert "1 files" in capsys.readouterr().out
+
+
+def test_installed_command_multi_process_gives_the_same_rows(in_process_rows, recordings, tmp_path):
+    command = Path(sys.executable).parent / "yesno-label"
+    if not command.exists():
+        pytest.fail("yesno-label is not installed: pip install '.[test]'")
+    output = tmp_path / "multi"
+    completed = subprocess.run(
+        [
+            str(command),
+            "--input",
+            str(recordings),
+            "--output",
+            str(output),
+            "--direct_num_workers=2",
+            "--direct_running_mode=multi_processing",
+        ],
+        cwd=tmp_path,  # away from the checkout: the installed package must carry its model
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert f"{len(in_process_rows)} files" in completed.stdout
+    multi_rows = read_output(output)
+    assert [row["path"] for row in multi_rows] == [row["path"] for row in in_process_rows]
+    for multi, single in zip(multi_rows, in_process_rows, strict=True):
+        assert (multi["label"], multi["error"]) == (single["label"], single["error"])
+        for label in ("yes", "no", "unknown", "silence"):
+            if single["error"] is None:
+                assert multi[f"score_{label}"] == pytest.approx(single[f"score_{label}"], abs=1e-5)
+
+
+def test_an_input_that_matches_nothing_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "only.txt").write_text("no recordings here")
+    assert main(["--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "no WAV files match" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
