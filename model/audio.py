@@ -1,10 +1,11 @@
-"""Pure audio functions: decode any soundfile-readable bytes into the model's 1 s windows.
+"""Pure audio functions: read any soundfile-readable recording into the model's 1 s windows.
 
 Shared by the labelling pipeline and by evaluation, so that both see a recording the same way.
 """
 
 import io
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -13,6 +14,8 @@ import soxr
 from model.contract import CLIP_SAMPLES, SAMPLE_RATE
 
 WINDOW_HOP = CLIP_SAMPLES // 2  # 0.5 s between the starts of consecutive windows
+BLOCK_FRAMES = 65_536  # frames decoded at a time: memory follows the output, not the input
+DEFAULT_MAX_DURATION_S = 1_200.0  # 20 min: at most 2,400 windows, about 150 MB of windows
 
 
 class AudioError(ValueError):
@@ -24,40 +27,60 @@ class AudioError(ValueError):
 
 
 @dataclass(frozen=True)
-class DecodedAudio:
-    samples: np.ndarray  # float32 [frames, channels]
-    sample_rate: int
-
-    @property
-    def channels(self) -> int:
-        return self.samples.shape[1]
-
-    @property
-    def duration_s(self) -> float:
-        return self.samples.shape[0] / self.sample_rate
+class Recording:
+    mono: np.ndarray  # float32 at SAMPLE_RATE, in [-1, 1]
+    sample_rate: int  # of the file, before resampling
+    channels: int
+    duration_s: float
 
 
-def decode(data: bytes) -> DecodedAudio:
-    """Decode a whole audio file (WAV, or any container libsndfile reads) to float32 frames."""
-    if not data:
+def read_recording(source: BinaryIO, max_duration_s: float = DEFAULT_MAX_DURATION_S) -> Recording:
+    """Decode a seekable audio file: downmix to mono and resample to 16 kHz, block by block.
+
+    Channels are averaged; resampling uses soxr's high-quality anti-aliasing filter. The file is
+    read in blocks until its data really ends, so a header that claims more frames than the file
+    holds costs nothing, and a recording longer than `max_duration_s` is refused before decoding.
+    """
+    if source.seek(0, io.SEEK_END) == 0:
         raise AudioError("empty_file", "the file has 0 bytes")
+    source.seek(0)
     try:
-        samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(source) as file:
+            sample_rate, channels = file.samplerate, file.channels
+            if file.frames / sample_rate > max_duration_s:
+                raise AudioError(
+                    "too_long",
+                    f"the header says {file.frames / sample_rate:.0f} s; the cap is "
+                    f"{max_duration_s:.0f} s per file (--max_duration_s)",
+                )
+            mono, frames = _decode_mono(file)
+    except AudioError:
+        raise
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         raise AudioError("unreadable_audio", f"not a readable audio file ({error})") from error
-    if samples.shape[0] == 0:
+    if frames == 0:
         raise AudioError("no_samples", "the file holds no audio frames")
-    if not np.isfinite(samples).all():
-        raise AudioError("non_finite_samples", "the audio holds NaN or infinite samples")
-    return DecodedAudio(samples=samples, sample_rate=int(sample_rate))
+    return Recording(mono, sample_rate, channels, frames / sample_rate)
 
 
-def to_model_rate(audio: DecodedAudio) -> np.ndarray:
-    """Mono float32 at 16 kHz: channels averaged, resampled with soxr's anti-aliasing filter."""
-    mono = audio.samples.mean(axis=1, dtype=np.float32)
-    if audio.sample_rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, audio.sample_rate, SAMPLE_RATE, quality="HQ")
-    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+def _decode_mono(file: soundfile.SoundFile) -> tuple[np.ndarray, int]:
+    resampler = (
+        None
+        if file.samplerate == SAMPLE_RATE
+        else soxr.ResampleStream(file.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+    )
+    pieces, frames = [], 0
+    while True:
+        block = file.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        last = len(block) == 0
+        if not np.isfinite(block).all():
+            raise AudioError("non_finite_samples", "the audio holds NaN or infinite samples")
+        frames += len(block)
+        mono = block.mean(axis=1, dtype=np.float32)
+        pieces.append(mono if resampler is None else resampler.resample_chunk(mono, last=last))
+        if last:
+            break
+    return np.clip(np.concatenate(pieces), -1.0, 1.0), frames
 
 
 def split_windows(mono: np.ndarray) -> np.ndarray:

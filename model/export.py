@@ -19,7 +19,12 @@ LICENSE_FILE = "LICENSE"
 DATA_LICENSE_FILE = "DATA_LICENSE"
 # The only entries an artifact directory may hold; anything else means --out points elsewhere.
 ARTIFACT_ENTRIES = {
-    "saved_model.pb", "fingerprint.pb", "variables", "assets", METADATA_FILE, DATA_LICENSE_FILE
+    "saved_model.pb",
+    "fingerprint.pb",
+    "variables",
+    "assets",
+    METADATA_FILE,
+    DATA_LICENSE_FILE,
 }
 
 
@@ -30,9 +35,7 @@ class ServingModule(tf.Module):
         super().__init__()
         self.model = model
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, CLIP_SAMPLES], tf.float32, name=INPUT_NAME)]
-    )
+    @tf.function(input_signature=[tf.TensorSpec([None, CLIP_SAMPLES], tf.float32, name=INPUT_NAME)])
     def serve(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
         return {OUTPUT_NAME: tf.nn.softmax(self.model(waveform, training=False))}
 

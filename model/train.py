@@ -98,10 +98,12 @@ def epoch_examples(
         else:
             chosen.append(members)
     indices = np.concatenate(chosen)
-    waveforms = np.concatenate([
-        augment_speech(speech[indices], noise_segments, rng),
-        make_silence(noise_segments, SILENCE_CLIPS_PER_EPOCH, rng),
-    ])
+    waveforms = np.concatenate(
+        [
+            augment_speech(speech[indices], noise_segments, rng),
+            make_silence(noise_segments, SILENCE_CLIPS_PER_EPOCH, rng),
+        ]
+    )
     targets = np.concatenate([labels[indices], np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_LABEL)])
     order = rng.permutation(len(targets))
     return waveforms[order], targets[order]
@@ -128,12 +130,17 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int) -> None:
     noise_segments = load_noise(data_dir, "train")
 
     model = build_model()
-    examples_per_epoch = 2 * KEYWORD_CLIPS_PER_EPOCH + int(
-        (train_labels == LABELS.index("unknown")).sum()
-    ) + SILENCE_CLIPS_PER_EPOCH
+    examples_per_epoch = (
+        2 * KEYWORD_CLIPS_PER_EPOCH
+        + int((train_labels == LABELS.index("unknown")).sum())
+        + SILENCE_CLIPS_PER_EPOCH
+    )
     total_steps = epochs * -(-examples_per_epoch // BATCH_SIZE)
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, total_steps, alpha=0.01, warmup_target=PEAK_LEARNING_RATE,
+        0.0,
+        total_steps,
+        alpha=0.01,
+        warmup_target=PEAK_LEARNING_RATE,
         warmup_steps=total_steps // 20,
     )
     model.compile(
@@ -146,8 +153,13 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int) -> None:
     for epoch in range(epochs):
         waveforms, targets = epoch_examples(train_speech, train_labels, noise_segments, rng)
         history = model.fit(
-            waveforms, targets, batch_size=BATCH_SIZE, epochs=epoch + 1, initial_epoch=epoch,
-            shuffle=False, verbose=0,
+            waveforms,
+            targets,
+            batch_size=BATCH_SIZE,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=False,
+            verbose=0,
         )
         val_predicted = model.predict(val_waveforms, batch_size=256, verbose=0).argmax(axis=1)
         val_accuracy = float((val_predicted == val_targets).mean())
@@ -165,40 +177,45 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int) -> None:
     print(f"exported to {out_dir}; reloaded SavedModel matches Keras within {difference:.2e}")
     copy_data_license(data_dir, out_dir)
     wall_seconds = time.monotonic() - started
-    write_metadata(out_dir, {
-        "labels": list(LABELS),
-        "sample_rate": SAMPLE_RATE,
-        "clip_samples": CLIP_SAMPLES,
-        "clip_seconds": CLIP_SAMPLES / SAMPLE_RATE,
-        "model_version": model_version(out_dir),
-        "architecture": describe(model),
-        "training": {
-            "data": "Speech Commands subset (Warden 2018, arXiv:1804.03209), CC BY 4.0",
-            "clips": {
-                "train": {
-                    **class_counts(train_labels),
-                    "silence": f"{SILENCE_CLIPS_PER_EPOCH} new windows per epoch",
+    write_metadata(
+        out_dir,
+        {
+            "labels": list(LABELS),
+            "sample_rate": SAMPLE_RATE,
+            "clip_samples": CLIP_SAMPLES,
+            "clip_seconds": CLIP_SAMPLES / SAMPLE_RATE,
+            "model_version": model_version(out_dir),
+            "architecture": describe(model),
+            "training": {
+                "data": "Speech Commands subset (Warden 2018, arXiv:1804.03209), CC BY 4.0",
+                "clips": {
+                    "train": {
+                        **class_counts(train_labels),
+                        "silence": f"{SILENCE_CLIPS_PER_EPOCH} new windows per epoch",
+                    },
+                    "val": {**class_counts(val_labels), "silence": VAL_SILENCE_WINDOWS},
                 },
-                "val": {**class_counts(val_labels), "silence": VAL_SILENCE_WINDOWS},
+                "per_epoch": {
+                    "yes": KEYWORD_CLIPS_PER_EPOCH,
+                    "no": KEYWORD_CLIPS_PER_EPOCH,
+                    "unknown": "all train clips",
+                    "silence": SILENCE_CLIPS_PER_EPOCH,
+                },
+                "silence": "1 s windows of the background-noise files (first 80% of each file for"
+                " train, next 10% val, last 10% test) at random level, plus 15% zeros or"
+                " faint hiss",
+                "seed": seed,
+                "epochs": epochs,
+                "batch_size": BATCH_SIZE,
+                "optimizer": f"Adam, cosine decay from {PEAK_LEARNING_RATE} with 5% warm-up",
+                "augmentation": AUGMENTATION,
+                "selection": "weights of the epoch with the best val accuracy",
+                "best_epoch": best_epoch,
+                "best_val_accuracy": best_accuracy,
+                "wall_seconds": round(wall_seconds, 1),
             },
-            "per_epoch": {
-                "yes": KEYWORD_CLIPS_PER_EPOCH, "no": KEYWORD_CLIPS_PER_EPOCH,
-                "unknown": "all train clips", "silence": SILENCE_CLIPS_PER_EPOCH,
-            },
-            "silence": "1 s windows of the background-noise files (first 80% of each file for"
-                       " train, next 10% val, last 10% test) at random level, plus 15% zeros or"
-                       " faint hiss",
-            "seed": seed,
-            "epochs": epochs,
-            "batch_size": BATCH_SIZE,
-            "optimizer": f"Adam, cosine decay from {PEAK_LEARNING_RATE} with 5% warm-up",
-            "augmentation": AUGMENTATION,
-            "selection": "weights of the epoch with the best val accuracy",
-            "best_epoch": best_epoch,
-            "best_val_accuracy": best_accuracy,
-            "wall_seconds": round(wall_seconds, 1),
         },
-    })
+    )
     metrics = evaluate_artifact(out_dir, data_dir)
     store_metrics(out_dir, metrics)
     print(format_report(metrics))

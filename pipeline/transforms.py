@@ -1,112 +1,68 @@
-"""The labelling job as a few named Beam transforms: match, load, score, write."""
+"""The labelling job as a few named Beam transforms: read paths, group, label, write.
 
-import os
+Batching is done inside `LabelGroup.process` over a GroupByKey of paths, not with BatchElements
+or a sink that emits in `finish_bundle`: some runners (Beam 2.77's DaskRunner) drop elements
+emitted there, and this shape is correct on every runner.
+"""
+
+import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.utils.shared import Shared
 
-from model.audio import AudioError, decode, split_windows, to_model_rate
-from model.contract import CLIP_SAMPLES
 from model.serving import KeywordModel
-from pipeline.labels import ROW_SCHEMA, RecordingInfo, make_row
+from pipeline.labels import make_row
+from pipeline.loading import LoadedRecording, load_recording
+from pipeline.output import group_file, read_path_list, write_parquet
 
-GLOB_CHARACTERS = "*?["
-OUTPUT_PREFIX = "labels"
-
-
-@dataclass(frozen=True)
-class LoadedRecording:
-    info: RecordingInfo
-    windows: np.ndarray  # float32 [n, CLIP_SAMPLES]; no windows when info.error is set
+FILES_PER_GROUP_RANGE = (256, 4_096)  # a group is at least one full batch, at most one file
+TARGET_GROUPS = 16  # enough groups to keep a few workers busy when there is enough work
 
 
-def is_wav(path: str) -> bool:
-    return path.lower().endswith(".wav")
+def groups_for(file_count: int) -> int:
+    """How many groups to split the files into: few for small inputs, more for large ones."""
+    low, high = FILES_PER_GROUP_RANGE
+    files_per_group = min(max(file_count // TARGET_GROUPS, low), high)
+    return max(1, -(-file_count // files_per_group))
 
 
-def list_input(input_path: str) -> Iterator[str]:
-    """Every file an --input names: a glob as given, or a directory's `.wav` files, recursively.
-
-    Local directories are walked here rather than through Beam's listing, which silently skips
-    entries it cannot stat (a broken symlink would otherwise lose its row).
-    """
-    if any(char in input_path for char in GLOB_CHARACTERS):
-        for match in FileSystems.match([input_path])[0].metadata_list:
-            yield match.path
-    elif os.path.isdir(input_path):
-        for directory, _, files in os.walk(input_path):
-            yield from (os.path.join(directory, name) for name in sorted(files) if is_wav(name))
-    elif FileSystems.exists(input_path) and not input_path.endswith("/"):
-        yield input_path
-    else:
-        prefix = input_path.rstrip("/") + "/**"
-        for match in FileSystems.match([prefix])[0].metadata_list:
-            if is_wav(match.path):
-                yield match.path
+def group_of(path: str, num_groups: int) -> int:
+    """A stable group for a path: the same in every worker process and on every retry."""
+    return zlib.crc32(path.encode("utf-8", "surrogateescape")) % num_groups
 
 
-class MatchWavFiles(beam.PTransform):
-    """Paths of the input files, spread across workers (listing happens on one of them)."""
+class ReadPaths(beam.PTransform):
+    """The paths stored in the launcher's path-list files."""
 
-    def __init__(self, input_path: str):
+    def __init__(self, path_lists: list[str]):
         super().__init__()
-        self._input_path = input_path
+        self._path_lists = path_lists
 
     def expand(self, pbegin):
         return (
             pbegin
-            | "Input" >> beam.Create([self._input_path])
-            | "List" >> beam.FlatMap(list_input)
-            | "Redistribute" >> beam.Reshuffle()
+            | "PathLists" >> beam.Create(self._path_lists)
+            | "ReadPathList" >> beam.FlatMap(read_path_list)
         )
-
-
-class LoadAudio(beam.DoFn):
-    """Read, decode and window one file; a file that fails becomes a recording with an error."""
-
-    def process(self, path: str) -> Iterator[LoadedRecording]:
-        no_windows = np.zeros((0, CLIP_SAMPLES), np.float32)
-        try:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
-                data = file.read()
-        except Exception as error:  # noqa: BLE001 - any filesystem failure to read is a row
-            message = f"unreadable_file: {type(error).__name__}: {error}"
-            yield LoadedRecording(RecordingInfo(path, error=message), no_windows)
-            return
-        try:
-            audio = decode(data)
-        except AudioError as error:
-            yield LoadedRecording(RecordingInfo(path, error=str(error)), no_windows)
-            return
-        info = RecordingInfo(
-            path,
-            duration_s=audio.duration_s,
-            sample_rate=audio.sample_rate,
-            channels=audio.channels,
-        )
-        yield LoadedRecording(info, split_windows(to_model_rate(audio)))
 
 
 def load_model(model_dir: str) -> KeywordModel:
     return KeywordModel(model_dir)
 
 
-class ScoreWindows(beam.DoFn):
-    """Score a batch of recordings' windows with one model per worker process.
+class LabelGroup(beam.DoFn):
+    """Load a group's recordings and score their windows in full batches; one row per path.
 
-    The model is loaded once per process through `Shared`, so all threads of a worker use it.
+    The model is loaded once per worker process through `Shared`, and shared by its threads.
     """
 
-    def __init__(self, model_dir: str, batch_size: int):
+    def __init__(self, model_dir: str, model_version: str, batch_size: int, max_duration_s: float):
         self._model_dir = model_dir
+        self._model_version = model_version
         self._batch_size = batch_size
+        self._max_duration_s = max_duration_s
         self._shared_model = Shared()
 
     def setup(self):
@@ -114,77 +70,80 @@ class ScoreWindows(beam.DoFn):
             lambda: load_model(self._model_dir), tag=self._model_dir
         )
 
-    def process(self, batch: list[LoadedRecording]) -> Iterator[tuple[RecordingInfo, np.ndarray]]:
-        windows = np.concatenate([recording.windows for recording in batch])
+    def process(self, element: tuple[int, Iterable[str]]) -> Iterator[tuple[int, list[dict]]]:
+        group, paths = element
+        rows: list[dict] = []
+        pending: list[LoadedRecording] = []
+        pending_windows = 0
+        for path in sorted(paths):
+            recording = load_recording(path, self._max_duration_s)
+            if recording.info.error is not None:
+                rows.append(make_row(recording.info, None, self._model_version))
+                continue
+            pending.append(recording)
+            pending_windows += len(recording.windows)
+            if pending_windows >= self._batch_size:
+                rows.extend(self._score(pending))
+                pending, pending_windows = [], 0
+        rows.extend(self._score(pending))
+        yield group, rows
+
+    def _score(self, recordings: list[LoadedRecording]) -> Iterator[dict]:
+        if not recordings:
+            return
+        windows = np.concatenate([recording.windows for recording in recordings])
         probabilities = np.concatenate(
             [
                 self._model.predict(windows[start : start + self._batch_size])
-                for start in range(0, max(len(windows), 1), self._batch_size)
+                for start in range(0, len(windows), self._batch_size)
             ]
         )
         offset = 0
-        for recording in batch:
+        for recording in recordings:
             count = len(recording.windows)
-            yield recording.info, probabilities[offset : offset + count]
+            yield make_row(
+                recording.info, probabilities[offset : offset + count], self._model_version
+            )
             offset += count
 
 
 class LabelRecordings(beam.PTransform):
-    """Paths in, one output row per path out: labelled, or with an error."""
+    """Paths in, (group, rows) out: every path in exactly one row, labelled or with an error."""
 
-    def __init__(self, model_dir: str, model_version: str, batch_size: int):
+    def __init__(
+        self,
+        model_dir: str,
+        model_version: str,
+        batch_size: int,
+        max_duration_s: float,
+        num_groups: int,
+    ):
         super().__init__()
-        self._model_dir = model_dir
-        self._model_version = model_version
-        self._batch_size = batch_size
+        self._label_group = LabelGroup(model_dir, model_version, batch_size, max_duration_s)
+        self._num_groups = num_groups
 
     def expand(self, paths):
+        num_groups = self._num_groups
         return (
             paths
-            | "LoadAudio" >> beam.ParDo(LoadAudio())
-            | "Batch"
-            >> beam.BatchElements(
-                min_batch_size=self._batch_size,
-                max_batch_size=self._batch_size,
-                element_size_fn=lambda recording: max(1, len(recording.windows)),
-            )
-            | "ScoreWindows" >> beam.ParDo(ScoreWindows(self._model_dir, self._batch_size))
-            | "MakeRow" >> beam.MapTuple(self._row)
+            | "KeyByGroup" >> beam.Map(lambda path: (group_of(path, num_groups), path))
+            | "GroupPaths" >> beam.GroupByKey()  # also spreads the work across workers
+            | "LabelGroup" >> beam.ParDo(self._label_group)
         )
 
-    def _row(self, info: RecordingInfo, probabilities: np.ndarray) -> dict:
-        return make_row(info, probabilities if info.error is None else None, self._model_version)
 
+class WriteGroups(beam.PTransform):
+    """Each group's rows to its own Parquet file in the staging directory; emits the file."""
 
-class WriteLabels(beam.PTransform):
-    """Rows to a Parquet dataset: `<file_prefix>-SSSSS-of-NNNNN.parquet` under `output_dir`."""
-
-    def __init__(self, output_dir: str, file_prefix: str = OUTPUT_PREFIX):
+    def __init__(self, staging: str, run_id: str):
         super().__init__()
-        self._output_dir = output_dir
-        self._file_prefix = file_prefix
+        self._staging = staging
+        self._run_id = run_id
 
-    def expand(self, rows):
-        prefix = FileSystems.join(self._output_dir, self._file_prefix)
-        return rows | "WriteParquet" >> WriteToParquet(
-            prefix, ROW_SCHEMA, file_name_suffix=".parquet"
-        )
+    def expand(self, grouped_rows):
+        return grouped_rows | "WriteParquet" >> beam.MapTuple(self._write)
 
-
-def label_pipeline(
-    pipeline: beam.Pipeline,
-    input_path: str,
-    output_dir: str,
-    model_dir: str | Path,
-    model_version: str,
-    batch_size: int,
-    output_prefix: str = OUTPUT_PREFIX,
-) -> Iterable:
-    """Wire the whole job onto `pipeline`; returns the rows, for tests to assert on."""
-    rows = (
-        pipeline
-        | "MatchWavFiles" >> MatchWavFiles(input_path)
-        | "LabelRecordings" >> LabelRecordings(str(model_dir), model_version, batch_size)
-    )
-    rows | "WriteLabels" >> WriteLabels(output_dir, output_prefix)
-    return rows
+    def _write(self, group: int, rows: list[dict]) -> str:
+        path = group_file(self._staging, self._run_id, group)
+        write_parquet(path, rows)
+        return path

@@ -7,14 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from model.audio import (
-    WINDOW_HOP,
-    AudioError,
-    DecodedAudio,
-    decode,
-    split_windows,
-    to_model_rate,
-)
+from model.audio import WINDOW_HOP, AudioError, Recording, read_recording, split_windows
 from model.contract import CLIP_SAMPLES, SAMPLE_RATE
 from tests.wavs import tone
 
@@ -28,6 +21,10 @@ def wav_bytes(samples: np.ndarray, sample_rate: int, subtype: str = "PCM_16") ->
     return buffer.getvalue()
 
 
+def decode(data: bytes, **kwargs) -> Recording:
+    return read_recording(io.BytesIO(data), **kwargs)
+
+
 def dominant_frequency(mono: np.ndarray) -> float:
     spectrum = np.abs(np.fft.rfft(mono * np.hanning(len(mono))))
     return float(np.argmax(spectrum) * SAMPLE_RATE / len(mono))
@@ -39,15 +36,15 @@ def test_every_pcm_and_float_subtype_decodes_to_the_same_tone(subtype):
     audio = decode(wav_bytes(original, 16_000, subtype))
     assert audio.sample_rate == 16_000
     assert audio.channels == 1
-    assert audio.samples.dtype == np.float32
+    assert audio.mono.dtype == np.float32
     tolerance = 1 / 64 if subtype == "PCM_U8" else 1e-3
-    np.testing.assert_allclose(audio.samples[:, 0], original, atol=tolerance)
+    np.testing.assert_allclose(audio.mono, original, atol=tolerance)
 
 
 @pytest.mark.parametrize("rate", RATES)
 def test_any_rate_is_resampled_to_16k_keeping_length_and_pitch(rate):
     audio = decode(wav_bytes(tone(1000, 1.5, rate), rate))
-    mono = to_model_rate(audio)
+    mono = audio.mono
     assert abs(len(mono) - 1.5 * SAMPLE_RATE) <= 1
     assert abs(dominant_frequency(mono) - 1000) < 5
     assert np.sqrt(np.mean(mono[1000:-1000] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
@@ -55,7 +52,7 @@ def test_any_rate_is_resampled_to_16k_keeping_length_and_pitch(rate):
 
 def test_resampling_filters_out_frequencies_above_the_new_nyquist_instead_of_aliasing():
     # A 10 kHz tone at 48 kHz cannot exist at 16 kHz; naive decimation would fold it to 6 kHz.
-    mono = to_model_rate(DecodedAudio(tone(10_000, 1.0, 48_000)[:, np.newaxis], 48_000))
+    mono = decode(wav_bytes(tone(10_000, 1.0, 48_000), 48_000, "FLOAT")).mono
     interior = mono[1_000:-1_000]  # away from the filter's start-up and tail transients
     assert np.sqrt(np.mean(interior**2)) < 0.5 * 10 ** (-60 / 20)
 
@@ -67,7 +64,7 @@ def test_multichannel_audio_is_downmixed_by_averaging(channels):
     samples[:, 0] = left  # sound on one channel only, silence on the rest
     audio = decode(wav_bytes(samples, 16_000, "PCM_24"))
     assert audio.channels == channels
-    np.testing.assert_allclose(to_model_rate(audio), left / channels, atol=1e-4)
+    np.testing.assert_allclose(audio.mono, left / channels, atol=1e-4)
 
 
 def test_duration_and_format_facts_are_reported():
@@ -78,17 +75,20 @@ def test_duration_and_format_facts_are_reported():
 
 def test_float_samples_beyond_full_scale_are_clipped():
     audio = decode(wav_bytes(np.full(100, 4.0, np.float32), 16_000, "FLOAT"))
-    assert to_model_rate(audio).max() == 1.0
+    assert audio.mono.max() == 1.0
 
 
-def wav_header_claiming(frames: int) -> bytes:
-    """A 16-bit mono 16 kHz WAV header whose data chunk claims `frames` frames."""
-    data_size = frames * 2
+def wav_header_claiming(frames: int, bytes_per_sample: int = 2) -> bytes:
+    """A mono 16 kHz PCM WAV header whose data chunk claims `frames` frames."""
+    data_size = frames * bytes_per_sample
+    byte_rate = 16_000 * bytes_per_sample
     return (
         b"RIFF"
-        + struct.pack("<I", 36 + data_size)
+        + struct.pack("<I", min(36 + data_size, 2**32 - 1))
         + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, 16_000, 32_000, 2, 16)
+        + struct.pack(
+            "<IHHIIHH", 16, 1, 1, 16_000, byte_rate, bytes_per_sample, 8 * bytes_per_sample
+        )
         + b"data"
         + struct.pack("<I", data_size)
     )
@@ -118,6 +118,26 @@ def test_bad_input_raises_a_clear_audio_error(data, kind):
         decode(data)
     assert raised.value.kind == kind
     assert str(raised.value).startswith(f"{kind}: ")
+
+
+def test_a_header_claiming_two_billion_frames_decodes_only_the_frames_present():
+    audio = decode(wav_header_claiming(2**31, bytes_per_sample=1) + b"\x80" * 1_000)
+    assert len(audio.mono) == 1_000
+    assert audio.duration_s == pytest.approx(1_000 / 16_000)
+
+
+def test_a_recording_over_the_duration_cap_is_refused():
+    data = wav_bytes(np.zeros(16_000 * 3, np.float32), 16_000)
+    assert decode(data, max_duration_s=3).duration_s == 3
+    with pytest.raises(AudioError, match="too_long"):
+        decode(data, max_duration_s=2.5)
+
+
+def test_a_data_chunk_shorter_than_its_header_says_decodes_what_is_there():
+    data = wav_header_claiming(48_000) + np.full(8_000, 1_000, "<i2").tobytes()
+    audio = decode(data)
+    assert len(audio.mono) == 8_000
+    assert audio.mono.max() == pytest.approx(1_000 / 32_768)
 
 
 def test_short_audio_becomes_one_window_padded_evenly():

@@ -4,19 +4,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soxr
 from apache_beam.runners.portability.fn_api_runner import fn_runner
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
 from model.contract import DEFAULT_ARTIFACT
 from model.data import read_audio, read_manifest
-from pipeline.cli import main, read_model_version
+from pipeline.cli import main
 from pipeline.labels import ROW_SCHEMA
-from pipeline.transforms import label_pipeline
+from pipeline.loading import list_input
+from pipeline.run import read_model_version
+from pipeline.transforms import LabelRecordings
 from tests.wavs import tone, write_wav
 
 ERROR_KINDS = {
@@ -76,17 +79,27 @@ def check_rows(expected_paths: list[str]):
     return check
 
 
-def test_pipeline_in_process_gives_one_row_per_file(recordings, tmp_path):
-    with TestPipeline(runner=fn_runner.FnApiRunner()) as pipeline:
-        rows = label_pipeline(
-            pipeline,
-            input_path=str(recordings),
-            output_dir=str(tmp_path / "out"),
-            model_dir=DEFAULT_ARTIFACT,
-            model_version=read_model_version(DEFAULT_ARTIFACT),
-            batch_size=4,  # small batches: many batches, long files spanning several
+def test_listing_finds_wav_in_any_case_recursively_and_nothing_else(recordings):
+    assert sorted(list_input(str(recordings))) == wav_files(recordings)
+
+
+@pytest.mark.parametrize("num_groups", [1, 3])
+def test_label_recordings_gives_one_row_per_path(recordings, num_groups):
+    paths = wav_files(recordings)
+    with BeamTestPipeline(runner=fn_runner.FnApiRunner()) as pipeline:
+        rows = (
+            pipeline
+            | beam.Create(paths)
+            | LabelRecordings(
+                str(DEFAULT_ARTIFACT),
+                read_model_version(DEFAULT_ARTIFACT),
+                batch_size=4,  # small batches: many of them, long files spanning several
+                max_duration_s=60,
+                num_groups=num_groups,
+            )
+            | beam.FlatMapTuple(lambda group, rows: rows)
         )
-        assert_that(rows, check_rows(wav_files(recordings)))
+        assert_that(rows, check_rows(paths))
 
 
 def read_output(output: Path) -> list[dict]:

@@ -1,0 +1,88 @@
+"""Find the input files and load each into model windows; a failure becomes an error, not a loss.
+
+Plain functions over Beam's FileSystems, so they read local paths, gs:// and s3:// alike.
+"""
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from model.audio import AudioError, read_recording, split_windows
+from model.contract import CLIP_SAMPLES
+from pipeline.labels import RecordingInfo
+
+GLOB_CHARACTERS = "*?["
+NO_WINDOWS = np.zeros((0, CLIP_SAMPLES), np.float32)
+
+
+@dataclass(frozen=True)
+class LoadedRecording:
+    info: RecordingInfo
+    windows: np.ndarray  # float32 [n, CLIP_SAMPLES]; no windows when info.error is set
+
+
+def is_wav(path: str) -> bool:
+    return path.lower().endswith(".wav")
+
+
+def list_input(input_path: str) -> Iterator[str]:
+    """Every file an --input names: a glob as given, or a directory's `.wav` entries, recursively.
+
+    Local directories are walked here rather than through Beam's listing, which silently skips
+    entries it cannot stat: a broken symlink, or a directory named `x.wav`, gets a row too.
+    """
+    if any(char in input_path for char in GLOB_CHARACTERS):
+        for match in FileSystems.match([input_path])[0].metadata_list:
+            yield match.path
+    elif os.path.isdir(input_path):
+        for directory, subdirectories, files in os.walk(input_path):
+            subdirectories.sort()
+            for name in sorted(files + subdirectories):
+                if is_wav(name):
+                    yield os.path.join(directory, name)
+    elif FileSystems.exists(input_path) and not input_path.endswith("/"):
+        yield input_path
+    else:
+        prefix = input_path.rstrip("/") + "/**"
+        for match in FileSystems.match([prefix])[0].metadata_list:
+            if is_wav(match.path):
+                yield match.path
+
+
+def check_local_file(path: str) -> None:
+    """Refuse what cannot be read as a file before opening it (opening a FIFO would hang)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as error:
+        kind = "a broken symlink" if os.path.islink(path) else "no such file"
+        raise AudioError("unreadable_file", kind) from error
+    if stat.S_ISDIR(mode):
+        raise AudioError("not_a_file", "a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise AudioError("not_a_file", "not a regular file (a device, socket or pipe)")
+
+
+def load_recording(path: str, max_duration_s: float) -> LoadedRecording:
+    """Read, decode and window one file; any failure is returned as the recording's error."""
+    try:
+        if FileSystems.get_scheme(path) is None:
+            check_local_file(path)
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
+            recording = read_recording(file, max_duration_s)
+    except AudioError as error:
+        return LoadedRecording(RecordingInfo(path, error=str(error)), NO_WINDOWS)
+    except Exception as error:  # noqa: BLE001 - whatever a filesystem or decoder raises is a row
+        message = f"unreadable_file: {type(error).__name__}: {error}"
+        return LoadedRecording(RecordingInfo(path, error=message), NO_WINDOWS)
+    info = RecordingInfo(
+        path,
+        duration_s=recording.duration_s,
+        sample_rate=recording.sample_rate,
+        channels=recording.channels,
+    )
+    return LoadedRecording(info, split_windows(recording.mono))

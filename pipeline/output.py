@@ -1,0 +1,162 @@
+"""The output dataset: staged while the job runs, committed in place only when it succeeded.
+
+Layout of --output: `labels-<run>-<group>.parquet` files and `_summary.json` (pyarrow's dataset
+reader skips names that start with `_` or `.`). A run writes into a sibling staging directory,
+`<output>.staging-<run>`, and only a finished run replaces the output, so a failed run leaves the
+previous output as it was and a rerun replaces it completely.
+"""
+
+import io
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.labels import ROW_SCHEMA
+
+PARQUET_PREFIX = "labels-"
+SUMMARY_FILE = "_summary.json"
+INPUTS_DIR = "_inputs"
+
+
+def staging_dir(output_dir: str, run_id: str) -> str:
+    return f"{output_dir.rstrip('/')}.staging-{run_id}"
+
+
+def run_prefix(run_id: str) -> str:
+    return f"{PARQUET_PREFIX}{run_id}-"
+
+
+def group_file(staging: str, run_id: str, group: int) -> str:
+    """One file per group; the name is fixed, so a retried group overwrites its own file."""
+    return FileSystems.join(staging, f"{run_prefix(run_id)}{group:05d}.parquet")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Refuse an existing local --output that holds anything but an earlier run's output,
+    since committing a run replaces that directory."""
+    if FileSystems.get_scheme(output_dir) is not None or not os.path.exists(output_dir):
+        return
+    if not os.path.isdir(output_dir):
+        raise FileExistsError(f"--output {output_dir} is a file, not a directory")
+    foreign = [
+        name
+        for name in os.listdir(output_dir)
+        if name != SUMMARY_FILE
+        and not (name.startswith(PARQUET_PREFIX) and name.endswith(".parquet"))
+    ]
+    if foreign:
+        raise FileExistsError(
+            f"--output {output_dir} holds other files ({', '.join(sorted(foreign)[:3])}); "
+            "it is replaced by each run, so give a new or earlier output directory"
+        )
+
+
+def write_path_lists(staging: str, paths: list[str], per_file: int = 50_000) -> list[str]:
+    """Store the paths to label as JSON lines in staging, so the pipeline graph stays small."""
+    lists = []
+    for index, start in enumerate(range(0, len(paths), per_file)):
+        path_list = FileSystems.join(staging, INPUTS_DIR, f"paths-{index:05d}.jsonl")
+        with FileSystems.create(path_list) as file:
+            for path in paths[start : start + per_file]:
+                file.write(json.dumps(path).encode() + b"\n")
+        lists.append(path_list)
+    return lists
+
+
+def read_path_list(path_list: str) -> Iterable[str]:
+    with FileSystems.open(path_list) as file:
+        for line in io.TextIOWrapper(file, encoding="utf-8"):
+            yield json.loads(line)
+
+
+def write_parquet(path: str, rows: list[dict]) -> None:
+    """Write rows as one Parquet file, atomically: to a temporary name, then renamed."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), buffer)
+    temporary = f"{path}.tmp"
+    with FileSystems.create(temporary) as file:
+        file.write(buffer.getvalue())
+    FileSystems.rename([temporary], [path])
+
+
+def parquet_files(directory: str, name_prefix: str = PARQUET_PREFIX) -> list[str]:
+    pattern = FileSystems.join(directory, f"{name_prefix}*.parquet")
+    return sorted(match.path for match in FileSystems.match([pattern])[0].metadata_list)
+
+
+def read_columns(
+    directory: str, columns: list[str], name_prefix: str = PARQUET_PREFIX
+) -> Iterable[dict]:
+    for path in parquet_files(directory, name_prefix):
+        with FileSystems.open(path) as file:
+            yield from pq.read_table(file, columns=columns).to_pylist()
+
+
+def labelled_paths(output_dir: str) -> set[str]:
+    """Paths an earlier run already wrote rows for; none if there is no earlier output."""
+    if not FileSystems.exists(output_dir):
+        return set()
+    return {row["path"] for row in read_columns(output_dir, ["path"])}
+
+
+def carry_over(output_dir: str, staging: str) -> None:
+    """Copy an earlier run's Parquet files into staging, so the new output is their union."""
+    old = parquet_files(output_dir)
+    if old:
+        FileSystems.copy(old, [FileSystems.join(staging, os.path.basename(path)) for path in old])
+
+
+def count_rows(directory: str, name_prefix: str = PARQUET_PREFIX) -> tuple[Counter, Counter]:
+    """Files per label, and errors per kind (the error text up to its first colon)."""
+    labels: Counter = Counter()
+    errors: Counter = Counter()
+    for row in read_columns(directory, ["label", "error"], name_prefix):
+        labels[row["label"]] += 1
+        if row["error"] is not None:
+            errors[row["error"].split(":", 1)[0]] += 1
+    return labels, errors
+
+
+def write_summary(staging: str, summary: dict) -> None:
+    with FileSystems.create(FileSystems.join(staging, SUMMARY_FILE)) as file:
+        file.write(json.dumps(summary, indent=2).encode())
+
+
+def discard(staging: str) -> None:
+    if FileSystems.exists(staging):
+        FileSystems.delete([staging])
+
+
+def commit(staging: str, output_dir: str) -> None:
+    """Put the staged dataset in place of the output.
+
+    Local: two directory renames, so readers see the old or the new dataset, never a mix.
+    Buckets have no rename of a prefix: the new files are moved in, then the old ones removed,
+    and `_summary.json`, written last, marks a complete output.
+    """
+    inputs = FileSystems.join(staging, INPUTS_DIR)
+    if FileSystems.exists(inputs):
+        FileSystems.delete([inputs])
+    if FileSystems.get_scheme(output_dir) is None:
+        previous = f"{staging}.previous"
+        if os.path.exists(output_dir):
+            os.rename(output_dir, previous)
+        os.rename(staging, output_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+        return
+    staged = parquet_files(staging)
+    new_names = {os.path.basename(path) for path in staged}
+    stale = [path for path in parquet_files(output_dir) if os.path.basename(path) not in new_names]
+    FileSystems.rename(staged, [FileSystems.join(output_dir, os.path.basename(p)) for p in staged])
+    if stale:
+        FileSystems.delete(stale)
+    FileSystems.rename(
+        [FileSystems.join(staging, SUMMARY_FILE)], [FileSystems.join(output_dir, SUMMARY_FILE)]
+    )
+    FileSystems.delete([staging])

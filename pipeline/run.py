@@ -1,0 +1,137 @@
+"""One labelling run: list the input, run the Beam job into staging, commit, summarise."""
+
+import datetime
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from model.contract import METADATA_FILE
+from pipeline import output
+from pipeline.loading import list_input
+from pipeline.transforms import LabelRecordings, ReadPaths, WriteGroups, groups_for
+
+LOCAL_RUNNER_NAMES = {None, "directrunner", "direct"}
+
+
+class NoInputError(ValueError):
+    """The input matched no file at all."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    input_path: str
+    output_dir: str
+    model_dir: str
+    batch_size: int
+    max_duration_s: float
+    skip_existing: bool = False
+
+
+def read_model_version(model_dir: str) -> str:
+    with open(os.path.join(model_dir, METADATA_FILE)) as file:
+        return json.load(file)["model_version"]
+
+
+def make_runner(options: PipelineOptions):
+    """The runner: Beam's in-process portable runner when none (or Direct) is named.
+
+    Beam 2.77's DirectRunner first tries to download the Prism runner binary; the FnApiRunner it
+    falls back to is what runs here, directly, honouring --direct_num_workers and
+    --direct_running_mode. Any other --runner is left to Beam.
+    """
+    name = options.view_as(StandardOptions).runner
+    if (name.lower() if isinstance(name, str) else name) not in LOCAL_RUNNER_NAMES:
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+
+
+def runner_name(options: PipelineOptions) -> str:
+    return options.view_as(StandardOptions).runner or "DirectRunner (in-process FnApiRunner)"
+
+
+def run_pipeline(
+    settings: RunSettings,
+    options: PipelineOptions,
+    paths: list[str],
+    staging: str,
+    run_id: str,
+    model_version: str,
+) -> None:
+    path_lists = output.write_path_lists(staging, paths)
+    with beam.Pipeline(runner=make_runner(options), options=options) as pipeline:
+        _ = (
+            pipeline
+            | "ReadPaths" >> ReadPaths(path_lists)
+            | "LabelRecordings"
+            >> LabelRecordings(
+                settings.model_dir,
+                model_version,
+                settings.batch_size,
+                settings.max_duration_s,
+                groups_for(len(paths)),
+            )
+            | "WriteGroups" >> WriteGroups(staging, run_id)
+        )
+
+
+def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
+    """Label every file the input names into settings.output_dir; returns the run's summary."""
+    FileSystems.set_options(options)
+    started_at = datetime.datetime.now(datetime.UTC)
+    started = time.monotonic()
+    output.check_output_dir(settings.output_dir)
+    paths = list(list_input(settings.input_path))
+    if not paths:
+        raise NoInputError(f"no WAV files match --input {settings.input_path}")
+    run_id = started_at.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    staging = output.staging_dir(settings.output_dir, run_id)
+    done = output.labelled_paths(settings.output_dir) if settings.skip_existing else set()
+    to_label = [path for path in paths if path not in done]
+    model_version = read_model_version(settings.model_dir)
+    try:
+        if settings.skip_existing:
+            output.carry_over(settings.output_dir, staging)
+        if to_label:
+            run_pipeline(settings, options, to_label, staging, run_id, model_version)
+        written, _ = output.count_rows(staging, output.run_prefix(run_id))
+        if sum(written.values()) != len(to_label):
+            raise RuntimeError(
+                f"the runner wrote {sum(written.values())} rows for {len(to_label)} files; "
+                "the output is left as it was"
+            )
+    except BaseException:
+        output.discard(staging)
+        raise
+    labels, errors = output.count_rows(staging)
+    elapsed = time.monotonic() - started
+    summary = {
+        "files": sum(labels.values()),
+        "files_labelled_this_run": len(to_label),
+        "files_kept_from_earlier_output": sum(labels.values()) - len(to_label),
+        "labels": {label: count for label, count in sorted(labels.items(), key=str) if label},
+        "errors": sum(errors.values()),
+        "errors_by_kind": dict(sorted(errors.items())),
+        "model_version": model_version,
+        "input": settings.input_path,
+        "output": settings.output_dir,
+        "runner": runner_name(options),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "ended_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "wall_time_s": round(elapsed, 3),
+        "files_per_s": round(len(to_label) / elapsed, 2),
+    }
+    output.write_summary(staging, summary)
+    output.commit(staging, settings.output_dir)
+    return summary

@@ -1,0 +1,54 @@
+"""The shipped model, through the real pipeline, on a fixed sample of the held-out test speakers."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from model.data import read_audio, read_manifest, silence_windows
+from pipeline.cli import main
+from tests.wavs import write_wav
+
+UNKNOWN_SAMPLE = 160  # of 337 test `unknown` clips, every `go` among them kept
+SILENCE_SAMPLE = 40
+SEED = 2026
+ACCURACY_FLOOR = 0.93
+KEYWORD_RECALL_FLOOR = 0.93
+
+
+@pytest.fixture(scope="module")
+def test_sample(tmp_path_factory, data_dir) -> tuple[Path, dict[str, str]]:
+    """All test `yes` and `no`, the `go` clips, a seeded sample of other words, and silence,
+    written as 16-bit WAV; returns the folder and each file's true label."""
+    folder = tmp_path_factory.mktemp("test_sample")
+    rows = [row for row in read_manifest(data_dir) if row.split == "test"]
+    keywords = [row for row in rows if row.label in ("yes", "no")]
+    go = [row for row in rows if row.word == "go"]
+    others = [row for row in rows if row.label == "unknown" and row.word != "go"]
+    rng = np.random.default_rng(SEED)
+    picked = rng.choice(len(others), UNKNOWN_SAMPLE - len(go), replace=False)
+    truth = {}
+    for row in keywords + go + [others[i] for i in sorted(picked)]:
+        path = folder / row.label / (row.path.replace("/", "_").removesuffix(".flac") + ".wav")
+        write_wav(path, read_audio(data_dir / row.path), 16_000)
+        truth[str(path)] = row.label
+    for index, clip in enumerate(silence_windows(data_dir, "test", SILENCE_SAMPLE, seed=SEED)):
+        path = write_wav(folder / "silence" / f"noise_{index:03d}.wav", clip, 16_000)
+        truth[str(path)] = "silence"
+    return folder, truth
+
+
+def test_pipeline_accuracy_on_held_out_speakers(test_sample, tmp_path):
+    folder, truth = test_sample
+    assert len(truth) >= 300 and set(truth.values()) == {"yes", "no", "unknown", "silence"}
+    assert main(["--input", str(folder), "--output", str(tmp_path / "out")]) == 0
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert sorted(row["path"] for row in rows) == sorted(truth)
+    predicted = {row["path"]: row["label"] for row in rows}
+    accuracy = np.mean([predicted[path] == label for path, label in truth.items()])
+    assert accuracy >= ACCURACY_FLOOR
+    for keyword in ("yes", "no"):
+        paths = [path for path, label in truth.items() if label == keyword]
+        recall = np.mean([predicted[path] == keyword for path in paths])
+        assert recall >= KEYWORD_RECALL_FLOOR, (keyword, recall)

@@ -1,0 +1,69 @@
+"""The shipped model keeps its contract: plain-TF loading, shapes, probabilities, label order."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model.contract import (
+    CLIP_SAMPLES,
+    DEFAULT_ARTIFACT,
+    INPUT_NAME,
+    LABELS,
+    METADATA_FILE,
+    OUTPUT_NAME,
+    SAMPLE_RATE,
+    SIGNATURE,
+)
+from model.data import load_split, silence_windows
+from model.export import model_version
+
+
+def test_metadata_describes_the_artifact():
+    metadata = json.loads((DEFAULT_ARTIFACT / METADATA_FILE).read_text())
+    assert metadata["labels"] == list(LABELS) == ["yes", "no", "unknown", "silence"]
+    assert (metadata["sample_rate"], metadata["clip_samples"]) == (SAMPLE_RATE, CLIP_SAMPLES)
+    assert metadata["model_version"] == model_version(DEFAULT_ARTIFACT)
+    assert metadata["metrics"]["accuracy"] >= 0.95
+    assert (DEFAULT_ARTIFACT / "DATA_LICENSE").read_text().startswith("Attribution 4.0")
+
+
+def test_serving_signature_is_waveforms_in_probabilities_out():
+    signature = tf.saved_model.load(str(DEFAULT_ARTIFACT)).signatures[SIGNATURE]
+    _, inputs = signature.structured_input_signature
+    assert list(inputs) == [INPUT_NAME]
+    assert inputs[INPUT_NAME].shape.as_list() == [None, CLIP_SAMPLES]
+    assert inputs[INPUT_NAME].dtype == tf.float32
+    outputs = signature.structured_outputs
+    assert list(outputs) == [OUTPUT_NAME]
+    assert outputs[OUTPUT_NAME].shape.as_list() == [None, len(LABELS)]
+    assert outputs[OUTPUT_NAME].dtype == tf.float32
+
+
+@pytest.mark.parametrize("batch", [1, 7, 300])
+def test_outputs_are_probabilities_for_any_batch_size(keyword_model, batch):
+    waveforms = np.random.default_rng(batch).uniform(-1, 1, (batch, CLIP_SAMPLES))
+    probabilities = keyword_model.predict(waveforms.astype(np.float32))
+    assert probabilities.shape == (batch, len(LABELS))
+    assert probabilities.dtype == np.float32
+    assert np.all(probabilities >= 0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_a_window_scores_the_same_alone_or_in_a_batch(keyword_model):
+    waveforms = np.random.default_rng(1).normal(0, 0.1, (16, CLIP_SAMPLES)).astype(np.float32)
+    together = keyword_model.predict(waveforms)
+    alone = np.concatenate([keyword_model.predict(waveforms[i : i + 1]) for i in range(16)])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_outputs_follow_the_label_order(keyword_model, data_dir):
+    waveforms, labels, _ = load_split(data_dir, "val")
+    waveforms = np.concatenate([waveforms, silence_windows(data_dir, "val", 50, seed=1)])
+    labels = np.concatenate([labels, np.full(50, LABELS.index("silence"))])
+    probabilities = keyword_model.predict(waveforms)
+    for index, label in enumerate(LABELS):
+        # each class's own column is, on average, its clips' highest score
+        mean_scores = probabilities[labels == index].mean(axis=0)
+        assert int(np.argmax(mean_scores)) == index, (label, mean_scores)
