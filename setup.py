@@ -31,7 +31,7 @@ setup(
         ]
     },
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"]},
     entry_points={"console_scripts": ["yesno-label=pipeline.cli:main"]},
     license="Apache-2.0",
 )
