@@ -57,16 +57,15 @@ def check_output_dir(output_dir: str) -> None:
         )
 
 
-def write_path_lists(staging: str, paths: list[str], per_file: int = 50_000) -> list[str]:
-    """Store the paths to label as JSON lines in staging, so the pipeline graph stays small."""
-    lists = []
-    for index, start in enumerate(range(0, len(paths), per_file)):
-        path_list = FileSystems.join(staging, INPUTS_DIR, f"paths-{index:05d}.jsonl")
+def write_path_lists(staging: str, groups: list[list[str]]) -> list[str]:
+    """Store each group's paths as JSON lines in staging, so the pipeline graph stays small."""
+    path_lists = []
+    for group, paths in enumerate(groups):
+        path_list = FileSystems.join(staging, INPUTS_DIR, f"group-{group:05d}.jsonl")
         with FileSystems.create(path_list) as file:
-            for path in paths[start : start + per_file]:
-                file.write(json.dumps(path).encode() + b"\n")
-        lists.append(path_list)
-    return lists
+            file.write(b"".join(json.dumps(path).encode() + b"\n" for path in paths))
+        path_lists.append(path_list)
+    return path_lists
 
 
 def read_path_list(path_list: str) -> Iterable[str]:

@@ -14,9 +14,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from model.contract import METADATA_FILE
 from pipeline import output
 from pipeline.loading import list_input
-from pipeline.transforms import LabelRecordings, ReadPaths, WriteGroups, groups_for
+from pipeline.transforms import LabelGroups
 
 LOCAL_RUNNER_NAMES = {None, "directrunner", "direct"}
+FILES_PER_GROUP_RANGE = (256, 4_096)  # a group is at least one full batch, at most one file
+TARGET_GROUPS = 16  # enough groups to keep a few workers busy when there is enough work
 
 
 class NoInputError(ValueError):
@@ -39,14 +41,20 @@ def read_model_version(model_dir: str) -> str:
 
 
 def make_runner(options: PipelineOptions):
-    """The runner: Beam's in-process portable runner when none (or Direct) is named.
+    """The runner for --runner, where Beam's own lookup would not do.
 
-    Beam 2.77's DirectRunner first tries to download the Prism runner binary; the FnApiRunner it
-    falls back to is what runs here, directly, honouring --direct_num_workers and
-    --direct_running_mode. Any other --runner is left to Beam.
+    No --runner, or DirectRunner: Beam 2.77's DirectRunner first tries to download the Prism
+    runner binary; the FnApiRunner it falls back to is run here directly, honouring
+    --direct_num_workers and --direct_running_mode. DaskRunner: Beam knows it only by its full
+    module path. Any other name is left to Beam.
     """
     name = options.view_as(StandardOptions).runner
-    if (name.lower() if isinstance(name, str) else name) not in LOCAL_RUNNER_NAMES:
+    name = name.lower() if isinstance(name, str) else name
+    if name == "daskrunner":
+        from apache_beam.runners.dask.dask_runner import DaskRunner
+
+        return DaskRunner()
+    if name not in LOCAL_RUNNER_NAMES:
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
@@ -61,6 +69,24 @@ def runner_name(options: PipelineOptions) -> str:
     return options.view_as(StandardOptions).runner or "DirectRunner (in-process FnApiRunner)"
 
 
+def split_into_groups(paths: list[str]) -> list[list[str]]:
+    """Consecutive runs of the sorted paths: few groups for small inputs, more for large ones."""
+    low, high = FILES_PER_GROUP_RANGE
+    size = min(max(len(paths) // TARGET_GROUPS, low), high)
+    ordered = sorted(paths)
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+
+
+def spread_groups_on_dask(options: PipelineOptions, num_groups: int) -> None:
+    """The DaskRunner ignores Reshuffle and puts up to 128 created elements in one partition, so
+    without this all groups would run on one Dask worker."""
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    dask_options = options.view_as(DaskOptions)
+    if not dask_options.npartitions and not dask_options.partition_size:
+        dask_options.npartitions = num_groups
+
+
 def run_pipeline(
     settings: RunSettings,
     options: PipelineOptions,
@@ -69,20 +95,24 @@ def run_pipeline(
     run_id: str,
     model_version: str,
 ) -> None:
-    path_lists = output.write_path_lists(staging, paths)
+    groups = split_into_groups(paths)
+    path_lists = output.write_path_lists(staging, groups)
+    if runner_name(options).lower().startswith("dask"):
+        spread_groups_on_dask(options, len(groups))
     with beam.Pipeline(runner=make_runner(options), options=options) as pipeline:
         _ = (
             pipeline
-            | "ReadPaths" >> ReadPaths(path_lists)
-            | "LabelRecordings"
-            >> LabelRecordings(
+            | "PathLists" >> beam.Create(list(enumerate(path_lists)))
+            | "LabelGroups"
+            >> LabelGroups(
+                options,
                 settings.model_dir,
                 model_version,
                 settings.batch_size,
                 settings.max_duration_s,
-                groups_for(len(paths)),
+                staging,
+                run_id,
             )
-            | "WriteGroups" >> WriteGroups(staging, run_id)
         )
 
 

@@ -1,15 +1,17 @@
-"""The labelling job as a few named Beam transforms: read paths, group, label, write.
+"""The labelling job as a few named Beam transforms: read a group's paths, label, write.
 
-Batching is done inside `LabelGroup.process` over a GroupByKey of paths, not with BatchElements
-or a sink that emits in `finish_bundle`: some runners (Beam 2.77's DaskRunner) drop elements
-emitted there, and this shape is correct on every runner.
+The launcher splits the input into groups and stores each group's paths in a file; the job
+spreads the groups over the workers and labels each group inside one `process` call, batching
+its windows there. Nothing is emitted from `finish_bundle` and no sink is used: some runners
+(Beam 2.77's DaskRunner) drop what `finish_bundle` emits, and this shape is correct on all.
 """
 
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
 from model.serving import KeywordModel
@@ -17,48 +19,49 @@ from pipeline.labels import make_row
 from pipeline.loading import LoadedRecording, load_recording
 from pipeline.output import group_file, read_path_list, write_parquet
 
-FILES_PER_GROUP_RANGE = (256, 4_096)  # a group is at least one full batch, at most one file
-TARGET_GROUPS = 16  # enough groups to keep a few workers busy when there is enough work
+
+class FileSystemsDoFn(beam.DoFn):
+    """A DoFn that configures Beam's FileSystems itself before it runs.
+
+    Runners normally hand the pipeline options to each worker's FileSystems; Beam 2.77's
+    DaskRunner does not, and then s3:// (endpoint, keys) fails on its workers. This is the one
+    place that works around it: the options travel with the DoFn.
+    """
+
+    def __init__(self, filesystem_options: dict):
+        self._filesystem_options = filesystem_options
+
+    def setup(self):
+        FileSystems.set_options(PipelineOptions.from_dictionary(self._filesystem_options))
 
 
-def groups_for(file_count: int) -> int:
-    """How many groups to split the files into: few for small inputs, more for large ones."""
-    low, high = FILES_PER_GROUP_RANGE
-    files_per_group = min(max(file_count // TARGET_GROUPS, low), high)
-    return max(1, -(-file_count // files_per_group))
+class ReadPathList(FileSystemsDoFn):
+    """(group, path-list file) -> (group, paths)."""
 
-
-def group_of(path: str, num_groups: int) -> int:
-    """A stable group for a path: the same in every worker process and on every retry."""
-    return zlib.crc32(path.encode("utf-8", "surrogateescape")) % num_groups
-
-
-class ReadPaths(beam.PTransform):
-    """The paths stored in the launcher's path-list files."""
-
-    def __init__(self, path_lists: list[str]):
-        super().__init__()
-        self._path_lists = path_lists
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "PathLists" >> beam.Create(self._path_lists)
-            | "ReadPathList" >> beam.FlatMap(read_path_list)
-        )
+    def process(self, element: tuple[int, str]) -> Iterator[tuple[int, list[str]]]:
+        group, path_list = element
+        yield group, list(read_path_list(path_list))
 
 
 def load_model(model_dir: str) -> KeywordModel:
     return KeywordModel(model_dir)
 
 
-class LabelGroup(beam.DoFn):
+class LabelGroup(FileSystemsDoFn):
     """Load a group's recordings and score their windows in full batches; one row per path.
 
     The model is loaded once per worker process through `Shared`, and shared by its threads.
     """
 
-    def __init__(self, model_dir: str, model_version: str, batch_size: int, max_duration_s: float):
+    def __init__(
+        self,
+        filesystem_options: dict,
+        model_dir: str,
+        model_version: str,
+        batch_size: int,
+        max_duration_s: float,
+    ):
+        super().__init__(filesystem_options)
         self._model_dir = model_dir
         self._model_version = model_version
         self._batch_size = batch_size
@@ -66,16 +69,17 @@ class LabelGroup(beam.DoFn):
         self._shared_model = Shared()
 
     def setup(self):
+        super().setup()
         self._model = self._shared_model.acquire(
             lambda: load_model(self._model_dir), tag=self._model_dir
         )
 
-    def process(self, element: tuple[int, Iterable[str]]) -> Iterator[tuple[int, list[dict]]]:
+    def process(self, element: tuple[int, list[str]]) -> Iterator[tuple[int, list[dict]]]:
         group, paths = element
         rows: list[dict] = []
         pending: list[LoadedRecording] = []
         pending_windows = 0
-        for path in sorted(paths):
+        for path in paths:
             recording = load_recording(path, self._max_duration_s)
             if recording.info.error is not None:
                 rows.append(make_row(recording.info, None, self._model_version))
@@ -107,43 +111,47 @@ class LabelGroup(beam.DoFn):
             offset += count
 
 
-class LabelRecordings(beam.PTransform):
-    """Paths in, (group, rows) out: every path in exactly one row, labelled or with an error."""
+class WriteGroup(FileSystemsDoFn):
+    """(group, rows) -> that group's Parquet file in staging; a retry overwrites the same file."""
+
+    def __init__(self, filesystem_options: dict, staging: str, run_id: str):
+        super().__init__(filesystem_options)
+        self._staging = staging
+        self._run_id = run_id
+
+    def process(self, element: tuple[int, list[dict]]) -> Iterator[str]:
+        group, rows = element
+        path = group_file(self._staging, self._run_id, group)
+        write_parquet(path, rows)
+        yield path
+
+
+class LabelGroups(beam.PTransform):
+    """(group, path-list file) in, one Parquet file per group out, under `staging`."""
 
     def __init__(
         self,
+        options: PipelineOptions,
         model_dir: str,
         model_version: str,
         batch_size: int,
         max_duration_s: float,
-        num_groups: int,
+        staging: str,
+        run_id: str,
     ):
         super().__init__()
-        self._label_group = LabelGroup(model_dir, model_version, batch_size, max_duration_s)
-        self._num_groups = num_groups
-
-    def expand(self, paths):
-        num_groups = self._num_groups
-        return (
-            paths
-            | "KeyByGroup" >> beam.Map(lambda path: (group_of(path, num_groups), path))
-            | "GroupPaths" >> beam.GroupByKey()  # also spreads the work across workers
-            | "LabelGroup" >> beam.ParDo(self._label_group)
+        filesystem_options = options.get_all_options(drop_default=True)
+        self._read = ReadPathList(filesystem_options)
+        self._label = LabelGroup(
+            filesystem_options, model_dir, model_version, batch_size, max_duration_s
         )
+        self._write = WriteGroup(filesystem_options, staging, run_id)
 
-
-class WriteGroups(beam.PTransform):
-    """Each group's rows to its own Parquet file in the staging directory; emits the file."""
-
-    def __init__(self, staging: str, run_id: str):
-        super().__init__()
-        self._staging = staging
-        self._run_id = run_id
-
-    def expand(self, grouped_rows):
-        return grouped_rows | "WriteParquet" >> beam.MapTuple(self._write)
-
-    def _write(self, group: int, rows: list[dict]) -> str:
-        path = group_file(self._staging, self._run_id, group)
-        write_parquet(path, rows)
-        return path
+    def expand(self, path_lists):
+        return (
+            path_lists
+            | "Redistribute" >> beam.Reshuffle()
+            | "ReadPathList" >> beam.ParDo(self._read)
+            | "LabelGroup" >> beam.ParDo(self._label)
+            | "WriteGroup" >> beam.ParDo(self._write)
+        )

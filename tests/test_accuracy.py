@@ -8,7 +8,7 @@ import pytest
 
 from model.data import read_audio, read_manifest, silence_windows
 from pipeline.cli import main
-from tests.wavs import write_wav
+from tests.helpers import write_wav
 
 UNKNOWN_SAMPLE = 160  # of 337 test `unknown` clips, every `go` among them kept
 SILENCE_SAMPLE = 40

@@ -9,7 +9,7 @@ import soundfile
 
 from model.audio import WINDOW_HOP, AudioError, Recording, read_recording, split_windows
 from model.contract import CLIP_SAMPLES, SAMPLE_RATE
-from tests.wavs import tone
+from tests.helpers import tone
 
 SUBTYPES = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"]
 RATES = [8_000, 11_025, 16_000, 22_050, 44_100, 48_000, 96_000]

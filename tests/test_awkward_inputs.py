@@ -17,7 +17,7 @@ from model.audio import AudioError, read_recording
 from model.data import read_audio, read_manifest
 from pipeline.cli import main
 from pipeline.loading import load_recording
-from tests.wavs import tone, write_wav
+from tests.helpers import tone, write_wav
 
 LOSSLESS = {"PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
 LOSSY_WAV_SUBTYPES = ["PCM_U8", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM", "GSM610", "G721_32"]

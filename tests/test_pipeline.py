@@ -5,22 +5,18 @@ import sys
 from pathlib import Path
 
 import apache_beam as beam
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import soxr
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
 from model.contract import DEFAULT_ARTIFACT
-from model.data import read_audio, read_manifest
 from pipeline.cli import main
-from pipeline.labels import ROW_SCHEMA
 from pipeline.loading import list_input
 from pipeline.run import read_model_version
-from pipeline.transforms import LabelRecordings
-from tests.wavs import tone, write_wav
+from pipeline.transforms import LabelGroup
+from tests.helpers import assert_same_rows, read_output, wav_files
 
 ERROR_KINDS = {
     "empty.wav": "empty_file",
@@ -29,39 +25,6 @@ ERROR_KINDS = {
     "no_frames.wav": "no_samples",
     "nan.wav": "non_finite_samples",
 }
-
-
-def first_test_clip(data_dir: Path, word: str) -> np.ndarray:
-    row = next(r for r in read_manifest(data_dir) if r.split == "test" and r.word == word)
-    return read_audio(data_dir / row.path)
-
-
-@pytest.fixture(scope="module")
-def recordings(tmp_path_factory, data_dir) -> Path:
-    """Real test-split words in many formats, a long recording, silence, and broken files."""
-    folder = tmp_path_factory.mktemp("recordings")
-    yes, no, go = (first_test_clip(data_dir, word) for word in ("yes", "no", "go"))
-    resampled_yes = soxr.resample(yes, 16_000, 44_100)
-    write_wav(folder / "yes_16k.wav", yes, 16_000)
-    write_wav(
-        folder / "yes_44k_stereo.wav", np.stack([resampled_yes] * 2, axis=1), 44_100, "PCM_24"
-    )
-    write_wav(folder / "nested" / "deeper" / "NO_UPPER.WAV", no, 16_000, "FLOAT")
-    write_wav(folder / "go.wav", go, 16_000, "PCM_32")
-    padding = np.zeros(40_000, np.float32)
-    write_wav(folder / "no_late_in_6s.wav", np.concatenate([padding, no, padding]), 16_000)
-    write_wav(folder / "hum.wav", tone(50, 0.3, 8_000, amplitude=0.01), 8_000, "PCM_U8")
-    (folder / "notes.txt").write_text("not audio, and not named .wav: ignored")
-    (folder / "empty.wav").write_bytes(b"")
-    (folder / "text.wav").write_text("hello, I am a text file\n" * 20)
-    (folder / "truncated.wav").write_bytes((folder / "yes_16k.wav").read_bytes()[:30])
-    write_wav(folder / "no_frames.wav", np.zeros(0, np.float32), 16_000)
-    write_wav(folder / "nan.wav", np.array([0.0, np.nan, 0.1] * 100, np.float32), 16_000, "FLOAT")
-    return folder
-
-
-def wav_files(folder: Path) -> list[str]:
-    return sorted(str(path) for path in folder.rglob("*") if path.suffix.lower() == ".wav")
 
 
 def check_rows(expected_paths: list[str]):
@@ -84,28 +47,24 @@ def test_listing_finds_wav_in_any_case_recursively_and_nothing_else(recordings):
 
 
 @pytest.mark.parametrize("num_groups", [1, 3])
-def test_label_recordings_gives_one_row_per_path(recordings, num_groups):
+def test_label_group_gives_one_row_per_path(recordings, num_groups):
     paths = wav_files(recordings)
+    groups = [(group, paths[group::num_groups]) for group in range(num_groups)]
+    label_group = LabelGroup(
+        {},
+        str(DEFAULT_ARTIFACT),
+        read_model_version(DEFAULT_ARTIFACT),
+        batch_size=4,  # small batches: many of them, long files spanning several
+        max_duration_s=60,
+    )
     with BeamTestPipeline(runner=fn_runner.FnApiRunner()) as pipeline:
         rows = (
             pipeline
-            | beam.Create(paths)
-            | LabelRecordings(
-                str(DEFAULT_ARTIFACT),
-                read_model_version(DEFAULT_ARTIFACT),
-                batch_size=4,  # small batches: many of them, long files spanning several
-                max_duration_s=60,
-                num_groups=num_groups,
-            )
+            | beam.Create(groups)
+            | beam.ParDo(label_group)
             | beam.FlatMapTuple(lambda group, rows: rows)
         )
         assert_that(rows, check_rows(paths))
-
-
-def read_output(output: Path) -> list[dict]:
-    table = pq.read_table(output)
-    assert table.schema.remove_metadata() == ROW_SCHEMA.remove_metadata()
-    return sorted(table.to_pylist(), key=lambda row: row["path"])
 
 
 @pytest.fixture(scope="module")
@@ -172,13 +131,7 @@ def test_installed_command_multi_process_gives_the_same_rows(in_process_rows, re
     )
     assert completed.returncode == 0, completed.stderr
     assert f"{len(in_process_rows)} files" in completed.stdout
-    multi_rows = read_output(output)
-    assert [row["path"] for row in multi_rows] == [row["path"] for row in in_process_rows]
-    for multi, single in zip(multi_rows, in_process_rows, strict=True):
-        assert (multi["label"], multi["error"]) == (single["label"], single["error"])
-        for label in ("yes", "no", "unknown", "silence"):
-            if single["error"] is None:
-                assert multi[f"score_{label}"] == pytest.approx(single[f"score_{label}"], abs=1e-5)
+    assert_same_rows(read_output(output), in_process_rows)
 
 
 def test_an_input_that_matches_nothing_is_a_clear_error(tmp_path, capsys):
