@@ -1,0 +1,173 @@
+"""One answer everywhere: the same rows on every runner, and a Dask worker lost mid-run loses none.
+
+The Dask scheduler and workers and Beam's worker pool are real processes started here on
+127.0.0.1 and stopped by PID. They run from the installed package, away from the checkout.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from tests.helpers import assert_same_rows, read_output, tone, wav_files, write_wav
+
+BIN = Path(sys.executable).parent
+READY_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def start(command: list[str], log: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+class DaskCluster:
+    """A scheduler and two single-threaded workers, each a separate process (no nanny)."""
+
+    def __init__(self, directory: Path):
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.directory = directory
+        self.scheduler = start(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+             "--no-dashboard"],
+            directory / "scheduler.log",
+            directory,
+        )  # fmt: skip
+        wait_for_port(self.port, self.scheduler)
+        self.workers = [self.start_worker(index) for index in range(2)]
+        self.wait_for_workers(2)
+
+    def start_worker(self, index: int) -> subprocess.Popen:
+        return start(
+            [str(BIN / "dask"), "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
+             "--no-nanny", "--no-dashboard", "--name", f"worker-{index}"],
+            self.directory / f"worker-{index}.log",
+            self.directory,
+        )  # fmt: skip
+
+    def wait_for_workers(self, count: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=READY_TIMEOUT_S) as client:
+            client.wait_for_workers(count, timeout=READY_TIMEOUT_S)
+
+    def stop(self) -> None:
+        stop([*self.workers, self.scheduler])
+
+
+@pytest.fixture
+def dask_cluster(tmp_path) -> Iterator[DaskCluster]:
+    cluster = DaskCluster(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def worker_pool(tmp_path) -> Iterator[str]:
+    port = free_port()
+    pool = start(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+         "--service_port", str(port)],
+        tmp_path / "worker_pool.log",
+        tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, pool)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop([pool])
+
+
+@pytest.fixture(scope="module")
+def reference_rows(recordings, tmp_path_factory) -> list[dict]:
+    output = tmp_path_factory.mktemp("reference") / "labels"
+    assert main(["--input", str(recordings), "--output", str(output)]) == 0
+    return read_output(output)
+
+
+def test_portable_runner_with_an_external_worker_pool_gives_the_same_rows(
+    recordings, reference_rows, worker_pool, tmp_path
+):
+    output = tmp_path / "portable"
+    runner_flags = ["--runner", "PortableRunner", "--job_endpoint", "embed",
+                    "--environment_type", "EXTERNAL",
+                    "--environment_config", worker_pool]  # fmt: skip
+    assert main(["--input", str(recordings), "--output", str(output), *runner_flags]) == 0
+    assert_same_rows(read_output(output), reference_rows)
+
+
+def test_dask_with_two_worker_processes_gives_the_same_rows(
+    recordings, reference_rows, dask_cluster, tmp_path
+):
+    output = tmp_path / "dask"
+    runner_flags = ["--runner", "DaskRunner", "--dask_client_address", dask_cluster.address]
+    assert main(["--input", str(recordings), "--output", str(output), *runner_flags]) == 0
+    assert_same_rows(read_output(output), reference_rows)
+
+
+def test_killing_a_dask_worker_mid_run_loses_no_row(dask_cluster, tmp_path):
+    folder = tmp_path / "many"
+    for index in range(1_200):  # five groups of at least 256 files
+        write_wav(folder / f"tone_{index:04d}.wav", tone(200 + index, 1.0, 16_000), 16_000)
+    output = tmp_path / "out"
+    result: dict[str, int] = {}
+    job = threading.Thread(
+        target=lambda: result.update(
+            code=main(["--input", str(folder), "--output", str(output), "--runner", "DaskRunner",
+                       "--dask_client_address", dask_cluster.address])
+        )
+    )  # fmt: skip
+    job.start()
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("out.staging-*/labels-*.parquet")):  # the first group is done
+        assert job.is_alive() and time.monotonic() < deadline
+        time.sleep(0.05)
+    victim = dask_cluster.workers[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    job.join(timeout=600)
+    assert result == {"code": 0}
+    rows = read_output(output)
+    assert [row["path"] for row in rows] == wav_files(folder)  # each file exactly once
+    assert all(row["error"] is None for row in rows)
