@@ -15,6 +15,10 @@ INSTALL_REQUIRES = [
     "soxr>=0.3",
 ]
 
+DASK = ["apache-beam[dask]>=2.77,<2.78"]  # tested with dask and distributed 2026.8.0
+AWS = ["apache-beam[aws]>=2.77,<2.78"]
+GCP = ["apache-beam[gcp]>=2.77,<2.78"]
+
 setup(
     name="yesno-label",
     version="0.1.0",
@@ -31,7 +35,21 @@ setup(
         ]
     },
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"]},
+    extras_require={
+        "dask": DASK,
+        "aws": AWS,
+        "gcp": GCP,
+        "test": [
+            *DASK,
+            *AWS,
+            *GCP,
+            "pytest>=8",
+            "hypothesis>=6",
+            "ruff>=0.6",
+            "moto[server]>=5",
+            "gcp-storage-emulator>=2024.8",
+        ],
+    },
     entry_points={"console_scripts": ["yesno-label=pipeline.cli:main"]},
     license="Apache-2.0",
 )

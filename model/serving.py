@@ -5,24 +5,35 @@ from pathlib import Path
 
 import numpy as np
 
-from model.contract import CLIP_SAMPLES, INPUT_NAME, LABELS, METADATA_FILE, OUTPUT_NAME, SIGNATURE
+from model.contract import (
+    CLIP_SAMPLES,
+    DEFAULT_ARTIFACT,
+    INPUT_NAME,
+    LABELS,
+    METADATA_FILE,
+    OUTPUT_NAME,
+    SIGNATURE,
+)
 
 
 class KeywordModel:
     """The SavedModel's serving signature behind a numpy-in, numpy-out call.
 
-    Loaded with `tf.saved_model.load`, not Keras: Keras 3 cannot reload a SavedModel.
+    Loaded with `tf.saved_model.load`, not Keras: Keras 3 cannot reload a SavedModel. No
+    `artifact_dir` means the model shipped inside this package, wherever it is installed (on a
+    cluster, each worker finds its own copy). TensorFlow's file I/O also reads gs:// paths.
     """
 
-    def __init__(self, artifact_dir: str | Path):
+    def __init__(self, artifact_dir: str | Path | None = None):
         import tensorflow as tf  # imported here so that importing this module stays cheap
 
-        self.artifact_dir = Path(artifact_dir)
-        self.metadata = json.loads((self.artifact_dir / METADATA_FILE).read_text())
+        self.artifact_dir = str(artifact_dir or DEFAULT_ARTIFACT)
+        with tf.io.gfile.GFile(f"{self.artifact_dir.rstrip('/')}/{METADATA_FILE}") as file:
+            self.metadata = json.load(file)
         if tuple(self.metadata["labels"]) != LABELS:
             raise ValueError(f"{self.artifact_dir}: labels {self.metadata['labels']} != {LABELS}")
         self._tf = tf
-        self._loaded = tf.saved_model.load(str(self.artifact_dir))
+        self._loaded = tf.saved_model.load(self.artifact_dir)
         self._signature = self._loaded.signatures[SIGNATURE]
 
     @property

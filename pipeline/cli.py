@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 
 from model.audio import DEFAULT_MAX_DURATION_S
-from model.contract import DEFAULT_ARTIFACT
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -49,8 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     )
     parser.add_argument(
         "--model",
-        default=str(DEFAULT_ARTIFACT),
-        help="exported model directory (default: the model shipped with the package)",
+        help="exported model directory (default: the model shipped inside the installed "
+        "package, found by each worker in its own installation)",
     )
     args, beam_args = parser.parse_known_args(argv)
     if args.batch_size < 1:

@@ -2,7 +2,6 @@
 
 import datetime
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from model.contract import METADATA_FILE
+from model.contract import DEFAULT_ARTIFACT, METADATA_FILE
 from pipeline import output
 from pipeline.loading import list_input
 from pipeline.transforms import LabelGroups
@@ -29,14 +28,16 @@ class NoInputError(ValueError):
 class RunSettings:
     input_path: str
     output_dir: str
-    model_dir: str
+    model_dir: str | None  # None: the model shipped inside the installed package
     batch_size: int
     max_duration_s: float
     skip_existing: bool = False
 
 
-def read_model_version(model_dir: str) -> str:
-    with open(os.path.join(model_dir, METADATA_FILE)) as file:
+def read_model_version(model_dir: str | None) -> str:
+    """The model's content hash, from its metadata, without loading TensorFlow."""
+    metadata = FileSystems.join(str(model_dir or DEFAULT_ARTIFACT), METADATA_FILE)
+    with FileSystems.open(metadata) as file:
         return json.load(file)["model_version"]
 
 

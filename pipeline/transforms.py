@@ -43,7 +43,7 @@ class ReadPathList(FileSystemsDoFn):
         yield group, list(read_path_list(path_list))
 
 
-def load_model(model_dir: str) -> KeywordModel:
+def load_model(model_dir: str | None) -> KeywordModel:
     return KeywordModel(model_dir)
 
 
@@ -56,7 +56,7 @@ class LabelGroup(FileSystemsDoFn):
     def __init__(
         self,
         filesystem_options: dict,
-        model_dir: str,
+        model_dir: str | None,
         model_version: str,
         batch_size: int,
         max_duration_s: float,
@@ -71,7 +71,7 @@ class LabelGroup(FileSystemsDoFn):
     def setup(self):
         super().setup()
         self._model = self._shared_model.acquire(
-            lambda: load_model(self._model_dir), tag=self._model_dir
+            lambda: load_model(self._model_dir), tag=self._model_dir or "shipped model"
         )
 
     def process(self, element: tuple[int, list[str]]) -> Iterator[tuple[int, list[dict]]]:
@@ -132,7 +132,7 @@ class LabelGroups(beam.PTransform):
     def __init__(
         self,
         options: PipelineOptions,
-        model_dir: str,
+        model_dir: str | None,
         model_version: str,
         batch_size: int,
         max_duration_s: float,
