@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from model.audio import AudioError, read_recording, split_windows
 from model.contract import CLIP_SAMPLES
 from pipeline.labels import RecordingInfo
+from pipeline.storage import is_bucket_root, open_input
 
 GLOB_CHARACTERS = "*?["
 NO_WINDOWS = np.zeros((0, CLIP_SAMPLES), np.float32)
@@ -45,7 +45,11 @@ def list_input(input_path: str) -> Iterator[str]:
             for name in sorted(files + subdirectories):
                 if is_wav(name):
                     yield os.path.join(directory, name)
-    elif FileSystems.exists(input_path) and not input_path.endswith("/"):
+    elif (
+        not input_path.endswith("/")
+        and not is_bucket_root(input_path)
+        and FileSystems.exists(input_path)
+    ):
         yield input_path
     else:
         prefix = input_path.rstrip("/") + "/**"
@@ -72,7 +76,7 @@ def load_recording(path: str, max_duration_s: float) -> LoadedRecording:
     try:
         if FileSystems.get_scheme(path) is None:
             check_local_file(path)
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
+        with open_input(path) as file:
             recording = read_recording(file, max_duration_s)
     except AudioError as error:
         return LoadedRecording(RecordingInfo(path, error=str(error)), NO_WINDOWS)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.labels import ROW_SCHEMA
+from pipeline.storage import is_bucket_root
 
 PARQUET_PREFIX = "labels-"
 SUMMARY_FILE = "_summary.json"
@@ -25,6 +26,9 @@ INPUTS_DIR = "_inputs"
 
 
 def staging_dir(output_dir: str, run_id: str) -> str:
+    """Beside the output; a whole bucket has no beside, so there a hidden prefix inside it."""
+    if is_bucket_root(output_dir):
+        return FileSystems.join(output_dir, f".staging-{run_id}")
     return f"{output_dir.rstrip('/')}.staging-{run_id}"
 
 
@@ -99,7 +103,7 @@ def read_columns(
 
 def labelled_paths(output_dir: str) -> set[str]:
     """Paths an earlier run already wrote rows for; none if there is no earlier output."""
-    if not FileSystems.exists(output_dir):
+    if FileSystems.get_filesystem(output_dir).has_dirs() and not FileSystems.exists(output_dir):
         return set()
     return {row["path"] for row in read_columns(output_dir, ["path"])}
 
@@ -127,9 +131,17 @@ def write_summary(staging: str, summary: dict) -> None:
         file.write(json.dumps(summary, indent=2).encode())
 
 
+def delete_directory(directory: str) -> None:
+    """Delete a directory and all in it, if it exists. A bucket has no directories, only a
+    common name prefix: Beam deletes every object under one when the path ends with "/"."""
+    if not FileSystems.get_filesystem(directory).has_dirs():
+        FileSystems.delete([directory.rstrip("/") + "/"])
+    elif FileSystems.exists(directory):
+        FileSystems.delete([directory])
+
+
 def discard(staging: str) -> None:
-    if FileSystems.exists(staging):
-        FileSystems.delete([staging])
+    delete_directory(staging)
 
 
 def commit(staging: str, output_dir: str) -> None:
@@ -139,9 +151,7 @@ def commit(staging: str, output_dir: str) -> None:
     Buckets have no rename of a prefix: the new files are moved in, then the old ones removed,
     and `_summary.json`, written last, marks a complete output.
     """
-    inputs = FileSystems.join(staging, INPUTS_DIR)
-    if FileSystems.exists(inputs):
-        FileSystems.delete([inputs])
+    delete_directory(FileSystems.join(staging, INPUTS_DIR))
     if FileSystems.get_scheme(output_dir) is None:
         previous = f"{staging}.previous"
         if os.path.exists(output_dir):
@@ -158,4 +168,4 @@ def commit(staging: str, output_dir: str) -> None:
     FileSystems.rename(
         [FileSystems.join(staging, SUMMARY_FILE)], [FileSystems.join(output_dir, SUMMARY_FILE)]
     )
-    FileSystems.delete([staging])
+    delete_directory(staging)

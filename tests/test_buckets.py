@@ -1,0 +1,313 @@
+"""s3:// and gs:// end to end, against real API servers on loopback: moto's S3 server and
+gcp-storage-emulator. Fake credentials and an unreachable metadata host make sure nothing can
+reach a real cloud (and nothing waits on a metadata server)."""
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import boto3
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from google.cloud import storage as gcs
+
+from model.contract import LABELS
+from pipeline import output
+from pipeline import storage as input_storage
+from pipeline.cli import main
+from pipeline.labels import ROW_SCHEMA
+from pipeline.loading import list_input, load_recording
+from tests.helpers import tone
+
+SERVER_START_TIMEOUT_S = 30
+BROKEN = "broken.wav"
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sample_rate, subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
+
+
+RECORDINGS = {  # object name under the input prefix -> contents
+    "tone_16k.wav": wav_bytes(tone(440, 1.0, 16_000), 16_000),
+    "nested/TONE_8K.WAV": wav_bytes(tone(300, 0.5, 8_000), 8_000),
+    "stereo_44k.wav": wav_bytes(np.stack([tone(200, 1.5, 44_100)] * 2, axis=1), 44_100),
+    BROKEN: b"this is not audio\n" * 10,
+}
+NOT_LISTED = {"notes.txt": b"not named .wav: not an input"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def local_server(command: list[str], port: int) -> Iterator[str]:
+    """Run a server process until the `with` ends; stopped by its PID, whatever happens."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"{command[2]} exited with code {process.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{command[2]} not listening after {SERVER_START_TIMEOUT_S} s")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def offline_cloud(tmp_path_factory) -> Iterator[None]:
+    """Fake credentials for both clouds: keys for S3, and an application-default credentials
+    file whose token never expires (so no token server is asked); no metadata server."""
+    credentials = tmp_path_factory.mktemp("gcloud") / "application_default_credentials.json"
+    credentials.write_text(
+        json.dumps(
+            {
+                "type": "authorized_user",
+                "client_id": "fake.apps.googleusercontent.com",
+                "client_secret": "fake",
+                "refresh_token": "fake",
+                "token": "fake-token",
+                "expiry": "2999-01-01T00:00:00Z",
+            }
+        )
+    )
+    environment = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(credentials.parent / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials.parent / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
+        "GOOGLE_CLOUD_PROJECT": "test-project",
+        "NO_GCE_CHECK": "true",
+        "GCE_METADATA_HOST": "127.0.0.1:1",
+        "GCE_METADATA_IP": "127.0.0.1:1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+    previous_options = FileSystems._pipeline_options
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            patch.delenv(name, raising=False)  # a developer's own settings must not leak in
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        yield
+    FileSystems.set_options(previous_options)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(offline_cloud) -> Iterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with local_server(command, port) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def gcs_endpoint(offline_cloud) -> Iterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "gcp_storage_emulator", "start"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    with local_server(command, port) as endpoint, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint):
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    for bucket in ("audio-in", "labels-out"):
+        client.create_bucket(Bucket=bucket)
+    for name, contents in {**RECORDINGS, **NOT_LISTED}.items():
+        client.put_object(Bucket="audio-in", Key=f"calls/{name}", Body=contents)
+    return client
+
+
+@pytest.fixture(scope="module")
+def gcs_client(gcs_endpoint) -> gcs.Client:
+    client = gcs.Client()
+    for bucket in ("audio-in", "labels-out"):
+        client.create_bucket(bucket)
+    for name, contents in {**RECORDINGS, **NOT_LISTED}.items():
+        client.bucket("audio-in").blob(f"calls/{name}").upload_from_string(contents)
+    return client
+
+
+def s3_options(endpoint: str) -> list[str]:
+    return ["--s3_endpoint_url", endpoint, "--s3_region_name", "us-east-1"]
+
+
+def s3_keys(client, bucket: str) -> list[str]:
+    return sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"])
+
+
+def check_output(keys: list[str], read, uri: str) -> list[dict]:
+    """The dataset under `uri` (object names `keys`, bodies by `read`): one row per recording,
+    the broken one with its error, the summary, and no staging left behind."""
+    prefix = uri.split("/", 3)[3]
+    assert not [key for key in keys if ".staging-" in key]
+    parquet = [key for key in keys if key.startswith(f"{prefix}/{output.PARQUET_PREFIX}")]
+    assert parquet and f"{prefix}/{output.SUMMARY_FILE}" in keys
+    summary = json.loads(read(f"{prefix}/{output.SUMMARY_FILE}"))
+    assert summary["files"] == len(RECORDINGS) and summary["errors"] == 1
+    rows = []
+    for key in parquet:
+        table = pq.read_table(io.BytesIO(read(key)))
+        assert table.schema.remove_metadata() == ROW_SCHEMA.remove_metadata()
+        rows += table.to_pylist()
+    scheme = uri.split(":")[0]
+    expected = sorted(f"{scheme}://audio-in/calls/{name}" for name in RECORDINGS)
+    assert sorted(row["path"] for row in rows) == expected
+    for row in rows:
+        if row["path"].endswith(BROKEN):
+            assert row["label"] is None and row["error"].startswith("unreadable_audio: ")
+        else:
+            assert row["error"] is None and row["label"] in LABELS
+    return rows
+
+
+def test_s3_input_and_output_through_the_cli(s3, s3_endpoint):
+    uri = "s3://labels-out/labels"
+    stale = "labels/labels-earlier-00000.parquet"  # as if from an earlier run: replaced
+    s3.put_object(Bucket="labels-out", Key=stale, Body=b"not even Parquet")
+    keys = ["--s3_access_key_id", "testing", "--s3_secret_access_key", "testing"]
+    argv = ["--input", "s3://audio-in/calls/", "--output", uri, *s3_options(s3_endpoint), *keys]
+    assert main(argv) == 0
+
+    def read(key: str) -> bytes:
+        return s3.get_object(Bucket="labels-out", Key=key)["Body"].read()
+
+    written = s3_keys(s3, "labels-out")
+    assert stale not in written
+    check_output(written, read, uri)
+
+
+def test_gcs_input_and_output_through_the_cli_and_a_rerun_replaces_it(gcs_client):
+    uri = "gs://labels-out/labels"
+
+    def read(name: str) -> bytes:
+        return gcs_client.bucket("labels-out").blob(name).download_as_bytes()
+
+    def names() -> list[str]:
+        return sorted(blob.name for blob in gcs_client.list_blobs("labels-out"))
+
+    assert main(["--input", "gs://audio-in/calls/", "--output", uri]) == 0
+    first_names = names()
+    first = check_output(first_names, read, uri)
+    assert main(["--input", "gs://audio-in/calls", "--output", uri + "/"]) == 0
+    second_names = names()
+    second = check_output(second_names, read, uri)
+    assert len(second) == len(first)
+    kept = set(first_names) & set(second_names)
+    assert kept == {f"labels/{output.SUMMARY_FILE}"}  # rewritten; every Parquet file is new
+
+
+@pytest.mark.parametrize(
+    "input_path, expected",
+    [
+        ("s3://audio-in", RECORDINGS),
+        ("s3://audio-in/", RECORDINGS),
+        ("s3://audio-in/calls/nested/TONE_8K.WAV", ["nested/TONE_8K.WAV"]),
+    ],
+)
+def test_listing_a_bucket(s3, s3_endpoint, input_path, expected):
+    FileSystems.set_options(PipelineOptions(s3_options(s3_endpoint)))
+    assert sorted(list_input(input_path)) == sorted(f"s3://audio-in/calls/{n}" for n in expected)
+
+
+def test_open_input_makes_one_s3_client_per_process(s3, s3_endpoint, monkeypatch):
+    made = []
+    make_client = boto3.session.Session.client
+    monkeypatch.setattr(input_storage, "_clients", {})
+    monkeypatch.setattr(
+        boto3.session.Session, "client", lambda *a, **k: made.append(1) or make_client(*a, **k)
+    )
+    FileSystems.set_options(PipelineOptions(s3_options(s3_endpoint)))
+    for name in ("tone_16k.wav", "stereo_44k.wav", BROKEN):
+        with input_storage.open_input(f"s3://audio-in/calls/{name}") as file:
+            assert file.read() == RECORDINGS[name]
+            assert file.seek(0) == 0 and file.read(4) == RECORDINGS[name][:4]
+    assert len(made) == 1
+    assert input_storage.s3_client() is input_storage.s3_client()
+
+
+def test_open_input_makes_one_gcs_client_per_process(gcs_client, monkeypatch):
+    from apache_beam.io.gcp import gcsio
+
+    made = []
+    make_client = gcsio.create_storage_client
+    monkeypatch.setattr(input_storage, "_clients", {})
+    monkeypatch.setattr(
+        gcsio, "create_storage_client", lambda *a, **k: made.append(1) or make_client(*a, **k)
+    )
+    FileSystems.set_options(PipelineOptions([]))
+    for name in ("tone_16k.wav", BROKEN):
+        with input_storage.open_input(f"gs://audio-in/calls/{name}") as file:
+            assert file.read() == RECORDINGS[name]
+    assert len(made) == 1
+
+
+def test_s3_settings_from_the_environment(s3, s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    FileSystems.set_options(PipelineOptions([]))
+    with input_storage.open_input("s3://audio-in/calls/tone_16k.wav") as file:
+        assert file.read() == RECORDINGS["tone_16k.wav"]
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_large_objects_are_streamed_by_beam(s3, gcs_client, s3_endpoint, monkeypatch, scheme):
+    monkeypatch.setattr(input_storage, "WHOLE_OBJECT_LIMIT", 100)
+    FileSystems.set_options(PipelineOptions(s3_options(s3_endpoint)))
+    with input_storage.open_input(f"{scheme}://audio-in/calls/tone_16k.wav") as file:
+        assert not isinstance(file, io.BytesIO)
+        assert file.seek(0, io.SEEK_END) == len(RECORDINGS["tone_16k.wav"])
+        file.seek(0)
+        assert file.read() == RECORDINGS["tone_16k.wav"]
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_a_missing_object_is_an_error_row(s3, gcs_client, s3_endpoint, scheme):
+    FileSystems.set_options(PipelineOptions(s3_options(s3_endpoint)))
+    recording = load_recording(f"{scheme}://audio-in/calls/gone.wav", max_duration_s=60)
+    assert recording.info.error.startswith("unreadable_file: ")
+
+
+def test_commit_to_a_bucket_root_stages_inside_it(gcs_client):
+    """A whole bucket has no sibling for its staging prefix: it is a hidden prefix inside."""
+    FileSystems.set_options(PipelineOptions([]))
+    bucket = gcs_client.create_bucket("labels-root")
+    bucket.blob("labels-old-00000.parquet").upload_from_string(b"stale")
+    staging = output.staging_dir("gs://labels-root", "new")
+    assert staging == "gs://labels-root/.staging-new"
+    output.write_path_lists(staging, [["gs://audio-in/calls/tone_16k.wav"]])
+    output.write_parquet(output.group_file(staging, "new", 0), [])
+    output.write_summary(staging, {"files": 0})
+    output.commit(staging, "gs://labels-root/")
+    names = sorted(blob.name for blob in gcs_client.list_blobs("labels-root"))
+    assert names == ["_summary.json", "labels-new-00000.parquet"]
