@@ -148,6 +148,7 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     labels, errors = output.count_rows(staging)
     elapsed = time.monotonic() - started
     summary = {
+        "run_id": run_id,
         "files": sum(labels.values()),
         "files_labelled_this_run": len(to_label),
         "files_kept_from_earlier_output": sum(labels.values()) - len(to_label),
