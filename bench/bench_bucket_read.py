@@ -7,83 +7,24 @@ per process). Prints files/s and this process's CPU per file for each, and the r
 untimed read of each kind comes first, so imports and our one client per process are not
 counted. Nothing reaches a real cloud: fake credentials, no metadata server. From the repository:
 
-    python bench/bench_bucket_read.py --files 300
+    python -m bench.bench_bucket_read --files 300
 """
 
 import argparse
 import io
-import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
-OFFLINE_ENVIRONMENT = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "GOOGLE_CLOUD_PROJECT": "bench-project",
-    "NO_GCE_CHECK": "true",
-    "GCE_METADATA_HOST": "127.0.0.1:1",
-    "GCE_METADATA_IP": "127.0.0.1:1",
-    "NO_PROXY": "127.0.0.1,localhost",
-    "no_proxy": "127.0.0.1,localhost",
-}
-FAKE_GOOGLE_CREDENTIALS = {  # a token that never expires: no token server is ever asked
-    "type": "authorized_user",
-    "client_id": "fake.apps.googleusercontent.com",
-    "client_secret": "fake",
-    "refresh_token": "fake",
-    "token": "fake-token",
-    "expiry": "2999-01-01T00:00:00Z",
-}
+from tests.servers import free_port, local_server, offline_cloud_environment
+
 BUCKET = "bench-audio"
-SERVER_START_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def local_server(module_and_args: list[str], port: int) -> Iterator[str]:
-    """Run `python -m <module> <args>` until the `with` ends; stopped by its PID."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", *module_and_args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{module_and_args[0]} exited with {process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{module_and_args[0]} is not listening") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def one_second_wavs(count: int) -> list[bytes]:
@@ -145,7 +86,9 @@ def bench_s3(files: list[bytes]) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     port = free_port()
-    with local_server(["moto.server", "-H", "127.0.0.1", "-p", str(port)], port) as endpoint:
+    endpoint = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with local_server(command, port):
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket=BUCKET)
         for index, contents in enumerate(files):
@@ -161,8 +104,10 @@ def bench_gcs(files: list[bytes]) -> None:
     from google.cloud import storage
 
     port = free_port()
-    arguments = ["gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with local_server([*arguments, "--in-memory"], port) as endpoint:
+    command = [sys.executable, "-m", "gcp_storage_emulator", "start"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    endpoint = f"http://127.0.0.1:{port}"
+    with local_server(command, port):
         os.environ["STORAGE_EMULATOR_HOST"] = endpoint
         bucket = storage.Client().create_bucket(BUCKET)
         for index, contents in enumerate(files):
@@ -178,9 +123,7 @@ def main() -> None:
     parser.add_argument("--stores", nargs="+", choices=["s3", "gs"], default=["s3", "gs"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
-        credentials = Path(temporary) / "application_default_credentials.json"
-        credentials.write_text(json.dumps(FAKE_GOOGLE_CREDENTIALS))
-        os.environ.update(OFFLINE_ENVIRONMENT, GOOGLE_APPLICATION_CREDENTIALS=str(credentials))
+        os.environ.update(offline_cloud_environment(Path(temporary)))
         files = one_second_wavs(args.files)
         for store in args.stores:
             {"s3": bench_s3, "gs": bench_gcs}[store](files)

@@ -4,12 +4,8 @@ reach a real cloud (and nothing waits on a metadata server)."""
 
 import io
 import json
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import boto3
 import numpy as np
@@ -27,8 +23,8 @@ from pipeline.cli import main
 from pipeline.labels import ROW_SCHEMA
 from pipeline.loading import list_input, load_recording
 from tests.helpers import tone
+from tests.servers import free_port, local_server, offline_cloud_environment
 
-SERVER_START_TIMEOUT_S = 30
 BROKEN = "broken.wav"
 
 
@@ -47,70 +43,11 @@ RECORDINGS = {  # object name under the input prefix -> contents
 NOT_LISTED = {"notes.txt": b"not named .wav: not an input"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def local_server(command: list[str], port: int) -> Iterator[str]:
-    """Run a server process until the `with` ends; stopped by its PID, whatever happens."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"{command[2]} exited with code {process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{command[2]} not listening after {SERVER_START_TIMEOUT_S} s")
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def offline_cloud(tmp_path_factory) -> Iterator[None]:
     """Fake credentials for both clouds: keys for S3, and an application-default credentials
     file whose token never expires (so no token server is asked); no metadata server."""
-    credentials = tmp_path_factory.mktemp("gcloud") / "application_default_credentials.json"
-    credentials.write_text(
-        json.dumps(
-            {
-                "type": "authorized_user",
-                "client_id": "fake.apps.googleusercontent.com",
-                "client_secret": "fake",
-                "refresh_token": "fake",
-                "token": "fake-token",
-                "expiry": "2999-01-01T00:00:00Z",
-            }
-        )
-    )
-    environment = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(credentials.parent / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(credentials.parent / "no-aws-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
-        "GOOGLE_CLOUD_PROJECT": "test-project",
-        "NO_GCE_CHECK": "true",
-        "GCE_METADATA_HOST": "127.0.0.1:1",
-        "GCE_METADATA_IP": "127.0.0.1:1",
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-    }
+    environment = offline_cloud_environment(tmp_path_factory.mktemp("offline_cloud"))
     previous_options = FileSystems._pipeline_options
     with pytest.MonkeyPatch.context() as patch:
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
@@ -125,8 +62,8 @@ def offline_cloud(tmp_path_factory) -> Iterator[None]:
 def s3_endpoint(offline_cloud) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    with local_server(command, port) as endpoint:
-        yield endpoint
+    with local_server(command, port):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +71,8 @@ def gcs_endpoint(offline_cloud) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "gcp_storage_emulator", "start"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--in-memory"]
-    with local_server(command, port) as endpoint, pytest.MonkeyPatch.context() as patch:
+    endpoint = f"http://127.0.0.1:{port}"
+    with local_server(command, port), pytest.MonkeyPatch.context() as patch:
         patch.setenv("STORAGE_EMULATOR_HOST", endpoint)
         yield endpoint
 

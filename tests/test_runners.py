@@ -6,7 +6,6 @@ The Dask scheduler and workers and Beam's worker pool are real processes started
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,45 +17,9 @@ import pytest
 
 from pipeline.cli import main
 from tests.helpers import assert_same_rows, read_output, tone, wav_files, write_wav
+from tests.servers import START_TIMEOUT_S, free_port, local_server, start, stop, wait_for_port
 
 BIN = Path(sys.executable).parent
-READY_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def start(command: list[str], log: Path, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        command, cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 class DaskCluster:
@@ -87,8 +50,8 @@ class DaskCluster:
     def wait_for_workers(self, count: int) -> None:
         from distributed import Client
 
-        with Client(self.address, timeout=READY_TIMEOUT_S) as client:
-            client.wait_for_workers(count, timeout=READY_TIMEOUT_S)
+        with Client(self.address, timeout=START_TIMEOUT_S) as client:
+            client.wait_for_workers(count, timeout=START_TIMEOUT_S)
 
     def stop(self) -> None:
         stop([*self.workers, self.scheduler])
@@ -106,17 +69,10 @@ def dask_cluster(tmp_path) -> Iterator[DaskCluster]:
 @pytest.fixture
 def worker_pool(tmp_path) -> Iterator[str]:
     port = free_port()
-    pool = start(
-        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-         "--service_port", str(port)],
-        tmp_path / "worker_pool.log",
-        tmp_path,
-    )  # fmt: skip
-    try:
-        wait_for_port(port, pool)
+    command = [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+               "--service_port", str(port)]  # fmt: skip
+    with local_server(command, port, tmp_path / "worker_pool.log", tmp_path):
         yield f"127.0.0.1:{port}"
-    finally:
-        stop([pool])
 
 
 @pytest.fixture(scope="module")
