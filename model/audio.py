@@ -57,7 +57,8 @@ def read_recording(source: BinaryIO, max_duration_s: float = DEFAULT_MAX_DURATIO
     except AudioError:
         raise
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        raise AudioError("unreadable_audio", f"not a readable audio file ({error})") from error
+        reason = getattr(error, "error_string", error)  # libsndfile's words, without the file
+        raise AudioError("unreadable_audio", f"not a readable audio file ({reason})") from error
     if frames == 0:
         raise AudioError("no_samples", "the file holds no audio frames")
     return Recording(mono, sample_rate, channels, frames / sample_rate)
