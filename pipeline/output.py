@@ -111,8 +111,11 @@ def labelled_paths(output_dir: str) -> set[str]:
 def carry_over(output_dir: str, staging: str) -> None:
     """Copy an earlier run's Parquet files into staging, so the new output is their union."""
     old = parquet_files(output_dir)
-    if old:
-        FileSystems.copy(old, [FileSystems.join(staging, os.path.basename(path)) for path in old])
+    if not old:
+        return
+    if FileSystems.get_scheme(staging) is None:
+        os.makedirs(staging, exist_ok=True)  # a local copy does not create its folder
+    FileSystems.copy(old, [FileSystems.join(staging, os.path.basename(path)) for path in old])
 
 
 def count_rows(directory: str, name_prefix: str = PARQUET_PREFIX) -> tuple[Counter, Counter]:

@@ -1,5 +1,7 @@
 """The Beam job end to end on a folder of real and broken recordings, in and across processes."""
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +141,54 @@ def test_an_input_that_matches_nothing_is_a_clear_error(tmp_path, capsys):
     assert main(["--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     assert "no WAV files match" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_run_leaves_the_previous_output_untouched(recordings, tmp_path):
+    output = tmp_path / "out"
+    assert main(["--input", str(recordings / "nested"), "--output", str(output)]) == 0
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    broken_model = tmp_path / "broken_model"  # metadata, but no SavedModel: workers fail
+    broken_model.mkdir()
+    (broken_model / "metadata.json").write_bytes((DEFAULT_ARTIFACT / "metadata.json").read_bytes())
+    with pytest.raises(Exception, match=r"saved_model|SavedModel"):
+        main(["--input", str(recordings), "--output", str(output), "--model", str(broken_model)])
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken_model", "out"]
+
+
+def test_skip_existing_labels_only_new_files_and_keeps_the_rest(recordings, tmp_path):
+    folder = tmp_path / "growing"
+    shutil.copytree(recordings / "nested", folder / "first")
+    output = tmp_path / "out"
+    assert main(["--input", str(folder), "--output", str(output)]) == 0
+    first_rows = read_output(output)
+    shutil.copy(recordings / "go.wav", folder / "go.wav")
+    shutil.copy(recordings / "empty.wav", folder / "empty.wav")
+    assert main(["--input", str(folder), "--output", str(output), "--skip_existing"]) == 0
+    rows = read_output(output)
+    assert [row["path"] for row in rows] == wav_files(folder)
+    assert [row for row in rows if row["path"] == first_rows[0]["path"]] == first_rows
+    summary = json.loads((output / "_summary.json").read_text())
+    assert summary["files"] == 3
+    assert summary["files_labelled_this_run"] == 2
+    assert summary["files_kept_from_earlier_output"] == 1
+    assert summary["errors_by_kind"] == {"empty_file": 1}
+
+
+def test_the_summary_file_records_the_run(in_process_rows, recordings, tmp_path):
+    output = tmp_path / "out"
+    assert main(["--input", str(recordings), "--output", str(output)]) == 0
+    summary = json.loads((output / "_summary.json").read_text())
+    assert summary["files"] == len(in_process_rows) == summary["files_labelled_this_run"]
+    assert sum(summary["labels"].values()) + summary["errors"] == summary["files"]
+    assert summary["errors_by_kind"] == {
+        "empty_file": 1,
+        "no_samples": 1,
+        "non_finite_samples": 1,
+        "unreadable_audio": 2,
+    }
+    assert summary["model_version"] == read_model_version(None)
+    assert summary["input"] == str(recordings)
+    assert summary["runner"].startswith("DirectRunner")
+    assert summary["started_at"] <= summary["ended_at"]
+    assert summary["files_per_s"] > 0
