@@ -39,6 +39,7 @@ setup(
         "dask": DASK,
         "aws": AWS,
         "gcp": GCP,
+        "plots": ["matplotlib>=3.8"],  # only for `python -m model.evaluate --plots`
         "test": [
             *DASK,
             *AWS,

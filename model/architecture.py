@@ -1,55 +1,171 @@
-"""A small depthwise-separable CNN (DS-CNN, Zhang et al. 2017 "Hello Edge") on log-mel features.
+"""Candidate networks on the shared log-mel front end, with train-only SpecAugment.
 
-Depthwise-separable blocks give most of a plain CNN's accuracy at a fraction of the
-multiply-adds, which matters because the labelling pipeline scores thousands of windows on CPU.
+Three families are compared on the same splits, seed and training recipe (see the model card):
+
+- `ds-cnn`: depthwise-separable CNN (Zhang et al. 2017, "Hello Edge"), the shipped design.
+- `tutorial-cnn`: the TensorFlow "simple audio recognition" tutorial CNN (resize to 32x32, two
+  3x3 convolutions, max pool, dense 128), as a plain baseline.
+- `bc-resnet`: a small broadcast-residual network (Kim et al. 2021, "BC-ResNet"): frequency-wise
+  depthwise convolutions plus a temporal branch on the frequency-averaged map, broadcast back.
+
+Every model maps waveforms float32 [batch, 16000] to logits [batch, 4]; the temperature-scaled
+softmax is added at export.
 """
 
 import math
+from collections.abc import Callable
 
 import keras
 
 from model.contract import CLIP_SAMPLES, LABELS
 from model.features import FFT_LENGTH, FRAMES, MEL_BINS, WINDOW_SAMPLES, LogMelSpectrogram
 
-ARCHITECTURE_NAME = "ds-cnn-logmel40"
-STEM_CHANNELS = 32  # the stem convolution sees one input channel, so it is costly per filter
-CHANNELS = 64
-STEM_STRIDES = (2, 2)
-# TensorFlow depthwise convolutions need equal row and column strides.
-DS_BLOCK_STRIDES = ((1, 1), (2, 2), (1, 1), (1, 1))
+DEFAULT_ARCHITECTURE = "ds-cnn"
 BN_MOMENTUM = 0.9  # moving statistics settle within an epoch, so val accuracy is meaningful early
-DROPOUT = 0.2
+# SpecAugment (Park et al. 2019), training only: masks per example and their widest extent.
+TIME_MASKS, TIME_MASK_FRAMES = 2, 6  # of 49 frames (20 ms each)
+FREQ_MASKS, FREQ_MASK_BINS = 2, 5  # of 40 mel bins
+SPEC_AUGMENT_SEED = 1234
 
 
-def ds_block(x: keras.KerasTensor, strides: tuple[int, int], index: int) -> keras.KerasTensor:
-    """Depthwise 3x3 then pointwise 1x1 convolution, each followed by batch norm and ReLU."""
-    x = keras.layers.DepthwiseConv2D(
-        3, strides=strides, padding="same", use_bias=False, name=f"ds{index}_depthwise"
-    )(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"ds{index}_depthwise_bn")(x)
-    x = keras.layers.ReLU(name=f"ds{index}_depthwise_relu")(x)
-    x = keras.layers.Conv2D(CHANNELS, 1, use_bias=False, name=f"ds{index}_pointwise")(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"ds{index}_pointwise_bn")(x)
-    return keras.layers.ReLU(name=f"ds{index}_pointwise_relu")(x)
+class SpecAugment(keras.layers.Layer):
+    """Zero random time and frequency bands of normalised features; identity at inference."""
+
+    def __init__(self, seed: int = SPEC_AUGMENT_SEED, **kwargs):
+        super().__init__(**kwargs)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _band_mask(self, batch: int, length: int, max_width: int, count: int) -> keras.KerasTensor:
+        """float [batch, length]: 0 inside `count` random bands of up to max_width, else 1."""
+        ops = keras.ops
+        positions = ops.cast(ops.arange(length), "float32")[None, :]
+        keep = ops.ones((batch, length))
+        for _ in range(count):
+            width = ops.floor(
+                keras.random.uniform((batch, 1), seed=self.seed_generator) * (max_width + 1)
+            )
+            start = ops.floor(
+                keras.random.uniform((batch, 1), seed=self.seed_generator) * (length - width + 1)
+            )
+            inside = ops.logical_and(positions >= start, positions < start + width)
+            keep = keep * (1.0 - ops.cast(inside, "float32"))
+        return keep
+
+    def call(self, features: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
+        if not training:
+            return features
+        batch = keras.ops.shape(features)[0]
+        time_keep = self._band_mask(batch, FRAMES, TIME_MASK_FRAMES, TIME_MASKS)
+        freq_keep = self._band_mask(batch, MEL_BINS, FREQ_MASK_BINS, FREQ_MASKS)
+        return features * time_keep[:, :, None, None] * freq_keep[:, None, :, None]
 
 
-def build_model() -> keras.Model:
-    """Waveform float32 [batch, 16000] -> logits [batch, 4]; softmax is added at export."""
-    waveform = keras.Input((CLIP_SAMPLES,), name="waveform")
+def front_end(waveform: keras.KerasTensor) -> keras.KerasTensor:
+    """Log-mel [batch, 49, 40, 1], per-mel-bin batch norm, SpecAugment while training."""
     x = LogMelSpectrogram(name="log_mel")(waveform)
     # Per-mel-bin normalisation learnt from the training data, instead of hand-set constants.
     x = keras.layers.BatchNormalization(axis=2, momentum=BN_MOMENTUM, name="feature_norm")(x)
-    x = keras.layers.Conv2D(
-        STEM_CHANNELS, (10, 4), strides=STEM_STRIDES, padding="same", use_bias=False, name="conv"
-    )(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="conv_bn")(x)
-    x = keras.layers.ReLU(name="conv_relu")(x)
-    for index, strides in enumerate(DS_BLOCK_STRIDES):
-        x = ds_block(x, strides, index)
+    return SpecAugment(name="spec_augment")(x)
+
+
+def conv_bn_relu(x: keras.KerasTensor, layer: keras.layers.Layer, name: str) -> keras.KerasTensor:
+    x = layer(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_ds_cnn(width: int = 64) -> keras.Model:
+    """Conv 10x4 stride 2 (32 ch) -> 4 depthwise-separable blocks -> pool -> dropout -> dense."""
+    waveform = keras.Input((CLIP_SAMPLES,), name="waveform")
+    x = front_end(waveform)
+    stem = keras.layers.Conv2D(32, (10, 4), strides=2, padding="same", use_bias=False, name="conv")
+    x = conv_bn_relu(x, stem, "conv")
+    # TensorFlow depthwise convolutions need equal row and column strides.
+    for index, stride in enumerate((1, 2, 1, 1)):
+        depthwise = keras.layers.DepthwiseConv2D(
+            3, strides=stride, padding="same", use_bias=False, name=f"ds{index}_depthwise"
+        )
+        x = conv_bn_relu(x, depthwise, f"ds{index}_depthwise")
+        pointwise = keras.layers.Conv2D(width, 1, use_bias=False, name=f"ds{index}_pointwise")
+        x = conv_bn_relu(x, pointwise, f"ds{index}_pointwise")
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(DROPOUT, name="dropout")(x)
+    x = keras.layers.Dropout(0.2, name="dropout")(x)
     logits = keras.layers.Dense(len(LABELS), name="logits")(x)
-    return keras.Model(waveform, logits, name=ARCHITECTURE_NAME)
+    return keras.Model(waveform, logits, name="ds-cnn")
+
+
+def build_tutorial_cnn() -> keras.Model:
+    """The TensorFlow simple-audio tutorial CNN on the same log-mel features."""
+    waveform = keras.Input((CLIP_SAMPLES,), name="waveform")
+    x = front_end(waveform)
+    x = keras.layers.Resizing(32, 32, name="resize")(x)
+    x = keras.layers.Conv2D(32, 3, activation="relu", name="conv1")(x)
+    x = keras.layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Dropout(0.25, name="dropout1")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(128, activation="relu", name="dense")(x)
+    x = keras.layers.Dropout(0.5, name="dropout2")(x)
+    logits = keras.layers.Dense(len(LABELS), name="logits")(x)
+    return keras.Model(waveform, logits, name="tutorial-cnn")
+
+
+def bc_block(
+    x: keras.KerasTensor, channels: int, freq_stride: int, dilation: int, name: str
+) -> keras.KerasTensor:
+    """Broadcast-residual block: frequency depthwise conv (f2) plus a temporal branch (f1) on the
+    frequency-averaged map, broadcast over frequency; identity shortcut unless shape changes."""
+    transition = x.shape[-1] != channels or freq_stride != 1
+    if transition:
+        x = conv_bn_relu(
+            x,
+            keras.layers.Conv2D(
+                channels, 1, strides=(1, freq_stride), use_bias=False, name=f"{name}_expand"
+            ),
+            f"{name}_expand",
+        )
+    f2 = keras.layers.DepthwiseConv2D(
+        (1, 3), padding="same", use_bias=False, name=f"{name}_freq_dw"
+    )(x)
+    f2 = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_freq_bn")(f2)
+    f1 = keras.ops.mean(f2, axis=2, keepdims=True)
+    f1 = keras.layers.DepthwiseConv2D(
+        (3, 1), padding="same", dilation_rate=(dilation, 1), use_bias=False, name=f"{name}_time_dw"
+    )(f1)
+    f1 = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_time_bn")(f1)
+    f1 = keras.layers.Activation("swish", name=f"{name}_swish")(f1)
+    f1 = keras.layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_pointwise")(f1)
+    f1 = keras.layers.SpatialDropout2D(0.1, name=f"{name}_dropout")(f1)
+    out = f2 + f1 if transition else x + f2 + f1
+    return keras.layers.ReLU(name=f"{name}_relu")(out)
+
+
+def build_bc_resnet() -> keras.Model:
+    """Stem 5x5 (24 ch, frequency stride 2) -> 4 stages of 2 broadcast-residual blocks -> head."""
+    waveform = keras.Input((CLIP_SAMPLES,), name="waveform")
+    x = front_end(waveform)
+    stem = keras.layers.Conv2D(24, 5, strides=(1, 2), padding="same", use_bias=False, name="stem")
+    x = conv_bn_relu(x, stem, "stem")
+    stages = ((24, 1, 1), (32, 2, 2), (48, 2, 4), (64, 1, 8))  # channels, freq stride, dilation
+    for stage, (channels, freq_stride, dilation) in enumerate(stages):
+        x = bc_block(x, channels, freq_stride, dilation, f"bc{stage}a")
+        x = bc_block(x, channels, 1, dilation, f"bc{stage}b")
+    x = conv_bn_relu(x, keras.layers.Conv2D(64, 1, use_bias=False, name="head"), "head")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = keras.layers.Dense(len(LABELS), name="logits")(x)
+    return keras.Model(waveform, logits, name="bc-resnet")
+
+
+ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
+    "ds-cnn": build_ds_cnn,
+    "tutorial-cnn": build_tutorial_cnn,
+    "bc-resnet": build_bc_resnet,
+}
+
+
+def build_model(name: str = DEFAULT_ARCHITECTURE) -> keras.Model:
+    """Waveform float32 [batch, 16000] -> logits [batch, 4] for a name in ARCHITECTURES."""
+    return ARCHITECTURES[name]()
 
 
 def feature_macs() -> int:
@@ -85,13 +201,14 @@ def describe(model: keras.Model) -> dict:
     net = network_macs(model)
     features = feature_macs()
     return {
-        "name": ARCHITECTURE_NAME,
-        "summary": (
-            f"log-mel {FRAMES}x{MEL_BINS} -> BN -> conv 10x4 stride {STEM_STRIDES}"
-            f" {STEM_CHANNELS}ch -> {len(DS_BLOCK_STRIDES)} depthwise-separable blocks"
-            f" {CHANNELS}ch (strides {DS_BLOCK_STRIDES}) -> global average pool"
-            f" -> dropout {DROPOUT} -> dense {len(LABELS)} -> softmax"
-        ),
+        "name": model.name,
+        "features": f"log-mel {FRAMES}x{MEL_BINS}, per-bin batch norm",
+        "spec_augment": {
+            "time_masks": TIME_MASKS,
+            "max_frames": TIME_MASK_FRAMES,
+            "freq_masks": FREQ_MASKS,
+            "max_bins": FREQ_MASK_BINS,
+        },
         "parameters": int(model.count_params()),
         "trainable_parameters": int(sum(math.prod(w.shape) for w in model.trainable_weights)),
         "macs_per_window": net + features,

@@ -140,3 +140,15 @@ def silence_windows(data_dir: str | Path, split: str, n: int, seed: int) -> np.n
     plus a share of near-silent clips (zeros and faint hiss). Same arguments, same array.
     """
     return make_silence(load_noise(data_dir, split), n, np.random.default_rng(seed))
+
+
+def time_shift(waveforms: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
+    """Each clip moved by up to max_shift samples either way, zero-filled, so the model does not
+    rely on words being centred."""
+    shifted = np.zeros_like(waveforms)
+    for i, shift in enumerate(rng.integers(-max_shift, max_shift + 1, len(waveforms))):
+        if shift >= 0:
+            shifted[i, shift:] = waveforms[i, : CLIP_SAMPLES - shift]
+        else:
+            shifted[i, :shift] = waveforms[i, -shift:]
+    return shifted

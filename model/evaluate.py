@@ -1,27 +1,61 @@
 """Score the exported model on the test split and report the figures the model card quotes.
 
-`python -m model.evaluate [--artifact DIR] [--data DIR] [--write-metadata]`
+`python -m model.evaluate [--artifact DIR] [--data DIR] [--split val|test] [--write-metadata]
+[--robustness [MODE ...]] [--plots DIR] [--errors]`
 
-Loads the artifact exactly as consumers do (model.serving.KeywordModel), scores every test speech
-clip plus TEST_SILENCE_WINDOWS deterministic silence windows from the test time portion of the
-noise recordings. The metric functions are pure (numpy in, dict out) for unit tests.
+Loads the artifact exactly as consumers do (model.serving.KeywordModel), scores every speech clip
+of the split plus 200 deterministic silence windows from that split's time portion of the noise
+recordings. `--robustness` re-scores the same clips under each mode of ROBUSTNESS_MODES (noise,
+gain, shift, other sample rates through the pipeline's decode path) and prints the accuracy drop
+against clean audio. The metric functions are pure (numpy in, numbers or dicts out) for unit
+tests; plotting needs matplotlib, imported only by `--plots`.
 """
 
 import argparse
+import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import soundfile
+import soxr
 
-from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
-from model.data import SILENCE_LABEL, load_split, silence_windows
+from model.audio import read_recording, split_windows
+from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
+from model.data import SILENCE_LABEL, load_split, read_manifest, rms, silence_windows, time_shift
+from model.serving import pick_window
 
 DEFAULT_DATA = Path("../shared/data/speech_commands")
 TEST_SILENCE_WINDOWS = 200
 TEST_SILENCE_SEED = 20_240_601
+VAL_SILENCE_WINDOWS = 200
+VAL_SILENCE_SEED = 7
+ECE_BINS = 15
+TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.2), np.log(5.0), 401))
 KEYWORDS = ("yes", "no")
 CONFUSABLE_WORD = "go"  # the unknown word most easily heard as "no"
 BATCH_SIZE = 256
+
+
+Predict = Callable[[np.ndarray], np.ndarray]
+ROBUSTNESS_SEED = 99
+ROBUSTNESS_SNR_DB = 10.0
+BABBLE_TALKERS = 5
+MAX_SHIFT_MS = 300
+ROBUSTNESS_MODES = (
+    "white-noise-10db",
+    "babble-10db",
+    "gain-30db",
+    "gain-20db",
+    "gain-10db",
+    "gain0db",
+    "shift-300ms",
+    "rate-8000",
+    "rate-22050",
+    "rate-44100",
+    "rate-48000",
+)
 
 
 def confusion_matrix(true_labels: np.ndarray, predicted_labels: np.ndarray) -> np.ndarray:
@@ -45,14 +79,60 @@ def classification_metrics(true_labels: np.ndarray, predicted_labels: np.ndarray
         }
         for i, label in enumerate(LABELS)
     }
+    recalls = [correct[i] / support[i] for i in range(len(LABELS)) if support[i]]
     return {
         "accuracy": float(correct.sum() / matrix.sum()) if matrix.sum() else 0.0,
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0,
         "per_class": per_class,
         "confusion_matrix": {
             "rows_true_columns_predicted": list(LABELS),
             "counts": matrix.tolist(),
         },
     }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [n, classes] logits, computed stably."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def negative_log_likelihood(probabilities: np.ndarray, true_labels: np.ndarray) -> float:
+    """Mean -log p(true class)."""
+    picked = probabilities[np.arange(len(true_labels)), true_labels]
+    return float(-np.mean(np.log(np.maximum(picked, 1e-12))))
+
+
+def reliability_bins(
+    probabilities: np.ndarray, true_labels: np.ndarray, bins: int = ECE_BINS
+) -> dict[str, np.ndarray]:
+    """Top-score confidence split into `bins` equal-width bins over [0, 1]: per bin the clip
+    count, mean confidence and accuracy (0 where a bin is empty)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == true_labels
+    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    safe = np.maximum(counts, 1)
+    return {
+        "counts": counts,
+        "confidence": np.bincount(index, confidence, minlength=bins) / safe,
+        "accuracy": np.bincount(index, correct.astype(np.float64), minlength=bins) / safe,
+    }
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, true_labels: np.ndarray, bins: int = ECE_BINS
+) -> float:
+    """ECE of the top score: count-weighted mean |accuracy - confidence| over the bins."""
+    table = reliability_bins(probabilities, true_labels, bins)
+    gaps = np.abs(table["accuracy"] - table["confidence"])
+    return float(np.sum(table["counts"] * gaps) / max(len(true_labels), 1))
+
+
+def fit_temperature(logits: np.ndarray, true_labels: np.ndarray) -> float:
+    """The temperature T on TEMPERATURE_GRID minimising the NLL of softmax(logits / T)."""
+    losses = [negative_log_likelihood(softmax(logits / t), true_labels) for t in TEMPERATURE_GRID]
+    return float(TEMPERATURE_GRID[int(np.argmin(losses))])
 
 
 def keyword_error_metrics(
@@ -87,38 +167,153 @@ def keyword_error_metrics(
     }
 
 
-def load_test_set(data_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Test speech clips followed by the fixed test silence windows: waveforms, labels, words."""
-    speech, labels, paths = load_split(data_dir, "test")
-    silence = silence_windows(data_dir, "test", TEST_SILENCE_WINDOWS, TEST_SILENCE_SEED)
+def load_eval_set(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A split's speech clips followed by its fixed silence windows: waveforms, labels, words."""
+    speech, labels, paths = load_split(data_dir, split)
+    seed = TEST_SILENCE_SEED if split == "test" else VAL_SILENCE_SEED
+    count = TEST_SILENCE_WINDOWS if split == "test" else VAL_SILENCE_WINDOWS
+    silence = silence_windows(data_dir, split, count, seed)
     waveforms = np.concatenate([speech, silence])
     all_labels = np.concatenate([labels, np.full(len(silence), SILENCE_LABEL, np.int64)])
     words = [path.split("/")[0] for path in paths] + [""] * len(silence)
     return waveforms, all_labels, words
 
 
-def predict_in_batches(predict, waveforms: np.ndarray) -> np.ndarray:
+def predict_in_batches(predict: Predict, waveforms: np.ndarray) -> np.ndarray:
     """Probabilities for all waveforms, BATCH_SIZE at a time, as the labelling pipeline does."""
     batches = [predict(waveforms[i : i + BATCH_SIZE]) for i in range(0, len(waveforms), BATCH_SIZE)]
     return np.concatenate(batches)
 
 
-def evaluate_artifact(artifact_dir: Path, data_dir: Path) -> dict:
-    """All test metrics of the exported model, as stored under metadata.json's `metrics`."""
+def score_metrics(probabilities: np.ndarray, labels: np.ndarray, words: list[str]) -> dict:
+    """Classification, keyword-error and calibration figures of [n, 4] probabilities."""
+    predicted = probabilities.argmax(axis=1)
+    return {
+        **classification_metrics(labels, predicted),
+        **keyword_error_metrics(labels, predicted, words),
+        "ece": expected_calibration_error(probabilities, labels),
+        "ece_bins": ECE_BINS,
+    }
+
+
+def evaluate_probabilities(
+    artifact_dir: Path, data_dir: Path, split: str = "test"
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics of the exported model on a split, plus its probabilities and the true labels."""
     from model.serving import KeywordModel  # loads TensorFlow, which the pure metrics don't need
 
     keyword_model = KeywordModel(artifact_dir)
-    waveforms, labels, words = load_test_set(data_dir)
-    predicted = predict_in_batches(keyword_model.predict, waveforms).argmax(axis=1)
-    return {
-        "split": "test",
+    waveforms, labels, words = load_eval_set(data_dir, split)
+    probabilities = predict_in_batches(keyword_model.predict, waveforms)
+    metrics = {
+        "split": split,
         "model_version": keyword_model.version,
         "speech_clips": int((labels != SILENCE_LABEL).sum()),
-        "silence_windows": TEST_SILENCE_WINDOWS,
-        "silence_seed": TEST_SILENCE_SEED,
-        **classification_metrics(labels, predicted),
-        **keyword_error_metrics(labels, predicted, words),
+        "silence_windows": int((labels == SILENCE_LABEL).sum()),
+        "silence_seed": TEST_SILENCE_SEED if split == "test" else VAL_SILENCE_SEED,
+        **score_metrics(probabilities, labels, words),
     }
+    return metrics, probabilities, labels
+
+
+def evaluate_artifact(artifact_dir: Path, data_dir: Path, split: str = "test") -> dict:
+    """All metrics of the exported model on a split, as stored under metadata.json's `metrics`."""
+    return evaluate_probabilities(artifact_dir, data_dir, split)[0]
+
+
+def add_noise(
+    waveforms: np.ndarray, noise: np.ndarray, snr_db: float = ROBUSTNESS_SNR_DB
+) -> np.ndarray:
+    """Each clip plus its noise row rescaled to `snr_db` below the clip's RMS, clipped."""
+    scale = rms(waveforms) / 10 ** (snr_db / 20) / np.maximum(rms(noise), 1e-8)
+    return np.clip(waveforms + noise * scale, -1.0, 1.0).astype(np.float32)
+
+
+def babble_noise(talkers: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n babble clips, each the sum of BABBLE_TALKERS random talker clips at equal RMS."""
+    picked = talkers[rng.integers(len(talkers), size=(n, BABBLE_TALKERS))]
+    return (picked / np.maximum(rms(picked), 1e-8)).sum(axis=1).astype(np.float32)
+
+
+def through_pipeline_at_rate(predict: Predict, waveforms: np.ndarray, rate: int) -> np.ndarray:
+    """Probabilities [n, 4] after writing each clip as a `rate` Hz 16-bit WAV and reading it back
+    with the pipeline's decode + resample + window path, keeping the pipeline's chosen window."""
+    windows, owners = [], []
+    for index, clip in enumerate(waveforms):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, soxr.resample(clip, SAMPLE_RATE, rate), rate, format="WAV")
+        clip_windows = split_windows(read_recording(buffer).mono)
+        windows.append(clip_windows)
+        owners += [index] * len(clip_windows)
+    probabilities = predict_in_batches(predict, np.concatenate(windows))
+    owners_array = np.asarray(owners)
+    picked = []
+    for index in range(len(waveforms)):
+        rows = probabilities[owners_array == index]
+        picked.append(rows[pick_window(rows)])
+    return np.stack(picked)
+
+
+def robustness_probabilities(
+    predict: Predict, mode: str, waveforms: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """Probabilities of every clip under one mode of ROBUSTNESS_MODES (seeded, repeatable)."""
+    rng = np.random.default_rng(ROBUSTNESS_SEED)
+    if mode == "white-noise-10db":
+        changed = add_noise(waveforms, rng.standard_normal(waveforms.shape).astype(np.float32))
+    elif mode == "babble-10db":
+        talkers = waveforms[labels == LABELS.index("unknown")]
+        changed = add_noise(waveforms, babble_noise(talkers, len(waveforms), rng))
+    elif mode.startswith("gain"):
+        gain = 10 ** (float(mode.removeprefix("gain").removesuffix("db")) / 20)
+        changed = np.clip(waveforms * gain, -1.0, 1.0)
+    elif mode == "shift-300ms":
+        changed = time_shift(waveforms, rng, MAX_SHIFT_MS * SAMPLE_RATE // 1000)
+    elif mode.startswith("rate-"):
+        return through_pipeline_at_rate(predict, waveforms, int(mode.removeprefix("rate-")))
+    else:
+        raise ValueError(f"unknown robustness mode {mode!r}")
+    return predict_in_batches(predict, changed)
+
+
+def robustness_report(artifact_dir: Path, data_dir: Path, split: str, modes: list[str]) -> dict:
+    """Accuracy, keyword recall and false keyword rate per mode, with the drop against clean."""
+    from model.serving import KeywordModel
+
+    keyword_model = KeywordModel(artifact_dir)
+    waveforms, labels, words = load_eval_set(data_dir, split)
+    clean = predict_in_batches(keyword_model.predict, waveforms)
+    results = {}
+    for mode in ["clean", *modes]:
+        probabilities = (
+            clean
+            if mode == "clean"
+            else robustness_probabilities(keyword_model.predict, mode, waveforms, labels)
+        )
+        figures = score_metrics(probabilities, labels, words)
+        results[mode] = {
+            "accuracy": figures["accuracy"],
+            "yes_recall": figures["per_class"]["yes"]["recall"],
+            "no_recall": figures["per_class"]["no"]["recall"],
+            "false_keyword_rate": figures["false_keyword_rate"],
+        }
+    for figures in results.values():
+        figures["drop_points"] = 100 * (results["clean"]["accuracy"] - figures["accuracy"])
+    return results
+
+
+def format_robustness(results: dict) -> str:
+    """One line per robustness mode."""
+    lines = [
+        f"{'mode':<17} {'accuracy':>8} {'drop pts':>8} {'yes rec':>7} {'no rec':>7} {'FKR':>6}"
+    ]
+    for mode, figures in results.items():
+        lines.append(
+            f"{mode:<17} {figures['accuracy']:>8.4f} {figures['drop_points']:>8.2f}"
+            f" {figures['yes_recall']:>7.4f} {figures['no_recall']:>7.4f}"
+            f" {figures['false_keyword_rate']:>6.4f}"
+        )
+    return "\n".join(lines)
 
 
 def format_report(metrics: dict) -> str:
@@ -126,7 +321,8 @@ def format_report(metrics: dict) -> str:
     lines = [
         f"model {metrics['model_version']} on {metrics['split']}: {metrics['speech_clips']} speech"
         f" clips + {metrics['silence_windows']} silence windows (seed {metrics['silence_seed']})",
-        f"4-class accuracy: {metrics['accuracy']:.4f}",
+        f"4-class accuracy: {metrics['accuracy']:.4f}"
+        f" (balanced {metrics['balanced_accuracy']:.4f})",
         f"{'class':<8} {'precision':>9} {'recall':>7} {'support':>7}",
     ]
     for label, figures in metrics["per_class"].items():
@@ -147,8 +343,63 @@ def format_report(metrics: dict) -> str:
         f"no vs go: go -> no {no_vs_go['go_predicted_no']}/{no_vs_go['go_clips']},"
         f" go -> yes {no_vs_go['go_predicted_yes']}/{no_vs_go['go_clips']},"
         f" no -> unknown {no_vs_go['no_predicted_unknown']}/{no_vs_go['no_clips']}",
+        f"expected calibration error (top score, {metrics['ece_bins']} bins): {metrics['ece']:.4f}",
     ]
     return "\n".join(lines)
+
+
+def format_errors(data_dir: Path, split: str, probabilities: np.ndarray, labels: np.ndarray) -> str:
+    """One line per misclassified clip: path (or silence window), speaker, level, true,
+    predicted and the top probability."""
+    waveforms = load_eval_set(data_dir, split)[0]
+    rows = [row for row in read_manifest(data_dir) if row.split == split]
+    level_db = 20 * np.log10(np.maximum(rms(waveforms)[:, 0], 1e-10))
+    predicted = probabilities.argmax(axis=1)
+    lines = [f"misclassified on {split}: {int((predicted != labels).sum())}"]
+    for i in np.flatnonzero(predicted != labels):
+        name, speaker = (rows[i].path, rows[i].speaker) if i < len(rows) else (f"silence#{i}", "-")
+        lines.append(
+            f"{name:<28} speaker {speaker:<9} rms {level_db[i]:6.1f} dBFS"
+            f" {LABELS[labels[i]]:>7} -> {LABELS[predicted[i]]:<7} p {probabilities[i].max():.2f}"
+        )
+    return "\n".join(lines)
+
+
+def save_plots(out_dir: Path, metrics: dict, probabilities: np.ndarray, labels: np.ndarray) -> None:
+    """reliability.png (top-score reliability diagram) and confusion.png in out_dir."""
+    import matplotlib  # optional: only this command needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = reliability_bins(probabilities, labels)
+    centres = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
+    used = table["counts"] > 0
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    axis.bar(centres[used], table["accuracy"][used], width=1 / ECE_BINS, alpha=0.7,
+             edgecolor="black", label="accuracy per bin")  # fmt: skip
+    axis.plot(table["confidence"][used], table["accuracy"][used], "o", color="C3",
+              label="(mean confidence, accuracy)")  # fmt: skip
+    axis.set(xlabel="top-class probability", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+             title=f"{metrics['split']}: ECE {metrics['ece']:.4f} ({ECE_BINS} bins)")  # fmt: skip
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out_dir / "reliability.png", dpi=120)
+    plt.close(figure)
+
+    counts = np.asarray(metrics["confusion_matrix"]["counts"])
+    figure, axis = plt.subplots(figsize=(4.8, 4.2))
+    axis.imshow(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1), cmap="Blues")
+    for (row, column), count in np.ndenumerate(counts):
+        axis.text(column, row, str(count), ha="center", va="center")
+    axis.set_xticks(range(len(LABELS)), LABELS)
+    axis.set_yticks(range(len(LABELS)), LABELS)
+    axis.set(xlabel="predicted", ylabel="true",
+             title=f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}")  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(out_dir / "confusion.png", dpi=120)
+    plt.close(figure)
 
 
 def store_metrics(artifact_dir: Path, metrics: dict) -> None:
@@ -165,15 +416,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument(
-        "--write-metadata", action="store_true", help="store the figures in metadata.json"
+        "--write-metadata", action="store_true", help="store the test figures in metadata.json"
     )
+    parser.add_argument(
+        "--robustness",
+        nargs="*",
+        choices=ROBUSTNESS_MODES,
+        help="score under these modes (all when none are named) and print the drop vs clean",
+    )
+    parser.add_argument("--plots", type=Path, help="write reliability.png and confusion.png here")
+    parser.add_argument("--errors", action="store_true", help="list the misclassified clips")
     args = parser.parse_args()
-    metrics = evaluate_artifact(args.artifact, args.data)
+    metrics, probabilities, labels = evaluate_probabilities(args.artifact, args.data, args.split)
     print(format_report(metrics))
     if args.write_metadata:
+        if args.split != "test":
+            parser.error("--write-metadata stores test figures; use --split test")
         store_metrics(args.artifact, metrics)
         print(f"metrics written to {args.artifact / METADATA_FILE}")
+    if args.plots:
+        save_plots(args.plots, metrics, probabilities, labels)
+        print(f"plots written to {args.plots}/reliability.png and {args.plots}/confusion.png")
+    if args.errors:
+        print(format_errors(args.data, args.split, probabilities, labels))
+    if args.robustness is not None:
+        modes = args.robustness or list(ROBUSTNESS_MODES)
+        print(format_robustness(robustness_report(args.artifact, args.data, args.split, modes)))
 
 
 if __name__ == "__main__":

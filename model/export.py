@@ -29,15 +29,18 @@ ARTIFACT_ENTRIES = {
 
 
 class ServingModule(tf.Module):
-    """Waveforms in, softmax probabilities out, under the names fixed in model/contract.py."""
+    """Waveforms in, calibrated probabilities softmax(logits / temperature) out, under the names
+    fixed in model/contract.py."""
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, temperature: float):
         super().__init__()
         self.model = model
+        self.temperature = tf.constant(temperature, tf.float32)
 
     @tf.function(input_signature=[tf.TensorSpec([None, CLIP_SAMPLES], tf.float32, name=INPUT_NAME)])
     def serve(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT_NAME: tf.nn.softmax(self.model(waveform, training=False))}
+        logits = self.model(waveform, training=False)
+        return {OUTPUT_NAME: tf.nn.softmax(logits / self.temperature)}
 
 
 def clear_artifact_dir(out_dir: Path) -> None:
@@ -60,15 +63,17 @@ def model_version(out_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def export_saved_model(model: keras.Model, out_dir: Path, check_waveforms: np.ndarray) -> float:
+def export_saved_model(
+    model: keras.Model, out_dir: Path, check_waveforms: np.ndarray, temperature: float
+) -> float:
     """Save the serving SavedModel to out_dir, reload it with plain TensorFlow and check it
     reproduces the Keras model on check_waveforms. Returns the largest probability difference."""
     clear_artifact_dir(out_dir)
-    module = ServingModule(model)
+    module = ServingModule(model, temperature)
     tf.saved_model.save(module, str(out_dir), signatures={SIGNATURE: module.serve})
     signature = tf.saved_model.load(str(out_dir)).signatures[SIGNATURE]
     reloaded = signature(**{INPUT_NAME: tf.constant(check_waveforms)})[OUTPUT_NAME].numpy()
-    expected = tf.nn.softmax(model(check_waveforms, training=False)).numpy()
+    expected = tf.nn.softmax(model(check_waveforms, training=False) / temperature).numpy()
     difference = float(np.max(np.abs(reloaded - expected)))
     if difference > 1e-4:
         raise RuntimeError(f"reloaded SavedModel differs from the Keras model by {difference}")

@@ -48,3 +48,14 @@ class KeywordModel:
             return np.zeros((0, len(LABELS)), np.float32)
         batch = self._tf.constant(waveforms, dtype=self._tf.float32)
         return self._signature(**{INPUT_NAME: batch})[OUTPUT_NAME].numpy()
+
+
+def pick_window(probabilities: np.ndarray) -> int:
+    """Of a recording's windows [n, 4], the one whose keyword (yes or no) score is highest.
+
+    A file is `yes` if some window is confidently `yes`; a file with no keyword window still
+    reports its most keyword-like window, whose own top class is then `unknown` or `silence`.
+    Used by the pipeline and by evaluation, so both label a long recording the same way.
+    """
+    keyword_columns = [LABELS.index("yes"), LABELS.index("no")]
+    return int(np.argmax(probabilities[:, keyword_columns].max(axis=1)))

@@ -2,9 +2,11 @@
 
 `python -m model.train --data ../shared/data/speech_commands --out model/artifacts/yesno`
 
-Fits on `train` with on-the-fly augmentation, keeps the weights with the best `val` balanced
-accuracy, exports the SavedModel with metadata.json, then measures it on `test` (report only;
-test never steers training) and stores those figures in the metadata.
+Fits on `train` with on-the-fly augmentation (shift, gain, background and babble noise;
+SpecAugment inside the model) and label smoothing, keeps the weights with the best `val`
+balanced accuracy, fits a softmax temperature on `val`, exports a fresh model with those weights
+and the temperature folded in, then measures it on `test` (report only; test never steers
+training or calibration) and stores those figures in the metadata.
 """
 
 import argparse
@@ -12,10 +14,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soxr
 
+from model.architecture import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
 from model.data import (
     SILENCE_LABEL,
+    fit_to_clip,
     load_noise,
     load_split,
     log_uniform,
@@ -23,25 +28,44 @@ from model.data import (
     random_noise_windows,
     rms,
     silence_windows,
+    time_shift,
 )
-from model.evaluate import DEFAULT_DATA, evaluate_artifact, format_report, store_metrics
+from model.evaluate import (
+    DEFAULT_DATA,
+    VAL_SILENCE_SEED,
+    VAL_SILENCE_WINDOWS,
+    classification_metrics,
+    evaluate_artifact,
+    expected_calibration_error,
+    fit_temperature,
+    format_report,
+    negative_log_likelihood,
+    softmax,
+    store_metrics,
+)
 
 DEFAULT_OUT = Path("model/artifacts/yesno")
 DEFAULT_EPOCHS = 30
 BATCH_SIZE = 64
 PEAK_LEARNING_RATE = 3e-3
 TF_THREADS = 2  # the machine has 2 cores, shared with other work
-VAL_SILENCE_WINDOWS = 200
-VAL_SILENCE_SEED = 7
+LABEL_SMOOTHING = 0.1
 # Clips per class drawn each epoch: keywords are oversampled (with fresh augmentation each time)
 # to roughly match unknown, which is used in full; silence is made afresh every epoch.
+# `go` is the unknown word closest to `no`: its clips are drawn a second time each epoch.
 KEYWORD_CLIPS_PER_EPOCH = 1800
 SILENCE_CLIPS_PER_EPOCH = 800
+EXTRA_EXPOSURE_WORD = "go"
 AUGMENTATION = {
-    "time_shift_ms": 100,
+    "time_shift_ms": 300,
     "noise_probability": 0.8,
-    "noise_snr_db": (3.0, 30.0),
-    "gain": (0.2, 2.0),
+    "noise_snr_db": (0.0, 30.0),
+    "babble_share": 0.3,  # of the noisy clips: babble of other train unknown clips, not a recording
+    "babble_talkers": (3, 6),
+    "gain": (0.03, 2.0),  # -30 dB to +6 dB
+    # Share of all clips (speech and silence) band-limited like audio recorded at a low rate.
+    "band_limit_probability": 0.2,
+    "band_limit_rates": (8000, 11025),
 }
 
 
@@ -56,25 +80,43 @@ def configure_tensorflow(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def time_shift(waveforms: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
-    """Each clip moved by up to max_shift samples either way, zero-filled, so the model does not
-    rely on words being centred."""
-    shifted = np.zeros_like(waveforms)
-    for i, shift in enumerate(rng.integers(-max_shift, max_shift + 1, len(waveforms))):
-        if shift >= 0:
-            shifted[i, shift:] = waveforms[i, : CLIP_SAMPLES - shift]
-        else:
-            shifted[i, :shift] = waveforms[i, -shift:]
-    return shifted
+def band_limit(waveforms: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random share of clips resampled down to 8 or 11.025 kHz and back with soxr, as the
+    pipeline does with low-rate recordings, so that the model does not need the top band."""
+    limited = waveforms.copy()
+    chosen = np.flatnonzero(rng.random(len(waveforms)) < AUGMENTATION["band_limit_probability"])
+    for i in chosen:
+        rate = int(rng.choice(AUGMENTATION["band_limit_rates"]))
+        low = soxr.resample(waveforms[i], SAMPLE_RATE, rate, quality="HQ")
+        limited[i] = fit_to_clip(soxr.resample(low, rate, SAMPLE_RATE, quality="HQ"))
+    return np.clip(limited, -1.0, 1.0)
+
+
+def babble(talkers: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n clips, each the sum of 3-6 random clips of `talkers` at random relative levels."""
+    low, high = AUGMENTATION["babble_talkers"]
+    mixed = np.zeros((n, CLIP_SAMPLES), np.float32)
+    for i, count in enumerate(rng.integers(low, high + 1, n)):
+        picked = talkers[rng.integers(len(talkers), size=count)]
+        levels = log_uniform(rng, 0.3, 1.0, count)[:, None] / np.maximum(rms(picked), 1e-8)
+        mixed[i] = (picked * levels).sum(axis=0)
+    return mixed
 
 
 def augment_speech(
-    waveforms: np.ndarray, noise_segments: list[np.ndarray], rng: np.random.Generator
+    waveforms: np.ndarray,
+    noise_segments: list[np.ndarray],
+    talkers: np.ndarray,
+    rng: np.random.Generator,
 ) -> np.ndarray:
-    """Random time shift, background noise at a random SNR (most clips), and random gain."""
+    """Random time shift, background or babble noise at a random SNR (most clips), random gain.
+
+    `talkers` are train clips of unknown words, so babble never holds a keyword."""
     max_shift = AUGMENTATION["time_shift_ms"] * SAMPLE_RATE // 1000
     clips = time_shift(waveforms, rng, max_shift)
     noise = random_noise_windows(noise_segments, len(clips), rng)
+    use_babble = np.flatnonzero(rng.random(len(clips)) < AUGMENTATION["babble_share"])
+    noise[use_babble] = babble(talkers, len(use_babble), rng)
     snr_db = rng.uniform(*AUGMENTATION["noise_snr_db"], (len(clips), 1))
     noise_rms = rms(clips) / 10 ** (snr_db / 20)
     noise *= noise_rms / np.maximum(rms(noise), 1e-8)
@@ -86,6 +128,7 @@ def augment_speech(
 def epoch_examples(
     speech: np.ndarray,
     labels: np.ndarray,
+    words: list[str],
     noise_segments: list[np.ndarray],
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -97,29 +140,28 @@ def epoch_examples(
             chosen.append(rng.choice(members, KEYWORD_CLIPS_PER_EPOCH, replace=True))
         else:
             chosen.append(members)
+    chosen.append(np.flatnonzero(np.asarray(words) == EXTRA_EXPOSURE_WORD))
     indices = np.concatenate(chosen)
-    waveforms = np.concatenate(
-        [
-            augment_speech(speech[indices], noise_segments, rng),
-            make_silence(noise_segments, SILENCE_CLIPS_PER_EPOCH, rng),
-        ]
+    talkers = speech[labels == LABELS.index("unknown")]
+    waveforms = band_limit(
+        np.concatenate(
+            [
+                augment_speech(speech[indices], noise_segments, talkers, rng),
+                make_silence(noise_segments, SILENCE_CLIPS_PER_EPOCH, rng),
+            ]
+        ),
+        rng,
     )
     targets = np.concatenate([labels[indices], np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_LABEL)])
     order = rng.permutation(len(targets))
     return waveforms[order], targets[order]
 
 
-def balanced_accuracy(targets: np.ndarray, predicted: np.ndarray) -> float:
-    """Mean per-class recall: the selection score, so that the few keyword clips in val count as
-    much as the many unknown ones."""
-    return float(np.mean([(predicted[targets == c] == c).mean() for c in np.unique(targets)]))
-
-
 def class_counts(labels: np.ndarray) -> dict[str, int]:
     return {label: int((labels == i).sum()) for i, label in enumerate(LABELS)}
 
 
-def train(data_dir: Path, out_dir: Path, seed: int, epochs: int) -> None:
+def train(data_dir: Path, out_dir: Path, seed: int, epochs: int, architecture: str) -> None:
     configure_tensorflow(seed)
     import keras
 
@@ -128,17 +170,19 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int) -> None:
 
     started = time.monotonic()
     rng = np.random.default_rng(seed)
-    train_speech, train_labels, _ = load_split(data_dir, "train")
+    train_speech, train_labels, train_paths = load_split(data_dir, "train")
+    train_words = [path.split("/")[0] for path in train_paths]
     val_speech, val_labels, _ = load_split(data_dir, "val")
     val_silence = silence_windows(data_dir, "val", VAL_SILENCE_WINDOWS, VAL_SILENCE_SEED)
     val_waveforms = np.concatenate([val_speech, val_silence])
     val_targets = np.concatenate([val_labels, np.full(len(val_silence), SILENCE_LABEL)])
     noise_segments = load_noise(data_dir, "train")
 
-    model = build_model()
+    model = build_model(architecture)
     examples_per_epoch = (
         2 * KEYWORD_CLIPS_PER_EPOCH
         + int((train_labels == LABELS.index("unknown")).sum())
+        + train_words.count(EXTRA_EXPOSURE_WORD)
         + SILENCE_CLIPS_PER_EPOCH
     )
     total_steps = epochs * -(-examples_per_epoch // BATCH_SIZE)
@@ -151,16 +195,20 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int) -> None:
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=LABEL_SMOOTHING
+        ),
+        metrics=["categorical_accuracy"],
     )
 
     best_score, best_accuracy, best_epoch, best_weights = -1.0, 0.0, 0, model.get_weights()
     for epoch in range(epochs):
-        waveforms, targets = epoch_examples(train_speech, train_labels, noise_segments, rng)
+        waveforms, targets = epoch_examples(
+            train_speech, train_labels, train_words, noise_segments, rng
+        )
         history = model.fit(
             waveforms,
-            targets,
+            np.eye(len(LABELS), dtype=np.float32)[targets],
             batch_size=BATCH_SIZE,
             epochs=epoch + 1,
             initial_epoch=epoch,
@@ -169,20 +217,38 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int) -> None:
         )
         val_predicted = model.predict(val_waveforms, batch_size=256, verbose=0).argmax(axis=1)
         val_accuracy = float((val_predicted == val_targets).mean())
-        val_score = balanced_accuracy(val_targets, val_predicted)
+        val_score = classification_metrics(val_targets, val_predicted)["balanced_accuracy"]
         if val_score > best_score:
             best_score, best_accuracy = val_score, val_accuracy
             best_epoch, best_weights = epoch + 1, model.get_weights()
         print(
             f"epoch {epoch + 1}/{epochs} loss {history.history['loss'][-1]:.4f}"
-            f" train acc {history.history['accuracy'][-1]:.4f} val acc {val_accuracy:.4f}"
+            f" train acc {history.history['categorical_accuracy'][-1]:.4f}"
+            f" val acc {val_accuracy:.4f}"
             f" val balanced acc {val_score:.4f} (best {best_score:.4f} @ {best_epoch})"
             f" {time.monotonic() - started:.0f}s",
             flush=True,
         )
+    # A fresh model holds only the network's variables (no optimizer state) for export.
+    model = build_model(architecture)
     model.set_weights(best_weights)
+    val_logits = model.predict(val_waveforms, batch_size=256, verbose=0)
+    temperature = fit_temperature(val_logits, val_targets)
+    calibration = {
+        "fitted_on": "val speech clips + val silence windows, clean",
+        "temperature": temperature,
+        **{
+            f"val_{name}_{when}": function(softmax(val_logits / t), val_targets)
+            for when, t in (("before", 1.0), ("after", temperature))
+            for name, function in (
+                ("ece", expected_calibration_error),
+                ("nll", negative_log_likelihood),
+            )
+        },
+    }
+    print(f"temperature {temperature:.3f}: {calibration}")
 
-    difference = export_saved_model(model, out_dir, val_waveforms[:BATCH_SIZE])
+    difference = export_saved_model(model, out_dir, val_waveforms[:BATCH_SIZE], temperature)
     print(f"exported to {out_dir}; reloaded SavedModel matches Keras within {difference:.2e}")
     copy_data_license(data_dir, out_dir)
     wall_seconds = time.monotonic() - started
@@ -207,7 +273,7 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int) -> None:
                 "per_epoch": {
                     "yes": KEYWORD_CLIPS_PER_EPOCH,
                     "no": KEYWORD_CLIPS_PER_EPOCH,
-                    "unknown": "all train clips",
+                    "unknown": f"all train clips, {EXTRA_EXPOSURE_WORD!r} twice",
                     "silence": SILENCE_CLIPS_PER_EPOCH,
                 },
                 "silence": "1 s windows of the background-noise files (first 80% of each file for"
@@ -217,6 +283,8 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int) -> None:
                 "epochs": epochs,
                 "batch_size": BATCH_SIZE,
                 "optimizer": f"Adam, cosine decay from {PEAK_LEARNING_RATE} with 5% warm-up",
+                "loss": f"cross-entropy, label smoothing {LABEL_SMOOTHING}",
+                "extra_exposure": f"every {EXTRA_EXPOSURE_WORD!r} clip drawn twice per epoch",
                 "augmentation": AUGMENTATION,
                 "selection": "weights of the epoch with the best val balanced accuracy"
                 " (mean per-class recall, so keyword recall weighs as much as unknown)",
@@ -225,6 +293,7 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int) -> None:
                 "best_val_accuracy": best_accuracy,
                 "wall_seconds": round(wall_seconds, 1),
             },
+            "calibration": calibration,
         },
     )
     metrics = evaluate_artifact(out_dir, data_dir)
@@ -239,8 +308,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=DEFAULT_ARCHITECTURE)
     args = parser.parse_args()
-    train(args.data, args.out, args.seed, args.epochs)
+    train(args.data, args.out, args.seed, args.epochs, args.arch)
 
 
 if __name__ == "__main__":
