@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 
 from model.contract import LABELS
+from model.serving import pick_window
 
-KEYWORDS = ("yes", "no")
 SCORE_COLUMNS = tuple(f"score_{label}" for label in LABELS)
 
 ROW_SCHEMA = pa.schema(
@@ -33,16 +33,6 @@ class RecordingInfo:
     sample_rate: int | None = None
     channels: int | None = None
     error: str | None = None
-
-
-def pick_window(probabilities: np.ndarray) -> int:
-    """The window whose keyword (yes or no) score is highest.
-
-    A file is `yes` if some window is confidently `yes`; a file with no keyword window still
-    reports its most keyword-like window, whose own top class is then `unknown` or `silence`.
-    """
-    keyword_columns = [LABELS.index(keyword) for keyword in KEYWORDS]
-    return int(np.argmax(probabilities[:, keyword_columns].max(axis=1)))
 
 
 def make_row(info: RecordingInfo, probabilities: np.ndarray | None, model_version: str) -> dict:
