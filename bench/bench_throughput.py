@@ -591,7 +591,7 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> None:
         if method == "naive":
             print(
                 f"  (smaller sizes, --naive-sizes {method_sizes[0]},{method_sizes[1]}: "
-                "it runs at tens of files/s)"
+                "one Keras predict call per file is slow)"
             )
         print(
             f"  {'N':>8} {'wall s':>9} {'files/s':>9} {'CPU s':>8} {'CPU/wall':>8} "
