@@ -24,7 +24,7 @@ import soxr
 from model.audio import read_recording, split_windows
 from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
 from model.data import SILENCE_LABEL, load_split, read_manifest, rms, silence_windows, time_shift
-from model.serving import pick_window
+from model.serving import KeywordModel, pick_window
 
 DEFAULT_DATA = Path("../shared/data/speech_commands")
 TEST_SILENCE_WINDOWS = 200
@@ -200,8 +200,6 @@ def evaluate_probabilities(
     artifact_dir: Path, data_dir: Path, split: str = "test"
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics of the exported model on a split, plus its probabilities and the true labels."""
-    from model.serving import KeywordModel  # loads TensorFlow, which the pure metrics don't need
-
     keyword_model = KeywordModel(artifact_dir)
     waveforms, labels, words = load_eval_set(data_dir, split)
     probabilities = predict_in_batches(keyword_model.predict, waveforms)
@@ -278,8 +276,6 @@ def robustness_probabilities(
 
 def robustness_report(artifact_dir: Path, data_dir: Path, split: str, modes: list[str]) -> dict:
     """Accuracy, keyword recall and false keyword rate per mode, with the drop against clean."""
-    from model.serving import KeywordModel
-
     keyword_model = KeywordModel(artifact_dir)
     waveforms, labels, words = load_eval_set(data_dir, split)
     clean = predict_in_batches(keyword_model.predict, waveforms)
