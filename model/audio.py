@@ -4,6 +4,7 @@ Shared by the labelling pipeline and by evaluation, so that both see a recording
 """
 
 import io
+import os
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -34,16 +35,18 @@ class Recording:
     duration_s: float
 
 
-def read_recording(source: BinaryIO, max_duration_s: float = DEFAULT_MAX_DURATION_S) -> Recording:
-    """Decode a seekable audio file: downmix to mono and resample to 16 kHz, block by block.
+def read_recording(
+    source: BinaryIO | str, max_duration_s: float = DEFAULT_MAX_DURATION_S
+) -> Recording:
+    """Decode a local path or a seekable file: downmix to mono and resample to 16 kHz, by blocks.
 
     Channels are averaged; resampling uses soxr's high-quality anti-aliasing filter. The file is
     read in blocks until its data really ends, so a header that claims more frames than the file
     holds costs nothing, and a recording longer than `max_duration_s` is refused before decoding.
+    A path is opened by libsndfile itself, which is cheaper than reading through a Python file.
     """
-    if source.seek(0, io.SEEK_END) == 0:
+    if _size(source) == 0:
         raise AudioError("empty_file", "the file has 0 bytes")
-    source.seek(0)
     try:
         with soundfile.SoundFile(source) as file:
             sample_rate, channels = file.samplerate, file.channels
@@ -64,24 +67,45 @@ def read_recording(source: BinaryIO, max_duration_s: float = DEFAULT_MAX_DURATIO
     return Recording(mono, sample_rate, channels, frames / sample_rate)
 
 
+def _size(source: BinaryIO | str) -> int:
+    if isinstance(source, str):
+        return os.path.getsize(source)
+    size = source.seek(0, io.SEEK_END)
+    source.seek(0)
+    return size
+
+
 def _decode_mono(file: soundfile.SoundFile) -> tuple[np.ndarray, int]:
+    """All frames as mono float32 at SAMPLE_RATE; a file shorter than a block is one read."""
     resampler = (
         None
         if file.samplerate == SAMPLE_RATE
         else soxr.ResampleStream(file.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
     )
+    # Integer PCM decodes to finite floats by construction; other encodings are checked.
+    may_be_non_finite = not file.subtype.startswith("PCM_")
     pieces, frames = [], 0
     while True:
         block = file.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
-        last = len(block) == 0
-        if not np.isfinite(block).all():
+        last = len(block) < BLOCK_FRAMES  # libsndfile reads short only where the data ends
+        if may_be_non_finite and not np.isfinite(block).all():
             raise AudioError("non_finite_samples", "the audio holds NaN or infinite samples")
         frames += len(block)
-        mono = block.mean(axis=1, dtype=np.float32)
+        mono = block[:, 0].copy() if file.channels == 1 else block.mean(axis=1, dtype=np.float32)
         pieces.append(mono if resampler is None else resampler.resample_chunk(mono, last=last))
         if last:
             break
     return np.clip(np.concatenate(pieces), -1.0, 1.0), frames
+
+
+def pad_to_clip(mono: np.ndarray) -> np.ndarray:
+    """A clip of at most CLIP_SAMPLES zero-padded evenly on both sides to exactly CLIP_SAMPLES.
+
+    Training and the pipeline share this rule, so a short recording looks the same to both."""
+    before = (CLIP_SAMPLES - len(mono)) // 2
+    padded = np.zeros(CLIP_SAMPLES, np.float32)
+    padded[before : before + len(mono)] = mono
+    return padded
 
 
 def split_windows(mono: np.ndarray) -> np.ndarray:
@@ -92,10 +116,7 @@ def split_windows(mono: np.ndarray) -> np.ndarray:
     """
     length = len(mono)
     if length <= CLIP_SAMPLES:
-        before = (CLIP_SAMPLES - length) // 2
-        padded = np.zeros(CLIP_SAMPLES, np.float32)
-        padded[before : before + length] = mono
-        return padded[np.newaxis]
+        return pad_to_clip(mono)[np.newaxis]
     last_start = length - CLIP_SAMPLES
     starts = [*range(0, last_start, WINDOW_HOP), last_start]
     return np.stack([mono[start : start + CLIP_SAMPLES] for start in starts]).astype(np.float32)

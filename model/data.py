@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from model.audio import pad_to_clip
 from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
 
 MANIFEST_FILE = "manifest.csv"
@@ -58,19 +59,17 @@ def read_audio(path: str | Path) -> np.ndarray:
 
 
 def fit_to_clip(audio: np.ndarray) -> np.ndarray:
-    """Exactly CLIP_SAMPLES samples: zero-padded at the end if short, cropped if long."""
-    clip = np.zeros(CLIP_SAMPLES, np.float32)
-    kept = audio[:CLIP_SAMPLES]
-    clip[: len(kept)] = kept
-    return clip
+    """Exactly CLIP_SAMPLES samples: zero-padded evenly like the pipeline if short, cropped if
+    long."""
+    return pad_to_clip(audio[:CLIP_SAMPLES])
 
 
 def load_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The speech clips of one manifest split (`train`, `val` or `test`), in manifest order.
 
     Returns `(waveforms, labels, paths)`: waveforms float32 [n, 16000] in [-1, 1] (short clips
-    zero-padded at the end), labels int64 [n] indexing LABELS (yes=0, no=1, unknown=2; never
-    silence, which comes from `silence_windows`), and paths relative to `data_dir`.
+    zero-padded evenly on both sides), labels int64 [n] indexing LABELS (yes=0, no=1,
+    unknown=2; never silence, which comes from `silence_windows`), and paths relative to `data_dir`.
     """
     if split not in SPEECH_SPLITS:
         raise ValueError(f"split must be one of {SPEECH_SPLITS}, got {split!r}")

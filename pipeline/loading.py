@@ -69,6 +69,8 @@ def check_local_file(path: str) -> None:
         raise AudioError("not_a_file", "a directory, not a file")
     if not stat.S_ISREG(mode):
         raise AudioError("not_a_file", "not a regular file (a device, socket or pipe)")
+    if not os.access(path, os.R_OK):
+        raise AudioError("unreadable_file", "permission denied")
 
 
 def load_recording(path: str, max_duration_s: float) -> LoadedRecording:
@@ -76,8 +78,10 @@ def load_recording(path: str, max_duration_s: float) -> LoadedRecording:
     try:
         if FileSystems.get_scheme(path) is None:
             check_local_file(path)
-        with open_input(path) as file:
-            recording = read_recording(file, max_duration_s)
+            recording = read_recording(path, max_duration_s)
+        else:
+            with open_input(path) as file:
+                recording = read_recording(file, max_duration_s)
     except AudioError as error:
         return LoadedRecording(RecordingInfo(path, error=str(error)), NO_WINDOWS)
     except Exception as error:  # noqa: BLE001 - whatever a filesystem or decoder raises is a row

@@ -7,6 +7,7 @@ its windows there. Nothing is emitted from `finish_bundle` and no sink is used: 
 """
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
@@ -51,6 +52,8 @@ class LabelGroup(FileSystemsDoFn):
     """Load a group's recordings and score their windows in full batches; one row per path.
 
     The model is loaded once per worker process through `Shared`, and shared by its threads.
+    A batch is scored in a second thread while the next one is decoded: libsndfile, soxr and
+    TensorFlow release the GIL, so both cores work, and at most two batches are held at once.
     """
 
     def __init__(
@@ -73,28 +76,43 @@ class LabelGroup(FileSystemsDoFn):
         self._model = self._shared_model.acquire(
             lambda: load_model(self._model_dir), tag=self._model_dir or "shipped model"
         )
+        self._scorer = ThreadPoolExecutor(1, thread_name_prefix="score")
+
+    def teardown(self):
+        self._scorer.shutdown()
 
     def process(self, element: tuple[int, list[str]]) -> Iterator[tuple[int, list[dict]]]:
         group, paths = element
         rows: list[dict] = []
+        scoring: Future | None = None
+        for batch in self._batches(paths, rows):
+            if scoring is not None:
+                rows.extend(scoring.result())
+            scoring = self._scorer.submit(self._score, batch)
+        if scoring is not None:
+            rows.extend(scoring.result())
+        rows.sort(key=lambda row: row["path"])
+        yield group, rows
+
+    def _batches(self, paths: list[str], error_rows: list[dict]) -> Iterator[list[LoadedRecording]]:
+        """Recordings grouped until they hold at least batch_size windows; a recording that
+        cannot be loaded becomes its error row at once."""
         pending: list[LoadedRecording] = []
         pending_windows = 0
         for path in paths:
             recording = load_recording(path, self._max_duration_s)
             if recording.info.error is not None:
-                rows.append(make_row(recording.info, None, self._model_version))
+                error_rows.append(make_row(recording.info, None, self._model_version))
                 continue
             pending.append(recording)
             pending_windows += len(recording.windows)
             if pending_windows >= self._batch_size:
-                rows.extend(self._score(pending))
+                yield pending
                 pending, pending_windows = [], 0
-        rows.extend(self._score(pending))
-        yield group, rows
+        if pending:
+            yield pending
 
-    def _score(self, recordings: list[LoadedRecording]) -> Iterator[dict]:
-        if not recordings:
-            return
+    def _score(self, recordings: list[LoadedRecording]) -> list[dict]:
         windows = np.concatenate([recording.windows for recording in recordings])
         probabilities = np.concatenate(
             [
@@ -102,13 +120,12 @@ class LabelGroup(FileSystemsDoFn):
                 for start in range(0, len(windows), self._batch_size)
             ]
         )
-        offset = 0
+        rows, offset = [], 0
         for recording in recordings:
-            count = len(recording.windows)
-            yield make_row(
-                recording.info, probabilities[offset : offset + count], self._model_version
-            )
-            offset += count
+            scores = probabilities[offset : offset + len(recording.windows)]
+            rows.append(make_row(recording.info, scores, self._model_version))
+            offset += len(recording.windows)
+        return rows
 
 
 class WriteGroup(FileSystemsDoFn):
