@@ -3,16 +3,21 @@
 from setuptools import setup
 
 # Tested together on Python 3.11 (CPU): apache-beam 2.77.0, tensorflow-cpu 2.21.0 (Keras 3.15.1),
-# numpy 2.4.6, pyarrow 25.0.1, protobuf 6.33.6, soundfile 0.14.0, soxr 1.1.0.
+# numpy 2.4.6, pyarrow 25.0.1, protobuf 6.33.6, soundfile 0.14.0, soxr 1.1.0, onnx 1.23.2,
+# onnxruntime 1.31.1.
 # The caps are Beam 2.77's own (numpy < 2.5, pyarrow < 26, protobuf < 7).
 INSTALL_REQUIRES = [
     "apache-beam>=2.77,<2.78",
     "tensorflow-cpu>=2.21,<2.22",
     "numpy>=1.26,<2.5",
     "pyarrow>=14,<26",
-    "protobuf>=4.25,<7",
+    "protobuf>=6.31.1,<7",
     "soundfile>=0.12",
     "soxr>=0.3",
+    # The model is served from model.onnx by onnxruntime (model/serving.py); onnx writes it at
+    # training time (model/onnx_export.py). onnx 1.23 needs protobuf >= 6.31.1.
+    "onnx>=1.23,<1.24",
+    "onnxruntime>=1.31,<1.32",
 ]
 
 DASK = ["apache-beam[dask]>=2.77,<2.78"]  # tested with dask and distributed 2026.8.0

@@ -206,6 +206,7 @@ def evaluate_probabilities(
     metrics = {
         "split": split,
         "model_version": keyword_model.version,
+        "runtime": keyword_model.runtime,
         "speech_clips": int((labels != SILENCE_LABEL).sum()),
         "silence_windows": int((labels == SILENCE_LABEL).sum()),
         "silence_seed": TEST_SILENCE_SEED if split == "test" else VAL_SILENCE_SEED,
@@ -316,7 +317,8 @@ def format_report(metrics: dict) -> str:
     """Human-readable summary of evaluate_artifact's dict."""
     lines = [
         f"model {metrics['model_version']} on {metrics['split']}: {metrics['speech_clips']} speech"
-        f" clips + {metrics['silence_windows']} silence windows (seed {metrics['silence_seed']})",
+        f" clips + {metrics['silence_windows']} silence windows (seed {metrics['silence_seed']})"
+        f", runtime {metrics.get('runtime', 'tensorflow')}",
         f"4-class accuracy: {metrics['accuracy']:.4f}"
         f" (balanced {metrics['balanced_accuracy']:.4f})",
         f"{'class':<8} {'precision':>9} {'recall':>7} {'support':>7}",

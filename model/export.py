@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from model.contract import CLIP_SAMPLES, INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE
+from model.serving import ONNX_FILE
 
 LICENSE_FILE = "LICENSE"
 DATA_LICENSE_FILE = "DATA_LICENSE"
@@ -23,6 +24,7 @@ ARTIFACT_ENTRIES = {
     "fingerprint.pb",
     "variables",
     "assets",
+    ONNX_FILE,
     METADATA_FILE,
     DATA_LICENSE_FILE,
 }

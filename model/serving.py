@@ -1,6 +1,14 @@
-"""Load the exported model with plain TensorFlow and score batches of waveforms."""
+"""Load the exported model and score batches of waveforms, with onnxruntime or TensorFlow.
+
+An artifact holds the SavedModel (the source of truth, serving signature `serving_default`) and,
+when `model.train` or `model.onnx_export` wrote it, the same computation as `model.onnx`, checked
+against the SavedModel to 1e-4. onnxruntime starts in a fraction of a second without importing
+TensorFlow, needs a tenth of the memory and scores a window in about half the time on a CPU.
+"""
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +23,33 @@ from model.contract import (
     SIGNATURE,
 )
 
+ONNX_FILE = "model.onnx"
+RUNTIMES = ("auto", "onnx", "tensorflow")  # auto: onnx when the artifact has model.onnx
+ONNX_THREADS = 1  # per model: the pipeline decodes on a second thread, and scales by workers
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
 
 class KeywordModel:
-    """The SavedModel's serving signature behind a numpy-in, numpy-out call.
+    """The exported model behind a numpy-in, numpy-out call.
 
-    Loaded with `tf.saved_model.load`, not Keras: Keras 3 cannot reload a SavedModel. No
-    `artifact_dir` means the model shipped inside this package, wherever it is installed (on a
-    cluster, each worker finds its own copy). TensorFlow's file I/O also reads gs:// paths.
+    No `artifact_dir` means the model shipped inside this package, wherever it is installed (on
+    a cluster, each worker finds its own copy). Paths with a scheme (gs://) are read through
+    TensorFlow's file I/O. The SavedModel is loaded with `tf.saved_model.load`, not Keras: Keras 3
+    cannot reload a SavedModel.
     """
 
-    def __init__(self, artifact_dir: str | Path | None = None):
-        import tensorflow as tf  # imported here so that importing this module stays cheap
-
-        self.artifact_dir = str(artifact_dir or DEFAULT_ARTIFACT)
-        with tf.io.gfile.GFile(f"{self.artifact_dir.rstrip('/')}/{METADATA_FILE}") as file:
-            self.metadata = json.load(file)
+    def __init__(self, artifact_dir: str | Path | None = None, runtime: str = "auto"):
+        self.artifact_dir = str(artifact_dir or DEFAULT_ARTIFACT).rstrip("/")
+        self.metadata = json.loads(read_artifact_file(f"{self.artifact_dir}/{METADATA_FILE}"))
         if tuple(self.metadata["labels"]) != LABELS:
             raise ValueError(f"{self.artifact_dir}: labels {self.metadata['labels']} != {LABELS}")
-        self._tf = tf
-        self._loaded = tf.saved_model.load(self.artifact_dir)
-        self._signature = self._loaded.signatures[SIGNATURE]
+        self.runtime = resolve_runtime(self.artifact_dir, runtime)
+        self._predict = (
+            onnx_predictor(read_artifact_file(f"{self.artifact_dir}/{ONNX_FILE}"))
+            if self.runtime == "onnx"
+            else saved_model_predictor(self.artifact_dir)
+        )
 
     @property
     def version(self) -> str:
@@ -46,8 +61,68 @@ class KeywordModel:
             raise ValueError(f"expected [n, {CLIP_SAMPLES}] waveforms, got {waveforms.shape}")
         if len(waveforms) == 0:
             return np.zeros((0, len(LABELS)), np.float32)
-        batch = self._tf.constant(waveforms, dtype=self._tf.float32)
-        return self._signature(**{INPUT_NAME: batch})[OUTPUT_NAME].numpy()
+        return self._predict(np.ascontiguousarray(waveforms, dtype=np.float32))
+
+
+def resolve_runtime(artifact_dir: str | Path | None, runtime: str = "auto") -> str:
+    """`onnx` or `tensorflow`: what `runtime` means for this artifact."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r} is not one of {RUNTIMES}")
+    if runtime != "auto":
+        return runtime
+    onnx_path = f"{str(artifact_dir or DEFAULT_ARTIFACT).rstrip('/')}/{ONNX_FILE}"
+    return "onnx" if artifact_file_exists(onnx_path) else "tensorflow"
+
+
+def saved_model_predictor(artifact_dir: str) -> Predict:
+    import tensorflow as tf  # imported here: the onnx runtime must not pay for it
+
+    loaded = tf.saved_model.load(artifact_dir)  # referenced below: the signature needs it alive
+
+    def predict(waveforms: np.ndarray) -> np.ndarray:
+        outputs = loaded.signatures[SIGNATURE](**{INPUT_NAME: tf.constant(waveforms)})
+        return outputs[OUTPUT_NAME].numpy()
+
+    return predict
+
+
+def onnx_predictor(model_bytes: bytes, threads: int = ONNX_THREADS) -> Predict:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # Below ORT_ENABLE_ALL the graph runs no faster than TensorFlow (measured).
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # A spinning thread pool burns CPU between batches that the decoding thread could use.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+    def predict(waveforms: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: waveforms})[0]
+
+    return predict
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def read_artifact_file(path: str) -> bytes:
+    if _is_local(path):
+        return Path(path).read_bytes()
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "rb") as file:
+        return file.read()
+
+
+def artifact_file_exists(path: str) -> bool:
+    if _is_local(path):
+        return os.path.exists(path)
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(path)
 
 
 def pick_window(probabilities: np.ndarray) -> int:

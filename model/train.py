@@ -5,8 +5,9 @@
 Fits on `train` with on-the-fly augmentation (shift, gain, background and babble noise;
 SpecAugment inside the model) and label smoothing, keeps the weights with the best `val`
 balanced accuracy, fits a softmax temperature on `val`, exports a fresh model with those weights
-and the temperature folded in, then measures it on `test` (report only; test never steers
-training or calibration) and stores those figures in the metadata.
+and the temperature folded in (SavedModel, plus model.onnx checked against it), then measures it
+on `test` (report only; test never steers training or calibration) and stores those figures in
+the metadata.
 """
 
 import argparse
@@ -167,6 +168,7 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int, architecture: s
 
     from model.architecture import build_model, describe
     from model.export import copy_data_license, export_saved_model, model_version, write_metadata
+    from model.onnx_export import write_onnx
 
     started = time.monotonic()
     rng = np.random.default_rng(seed)
@@ -250,6 +252,8 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int, architecture: s
 
     difference = export_saved_model(model, out_dir, val_waveforms[:BATCH_SIZE], temperature)
     print(f"exported to {out_dir}; reloaded SavedModel matches Keras within {difference:.2e}")
+    onnx = write_onnx(out_dir, model, temperature, val_waveforms)
+    print(f"model.onnx matches the SavedModel within {onnx['checked_against_saved_model']}")
     copy_data_license(data_dir, out_dir)
     wall_seconds = time.monotonic() - started
     write_metadata(
@@ -294,6 +298,7 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int, architecture: s
                 "wall_seconds": round(wall_seconds, 1),
             },
             "calibration": calibration,
+            "onnx": onnx,
         },
     )
     metrics = evaluate_artifact(out_dir, data_dir)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from model.audio import DEFAULT_MAX_DURATION_S
+from model.serving import RUNTIMES
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -51,6 +52,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         help="exported model directory (default: the model shipped inside the installed "
         "package, found by each worker in its own installation)",
     )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="what scores the windows: onnx (onnxruntime, the default when the model has "
+        "model.onnx) or tensorflow (the SavedModel, which model.onnx is checked against)",
+    )
     args, beam_args = parser.parse_known_args(argv)
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
@@ -90,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_duration_s=args.max_duration_s,
         skip_existing=args.skip_existing,
+        runtime=args.runtime,
     )
     try:
         summary = label_files(settings, PipelineOptions(beam_args))

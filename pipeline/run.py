@@ -11,6 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from model.contract import DEFAULT_ARTIFACT, METADATA_FILE
+from model.serving import resolve_runtime
 from pipeline import output
 from pipeline.loading import list_input
 from pipeline.transforms import LabelGroups
@@ -32,6 +33,7 @@ class RunSettings:
     batch_size: int
     max_duration_s: float
     skip_existing: bool = False
+    runtime: str = "auto"  # model.serving.RUNTIMES
 
 
 def read_model_version(model_dir: str | None) -> str:
@@ -113,6 +115,7 @@ def run_pipeline(
                 settings.max_duration_s,
                 staging,
                 run_id,
+                settings.runtime,
             )
         )
 
@@ -156,6 +159,7 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         "errors": sum(errors.values()),
         "errors_by_kind": dict(sorted(errors.items())),
         "model_version": model_version,
+        "runtime": resolve_runtime(settings.model_dir, settings.runtime),
         "input": settings.input_path,
         "output": settings.output_dir,
         "runner": runner_name(options),

@@ -44,8 +44,8 @@ class ReadPathList(FileSystemsDoFn):
         yield group, list(read_path_list(path_list))
 
 
-def load_model(model_dir: str | None) -> KeywordModel:
-    return KeywordModel(model_dir)
+def load_model(model_dir: str | None, runtime: str) -> KeywordModel:
+    return KeywordModel(model_dir, runtime)
 
 
 class LabelGroup(FileSystemsDoFn):
@@ -63,9 +63,11 @@ class LabelGroup(FileSystemsDoFn):
         model_version: str,
         batch_size: int,
         max_duration_s: float,
+        runtime: str = "auto",
     ):
         super().__init__(filesystem_options)
         self._model_dir = model_dir
+        self._runtime = runtime
         self._model_version = model_version
         self._batch_size = batch_size
         self._max_duration_s = max_duration_s
@@ -74,7 +76,8 @@ class LabelGroup(FileSystemsDoFn):
     def setup(self):
         super().setup()
         self._model = self._shared_model.acquire(
-            lambda: load_model(self._model_dir), tag=self._model_dir or "shipped model"
+            lambda: load_model(self._model_dir, self._runtime),
+            tag=f"{self._model_dir or 'shipped model'} ({self._runtime})",
         )
         self._scorer = ThreadPoolExecutor(1, thread_name_prefix="score")
 
@@ -155,12 +158,13 @@ class LabelGroups(beam.PTransform):
         max_duration_s: float,
         staging: str,
         run_id: str,
+        runtime: str = "auto",
     ):
         super().__init__()
         filesystem_options = options.get_all_options(drop_default=True)
         self._read = ReadPathList(filesystem_options)
         self._label = LabelGroup(
-            filesystem_options, model_dir, model_version, batch_size, max_duration_s
+            filesystem_options, model_dir, model_version, batch_size, max_duration_s, runtime
         )
         self._write = WriteGroup(filesystem_options, staging, run_id)
 

@@ -39,13 +39,13 @@ def read_output(output: Path) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda row: row["path"])
 
 
-def assert_same_rows(rows: list[dict], reference: list[dict]) -> None:
-    """Same paths, labels and errors, and scores equal to 1e-5."""
+def assert_same_rows(rows: list[dict], reference: list[dict], tolerance: float = 1e-5) -> None:
+    """Same paths, labels and errors, and scores equal to `tolerance`."""
     assert [row["path"] for row in rows] == [row["path"] for row in reference]
     for row, expected in zip(rows, reference, strict=True):
         assert (row["label"], row["error"]) == (expected["label"], expected["error"])
         for label in LABELS:
             score = expected[f"score_{label}"]
             assert row[f"score_{label}"] == (
-                None if score is None else pytest.approx(score, abs=1e-5)
+                None if score is None else pytest.approx(score, abs=tolerance)
             )

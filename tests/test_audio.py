@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from model.audio import WINDOW_HOP, AudioError, Recording, read_recording, split_windows
+from model.audio import (
+    BLOCK_FRAMES,
+    WINDOW_HOP,
+    AudioError,
+    Recording,
+    read_recording,
+    split_windows,
+)
 from model.contract import CLIP_SAMPLES, SAMPLE_RATE
 from tests.helpers import tone
 
@@ -65,6 +72,28 @@ def test_multichannel_audio_is_downmixed_by_averaging(channels):
     audio = decode(wav_bytes(samples, 16_000, "PCM_24"))
     assert audio.channels == channels
     np.testing.assert_allclose(audio.mono, left / channels, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("frames", "rate", "channels", "subtype"),
+    [
+        (8_000, 16_000, 1, "PCM_16"),  # one read, no resampling
+        (BLOCK_FRAMES, 16_000, 1, "PCM_16"),  # exactly one block: an empty read ends it
+        (BLOCK_FRAMES * 2 + 7, 44_100, 2, "PCM_24"),  # several blocks, streamed resampling
+        (3_000, 8_000, 3, "FLOAT"),
+    ],
+)
+def test_a_local_path_decodes_exactly_like_the_same_bytes_as_a_file(
+    tmp_path, frames, rate, channels, subtype
+):
+    samples = np.random.default_rng(frames).uniform(-0.9, 0.9, (frames, channels))
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, samples, rate, subtype=subtype)
+    from_path = read_recording(str(path))
+    from_file = decode(path.read_bytes())
+    np.testing.assert_array_equal(from_path.mono, from_file.mono)
+    assert from_path.duration_s == from_file.duration_s == frames / rate
+    assert len(from_path.mono) == round(frames * SAMPLE_RATE / rate)
 
 
 def test_duration_and_format_facts_are_reported():

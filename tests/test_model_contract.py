@@ -1,11 +1,14 @@
 """The shipped model keeps its contract: plain-TF loading, shapes, probabilities, label order."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from model.architecture import ARCHITECTURES, build_model
 from model.contract import (
     CLIP_SAMPLES,
     DEFAULT_ARTIFACT,
@@ -67,3 +70,51 @@ def test_outputs_follow_the_label_order(keyword_model, data_dir):
         # each class's own column is, on average, its clips' highest score
         mean_scores = probabilities[labels == index].mean(axis=0)
         assert int(np.argmax(mean_scores)) == index, (label, mean_scores)
+
+
+def test_the_shipped_onnx_model_matches_the_saved_model_on_real_clips(data_dir):
+    from model.onnx_export import TOLERANCE, check_onnx
+
+    speech, _, _ = load_split(data_dir, "test")
+    clips = np.concatenate([speech[:300], silence_windows(data_dir, "test", 40, seed=3)])
+    result = check_onnx(DEFAULT_ARTIFACT, clips)
+    assert result["max_abs_difference"] <= TOLERANCE
+    assert result["argmax_agreement"] == 1.0
+
+
+def test_the_default_runtime_is_onnx_and_needs_no_tensorflow():
+    """Serving from model.onnx must not import TensorFlow: that is most of its start-up gain."""
+    code = (
+        "import sys; from model.serving import KeywordModel; import numpy as np;"
+        "m = KeywordModel(); p = m.predict(np.zeros((2, 16000), np.float32));"
+        "print(m.runtime, p.shape, 'tensorflow' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.split() == ["onnx", "(2,", "4)", "False"]
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_architecture_exports_to_onnx_with_the_same_outputs(architecture, data_dir, tmp_path):
+    """A freshly built network with its batch-norm statistics moved off their defaults, so that
+    folding them into the convolutions is exercised, against Keras on real clips."""
+    import keras
+
+    from model.onnx_export import TOLERANCE, export_onnx
+    from model.serving import onnx_predictor
+
+    model = build_model(architecture)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.normal(0, 0.5, size))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size))
+    speech, _, _ = load_split(data_dir, "val")
+    clips = speech[:64]
+    temperature = 0.7
+    export_onnx(model, temperature, tmp_path / "model.onnx")
+    expected = tf.nn.softmax(model(clips, training=False) / temperature).numpy()
+    actual = onnx_predictor((tmp_path / "model.onnx").read_bytes())(clips)
+    assert np.max(np.abs(actual - expected)) <= TOLERANCE

@@ -136,6 +136,21 @@ def test_installed_command_multi_process_gives_the_same_rows(in_process_rows, re
     assert_same_rows(read_output(output), in_process_rows)
 
 
+def test_the_tensorflow_runtime_gives_the_same_rows_as_onnx(in_process_rows, recordings, tmp_path):
+    """--runtime tensorflow scores with the SavedModel that model.onnx is checked against.
+
+    Real speech agrees to 1e-6 (and to model.onnx_export.TOLERANCE, 1e-4, on every val and test
+    clip checked in test_model_contract); hum.wav, a 50 Hz hum one 8-bit step high, differs by
+    1.3e-4: near digital silence the log of a tiny float32 spectrum magnifies each runtime's
+    rounding. Labels must not change."""
+    output = tmp_path / "tensorflow"
+    args = ["--input", str(recordings), "--output", str(output), "--runtime", "tensorflow"]
+    assert main(args) == 0
+    summary = json.loads((output / "_summary.json").read_text())
+    assert summary["runtime"] == "tensorflow"
+    assert_same_rows(read_output(output), in_process_rows, tolerance=1e-3)
+
+
 def test_an_input_that_matches_nothing_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "only.txt").write_text("no recordings here")
     assert main(["--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
