@@ -2,8 +2,8 @@
 
 Three families are compared on the same splits, seed and training recipe (see the model card):
 
-- `ds-cnn`: depthwise-separable CNN (Zhang et al. 2017, "Hello Edge"), the shipped design;
-  `ds-cnn-m` is the same with twice the channels.
+- `ds-cnn`: depthwise-separable CNN (Zhang et al. 2017, "Hello Edge"); `ds-cnn-m`, the shipped
+  design, is the same with twice the channels.
 - `tutorial-cnn`: the TensorFlow "simple audio recognition" tutorial CNN (resize to 32x32, two
   3x3 convolutions, max pool, dense 128), as a plain baseline.
 - `bc-resnet`: a small broadcast-residual network (Kim et al. 2021, "BC-ResNet"): frequency-wise
@@ -21,7 +21,7 @@ import keras
 from model.contract import CLIP_SAMPLES, LABELS
 from model.features import FFT_LENGTH, FRAMES, MEL_BINS, WINDOW_SAMPLES, LogMelSpectrogram
 
-DEFAULT_ARCHITECTURE = "ds-cnn"
+DEFAULT_ARCHITECTURE = "ds-cnn-m"
 BN_MOMENTUM = 0.9  # moving statistics settle within an epoch, so val accuracy is meaningful early
 # SpecAugment (Park et al. 2019), training only: masks per example and their widest extent.
 TIME_MASKS, TIME_MASK_FRAMES = 2, 6  # of 49 frames (20 ms each)
