@@ -481,12 +481,6 @@ def rebuild_keras_model(saved_model_dir: str | Path, architecture: str) -> keras
     return model
 
 
-def artifact_temperature(saved_model_dir: str | Path) -> float:
-    """The softmax temperature an artifact was exported with (1.0 if it was not calibrated)."""
-    metadata = json.loads((Path(saved_model_dir) / METADATA_FILE).read_text())
-    return float(metadata.get("calibration", {}).get("temperature", 1.0))
-
-
 def write_onnx(
     artifact_dir: Path, keras_model: keras.Model, temperature: float, waveforms: np.ndarray
 ) -> dict:
@@ -525,7 +519,7 @@ def main() -> None:
     metadata["onnx"] = write_onnx(
         args.artifact,
         keras_model,
-        artifact_temperature(args.artifact),
+        metadata.get("calibration", {}).get("temperature", 1.0),  # 1: exported uncalibrated
         np.concatenate([val_speech, val_silence]),
     )
     write_metadata(args.artifact, metadata)

@@ -40,7 +40,7 @@ class KeywordModel:
     """
 
     def __init__(self, artifact_dir: str | Path | None = None, runtime: str = "auto"):
-        self.artifact_dir = str(artifact_dir or DEFAULT_ARTIFACT).rstrip("/")
+        self.artifact_dir = artifact_location(artifact_dir)
         self.metadata = json.loads(read_artifact_file(f"{self.artifact_dir}/{METADATA_FILE}"))
         if tuple(self.metadata["labels"]) != LABELS:
             raise ValueError(f"{self.artifact_dir}: labels {self.metadata['labels']} != {LABELS}")
@@ -70,8 +70,13 @@ def resolve_runtime(artifact_dir: str | Path | None, runtime: str = "auto") -> s
         raise ValueError(f"runtime {runtime!r} is not one of {RUNTIMES}")
     if runtime != "auto":
         return runtime
-    onnx_path = f"{str(artifact_dir or DEFAULT_ARTIFACT).rstrip('/')}/{ONNX_FILE}"
+    onnx_path = f"{artifact_location(artifact_dir)}/{ONNX_FILE}"
     return "onnx" if artifact_file_exists(onnx_path) else "tensorflow"
+
+
+def artifact_location(artifact_dir: str | Path | None) -> str:
+    """The artifact directory as a path or URI without a trailing slash; None: the shipped one."""
+    return str(artifact_dir or DEFAULT_ARTIFACT).rstrip("/")
 
 
 def saved_model_predictor(artifact_dir: str) -> Predict:
