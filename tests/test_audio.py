@@ -6,12 +6,15 @@ import struct
 import numpy as np
 import pytest
 import soundfile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.audio import (
     BLOCK_FRAMES,
     WINDOW_HOP,
     AudioError,
     Recording,
+    parse_pcm16_wav,
     read_recording,
     split_windows,
 )
@@ -94,6 +97,76 @@ def test_a_local_path_decodes_exactly_like_the_same_bytes_as_a_file(
     np.testing.assert_array_equal(from_path.mono, from_file.mono)
     assert from_path.duration_s == from_file.duration_s == frames / rate
     assert len(from_path.mono) == round(frames * SAMPLE_RATE / rate)
+
+
+def with_chunk(data: bytes, chunk_id: bytes, body: bytes, before_data: bool) -> bytes:
+    """The WAV bytes with one more chunk (padded to even size) before or after `data`."""
+    chunk = struct.pack("<4sI", chunk_id, len(body)) + body + b"\0" * (len(body) % 2)
+    at = data.index(b"data") if before_data else len(data)
+    out = data[:at] + chunk + data[at:]
+    return out[:4] + struct.pack("<I", len(out) - 8) + out[8:]
+
+
+@pytest.mark.parametrize(
+    ("frames", "rate", "channels", "extra_chunk"),
+    [
+        (16_000, 16_000, 1, None),
+        (1, 16_000, 1, None),
+        (12_345, 8_000, 2, (b"LIST", b"odd", True)),
+        (4_410, 44_100, 6, (b"fact", b"\x04\0\0\0", True)),
+        (BLOCK_FRAMES - 1, 48_000, 1, (b"junk", b"x" * 7, False)),
+    ],
+)
+def test_plain_16_bit_wav_parses_to_exactly_what_libsndfile_decodes(
+    frames, rate, channels, extra_chunk
+):
+    samples = np.random.default_rng(frames).integers(-32768, 32768, (frames, channels), np.int16)
+    data = wav_bytes(samples, rate)
+    if extra_chunk:
+        data = with_chunk(data, *extra_chunk)
+    parsed = parse_pcm16_wav(data)
+    assert parsed is not None
+    expected, expected_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(parsed[0], expected)
+    assert parsed[1] == expected_rate
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        wav_bytes(np.zeros(BLOCK_FRAMES, np.int16), 16_000),  # longer than one block
+        wav_bytes(np.zeros(100, np.float32), 16_000, "PCM_24"),
+        wav_bytes(np.zeros(100, np.float32), 16_000, "FLOAT"),
+        wav_bytes(np.zeros(100, np.float32), 16_000)[:-1],  # data chunk cut short
+        wav_bytes(np.zeros((100, 3), np.float32), 16_000)[:-2],  # partial frame
+        wav_bytes(np.zeros(0, np.float32), 16_000),  # no frames
+    ],
+    ids=["long", "24-bit", "float", "truncated", "partial-frame", "empty"],
+)
+def test_anything_but_whole_short_16_bit_pcm_is_left_to_libsndfile(data):
+    assert parse_pcm16_wav(data) is None
+
+
+SHORT_WAV = wav_bytes(tone(440, 0.05, 16_000), 16_000)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, len(SHORT_WAV) - 1), st.integers(0, 255)), min_size=1, max_size=6
+    ),
+    cut=st.integers(0, len(SHORT_WAV)),
+)
+def test_mutated_wav_bytes_parse_only_to_what_libsndfile_decodes(edits, cut):
+    data = bytearray(SHORT_WAV)
+    for offset, value in edits:
+        data[offset] = value
+    parsed = parse_pcm16_wav(bytes(data[:cut]))
+    if parsed is None:
+        return
+    expected, rate = soundfile.read(io.BytesIO(bytes(data[:cut])), dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(parsed[0], expected)
+    assert parsed[1] == rate
 
 
 def test_duration_and_format_facts_are_reported():
