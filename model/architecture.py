@@ -19,7 +19,14 @@ from collections.abc import Callable
 import keras
 
 from model.contract import CLIP_SAMPLES, LABELS
-from model.features import FFT_LENGTH, FRAMES, MEL_BINS, WINDOW_SAMPLES, LogMelSpectrogram
+from model.features import (
+    FFT_LENGTH,
+    FRAMES,
+    MEL_BINS,
+    WINDOW_SAMPLES,
+    LogMelSpectrogram,
+    LoudnessNormalisation,
+)
 
 DEFAULT_ARCHITECTURE = "ds-cnn-m"
 BN_MOMENTUM = 0.9  # moving statistics settle within an epoch, so val accuracy is meaningful early
@@ -61,8 +68,11 @@ class SpecAugment(keras.layers.Layer):
         return features * time_keep[:, :, None, None] * freq_keep[:, None, :, None]
 
 
-def front_end(waveform: keras.KerasTensor) -> keras.KerasTensor:
-    """Log-mel [batch, 49, 40, 1], per-mel-bin batch norm, SpecAugment while training."""
+def front_end(waveform: keras.KerasTensor, normalise_loudness: bool = False) -> keras.KerasTensor:
+    """Log-mel [batch, 49, 40, 1], per-mel-bin batch norm, SpecAugment while training; with
+    normalise_loudness, each clip is first scaled to one RMS level."""
+    if normalise_loudness:
+        waveform = LoudnessNormalisation(name="loudness")(waveform)
     x = LogMelSpectrogram(name="log_mel")(waveform)
     # Per-mel-bin normalisation learnt from the training data, instead of hand-set constants.
     x = keras.layers.BatchNormalization(axis=2, momentum=BN_MOMENTUM, name="feature_norm")(x)
@@ -75,10 +85,12 @@ def conv_bn_relu(x: keras.KerasTensor, layer: keras.layers.Layer, name: str) -> 
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def build_ds_cnn(stem_width: int = 32, width: int = 64, name: str = "ds-cnn") -> keras.Model:
+def build_ds_cnn(
+    stem_width: int = 32, width: int = 64, name: str = "ds-cnn", normalise_loudness: bool = False
+) -> keras.Model:
     """Conv 10x4 stride 2 -> 4 depthwise-separable blocks -> pool -> dropout -> dense."""
     waveform = keras.Input((CLIP_SAMPLES,), name="waveform")
-    x = front_end(waveform)
+    x = front_end(waveform, normalise_loudness)
     stem = keras.layers.Conv2D(
         stem_width, (10, 4), strides=2, padding="same", use_bias=False, name="conv"
     )
@@ -163,6 +175,10 @@ ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
     "ds-cnn": build_ds_cnn,
     # Twice the channels of `ds-cnn` (2.9x its multiply-adds), near Hello Edge's DS-CNN-M.
     "ds-cnn-m": lambda: build_ds_cnn(stem_width=64, width=128, name="ds-cnn-m"),
+    # ds-cnn-m on loudness-normalised input (model.features.LoudnessNormalisation).
+    "ds-cnn-m-ln": lambda: build_ds_cnn(
+        stem_width=64, width=128, name="ds-cnn-m-ln", normalise_loudness=True
+    ),
     "tutorial-cnn": build_tutorial_cnn,
     "bc-resnet": build_bc_resnet,
 }

@@ -16,7 +16,24 @@ MEL_BINS = 40
 LOWER_HZ = 20.0
 UPPER_HZ = 7600.0
 LOG_OFFSET = 1e-6  # keeps log finite on digital silence
+TARGET_RMS = 0.1  # -20 dBFS, a typical level of a close-talking recording
+RMS_FLOOR = 1e-5  # a third of one 16-bit step: quieter clips count as digital silence
 FRAMES = 1 + (CLIP_SAMPLES - WINDOW_SAMPLES) // HOP_SAMPLES  # 49
+
+
+class LoudnessNormalisation(keras.layers.Layer):
+    """Scales each waveform to TARGET_RMS, so a label cannot depend on the input gain.
+
+    A word recorded 30 dB too quietly then gives the same features as at full level; clips quieter
+    than RMS_FLOOR are scaled as if at the floor, so digital silence stays silent.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+
+    def call(self, waveforms: tf.Tensor) -> tf.Tensor:
+        level = tf.sqrt(tf.reduce_mean(tf.square(waveforms), axis=-1, keepdims=True))
+        return waveforms * (TARGET_RMS / tf.maximum(level, RMS_FLOOR))
 
 
 class LogMelSpectrogram(keras.layers.Layer):

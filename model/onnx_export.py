@@ -203,6 +203,18 @@ def _activation(b: _Builder, x: str, activation: Any, where: str) -> str:
     raise NotImplementedError(f"{where}: activation {name!r}")
 
 
+def _normalise_loudness(b: _Builder, waveform: str) -> str:
+    """waveform [batch, samples] scaled to TARGET_RMS, as model.features.LoudnessNormalisation."""
+    from model.features import RMS_FLOOR, TARGET_RMS
+
+    power = b.op("Mul", [waveform, waveform], "square")
+    mean_power = b.op("ReduceMean", [power, b.ints("axes", 1)], "mean_power", keepdims=1)
+    level = b.op("Sqrt", [mean_power], "rms")
+    level = b.op("Max", [level, b.const("rms_floor", RMS_FLOOR)], "level")
+    scale = b.op("Div", [b.const("target_rms", TARGET_RMS), level], "gain")
+    return b.op("Mul", [waveform, scale], "normalised")
+
+
 def _keras_graph(model: keras.Model) -> list[tuple[Any, list, list]]:
     """(operation, input tensors, output tensors) of the functional model, inputs first."""
     steps = []
@@ -217,7 +229,7 @@ def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
     import keras
     from onnx import TensorProto, checker, helper
 
-    from model.features import LogMelSpectrogram
+    from model.features import LogMelSpectrogram, LoudnessNormalisation
 
     layers = keras.layers
     b = _Builder()
@@ -242,6 +254,8 @@ def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
             names[id(out)] = x
         elif isinstance(operation, LogMelSpectrogram):
             names[id(out)] = _log_mel(b, x, np.asarray(operation.mel_matrix, np.float64))
+        elif isinstance(operation, LoudnessNormalisation):
+            names[id(out)] = _normalise_loudness(b, x)
         elif isinstance(operation, (layers.Dropout, layers.SpatialDropout2D)) or (
             type(operation).__name__ == "SpecAugment"  # identity unless training
         ):
