@@ -6,6 +6,7 @@ its windows there. Nothing is emitted from `finish_bundle` and no sink is used: 
 (Beam 2.77's DaskRunner) drop what `finish_bundle` emits, and this shape is correct on all.
 """
 
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -19,6 +20,10 @@ from model.serving import KeywordModel
 from pipeline.labels import make_row
 from pipeline.loading import LoadedRecording, load_recording
 from pipeline.output import group_file, read_path_list, write_parquet
+
+# Batches scored at once, each by a one-thread onnxruntime call: on 2 cores this labels about 18%
+# more files/s than one batch at a time on two onnxruntime threads (bench/README.md).
+SCORING_THREADS = 2
 
 
 class FileSystemsDoFn(beam.DoFn):
@@ -45,15 +50,16 @@ class ReadPathList(FileSystemsDoFn):
 
 
 def load_model(model_dir: str | None, runtime: str) -> KeywordModel:
-    return KeywordModel(model_dir, runtime)
+    return KeywordModel(model_dir, runtime, onnx_threads=1)
 
 
 class LabelGroup(FileSystemsDoFn):
     """Load a group's recordings and score their windows in full batches; one row per path.
 
     The model is loaded once per worker process through `Shared`, and shared by its threads.
-    A batch is scored in a second thread while the next one is decoded: libsndfile, soxr and
-    TensorFlow release the GIL, so both cores work, and at most two batches are held at once.
+    Batches are scored in SCORING_THREADS threads while the next one is decoded: onnxruntime,
+    TensorFlow, libsndfile and soxr release the GIL, so every core works, and at most
+    SCORING_THREADS + 1 batches are held at once.
     """
 
     def __init__(
@@ -79,7 +85,7 @@ class LabelGroup(FileSystemsDoFn):
             lambda: load_model(self._model_dir, self._runtime),
             tag=f"{self._model_dir or 'shipped model'} ({self._runtime})",
         )
-        self._scorer = ThreadPoolExecutor(1, thread_name_prefix="score")
+        self._scorer = ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="score")
 
     def teardown(self):
         self._scorer.shutdown()
@@ -87,13 +93,13 @@ class LabelGroup(FileSystemsDoFn):
     def process(self, element: tuple[int, list[str]]) -> Iterator[tuple[int, list[dict]]]:
         group, paths = element
         rows: list[dict] = []
-        scoring: Future | None = None
+        scoring: deque[Future] = deque()
         for batch in self._batches(paths, rows):
-            if scoring is not None:
-                rows.extend(scoring.result())
-            scoring = self._scorer.submit(self._score, batch)
-        if scoring is not None:
-            rows.extend(scoring.result())
+            if len(scoring) == SCORING_THREADS:
+                rows.extend(scoring.popleft().result())
+            scoring.append(self._scorer.submit(self._score, batch))
+        for pending in scoring:
+            rows.extend(pending.result())
         rows.sort(key=lambda row: row["path"])
         yield group, rows
 
