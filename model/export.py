@@ -30,19 +30,36 @@ ARTIFACT_ENTRIES = {
 }
 
 
+# A trained network (waveform -> logits) and the softmax temperature fitted for it on val.
+Member = tuple[keras.Model, float]
+
+
+def calibrated_probabilities(members: list[Member], waveforms) -> tf.Tensor:
+    """The mean over members of softmax(logits / temperature): one member is just its own."""
+    return tf.reduce_mean(
+        tf.stack(
+            [
+                tf.nn.softmax(model(waveforms, training=False) / temperature)
+                for model, temperature in members
+            ]
+        ),
+        axis=0,
+    )
+
+
 class ServingModule(tf.Module):
-    """Waveforms in, calibrated probabilities softmax(logits / temperature) out, under the names
+    """Waveforms in, calibrated probabilities out (calibrated_probabilities), under the names
     fixed in model/contract.py."""
 
-    def __init__(self, model: keras.Model, temperature: float):
+    def __init__(self, members: list[Member]):
         super().__init__()
-        self.model = model
-        self.temperature = tf.constant(temperature, tf.float32)
+        self.models = [model for model, _ in members]
+        self.temperatures = [tf.constant(temperature, tf.float32) for _, temperature in members]
 
     @tf.function(input_signature=[tf.TensorSpec([None, CLIP_SAMPLES], tf.float32, name=INPUT_NAME)])
     def serve(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = self.model(waveform, training=False)
-        return {OUTPUT_NAME: tf.nn.softmax(logits / self.temperature)}
+        members = list(zip(self.models, self.temperatures, strict=True))
+        return {OUTPUT_NAME: calibrated_probabilities(members, waveform)}
 
 
 def clear_artifact_dir(out_dir: Path) -> None:
@@ -65,17 +82,16 @@ def model_version(out_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def export_saved_model(
-    model: keras.Model, out_dir: Path, check_waveforms: np.ndarray, temperature: float
-) -> float:
-    """Save the serving SavedModel to out_dir, reload it with plain TensorFlow and check it
-    reproduces the Keras model on check_waveforms. Returns the largest probability difference."""
+def export_saved_model(members: list[Member], out_dir: Path, check_waveforms: np.ndarray) -> float:
+    """Save the serving SavedModel of one model or an ensemble to out_dir, reload it with plain
+    TensorFlow and check it reproduces the Keras models on check_waveforms. Returns the largest
+    probability difference."""
     clear_artifact_dir(out_dir)
-    module = ServingModule(model, temperature)
+    module = ServingModule(members)
     tf.saved_model.save(module, str(out_dir), signatures={SIGNATURE: module.serve})
     signature = tf.saved_model.load(str(out_dir)).signatures[SIGNATURE]
     reloaded = signature(**{INPUT_NAME: tf.constant(check_waveforms)})[OUTPUT_NAME].numpy()
-    expected = tf.nn.softmax(model(check_waveforms, training=False) / temperature).numpy()
+    expected = calibrated_probabilities(members, tf.constant(check_waveforms)).numpy()
     difference = float(np.max(np.abs(reloaded - expected)))
     if difference > 1e-4:
         raise RuntimeError(f"reloaded SavedModel differs from the Keras model by {difference}")

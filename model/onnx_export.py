@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     import keras
     import onnx
 
+    from model.export import Member
+
 # Opset 18 (ReduceMean axes as an input, Split num_outputs); onnxruntime >= 1.14 runs it. The IR
 # version is pinned to the minimum for the opset: the `onnx` package writes its newest IR
 # version by default (14 for onnx 1.23), which older onnxruntime releases refuse to load.
@@ -429,13 +431,52 @@ def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
     return model
 
 
-def export_onnx(keras_model: keras.Model, temperature: float, path: str | Path) -> None:
-    """Write keras_model (waveform -> logits) with softmax(logits / temperature) as ONNX to path.
+def build_members_onnx(members: list[Member]) -> onnx.ModelProto:
+    """The ONNX model of one member, or of an ensemble: the mean of the members' probabilities.
+
+    Each member's graph is built by build_onnx and its names prefixed (`m0/`, `m1/`, ...); an
+    Identity feeds it the shared waveform input, and a Mean node averages their outputs, as
+    model.export.calibrated_probabilities does in the SavedModel.
+    """
+    from onnx import checker, compose, helper
+
+    protos = [build_onnx(keras_model, temperature) for keras_model, temperature in members]
+    if len(protos) == 1:
+        return protos[0]
+    nodes, initializers, outputs = [], [], []
+    for index, proto in enumerate(protos):
+        graph = compose.add_prefix(proto, f"m{index}/").graph
+        nodes += [helper.make_node("Identity", [INPUT_NAME], [graph.input[0].name]), *graph.node]
+        initializers += graph.initializer
+        outputs.append(graph.output[0].name)
+    nodes.append(helper.make_node("Mean", outputs, [OUTPUT_NAME], name="ensemble_mean"))
+    first = protos[0].graph  # the input and output declarations, unprefixed
+    name = "+".join(proto.graph.name for proto in protos)
+    graph = helper.make_graph(nodes, name, first.input, first.output, initializers)
+    model = helper.make_model(
+        graph,
+        opset_imports=protos[0].opset_import,
+        ir_version=protos[0].ir_version,
+        producer_name=protos[0].producer_name,
+        doc_string=f"mean of the probabilities of {len(protos)} models: "
+        + "; ".join(proto.doc_string for proto in protos),
+    )
+    temperatures = [float(temperature) for _, temperature in members]
+    helper.set_model_props(
+        model, {"labels": json.dumps(list(LABELS)), "temperatures": json.dumps(temperatures)}
+    )
+    checker.check_model(model, full_check=True)
+    return model
+
+
+def export_onnx(members: list[Member], path: str | Path) -> None:
+    """Write the members (each a Keras model waveform -> logits and its temperature) as ONNX to
+    path: softmax(logits / temperature), averaged over the members.
 
     Inference mode (dropout and SpecAugment off, batch norm on its moving statistics), dynamic
     batch, float32 weights. Raises NotImplementedError for a layer it cannot convert.
     """
-    Path(path).write_bytes(build_onnx(keras_model, temperature).SerializeToString())
+    Path(path).write_bytes(build_members_onnx(members).SerializeToString())
 
 
 def check_onnx(artifact_dir: str | Path, waveforms: np.ndarray, batch_size: int = 128) -> dict:
@@ -495,12 +536,10 @@ def rebuild_keras_model(saved_model_dir: str | Path, architecture: str) -> keras
     return model
 
 
-def write_onnx(
-    artifact_dir: Path, keras_model: keras.Model, temperature: float, waveforms: np.ndarray
-) -> dict:
+def write_onnx(artifact_dir: Path, members: list[Member], waveforms: np.ndarray) -> dict:
     """Export model.onnx into artifact_dir, check it against the SavedModel there on waveforms,
     and return what to record under "onnx" in metadata.json."""
-    export_onnx(keras_model, temperature, artifact_dir / ONNX_FILE)
+    export_onnx(members, artifact_dir / ONNX_FILE)
     return {
         "file": ONNX_FILE,
         "opset": OPSET,
@@ -527,14 +566,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     metadata = json.loads((args.artifact / METADATA_FILE).read_text())
+    if "members" in metadata["architecture"]:
+        parser.error("an ensemble: rebuild it with model.ensemble, which writes model.onnx too")
     keras_model = rebuild_keras_model(args.artifact, args.arch or metadata["architecture"]["name"])
     val_speech, _, _ = load_split(args.data, "val")
     val_silence = silence_windows(args.data, "val", VAL_SILENCE_WINDOWS, VAL_SILENCE_SEED)
+    temperature = metadata.get("calibration", {}).get("temperature", 1.0)  # 1: uncalibrated
     metadata["onnx"] = write_onnx(
-        args.artifact,
-        keras_model,
-        metadata.get("calibration", {}).get("temperature", 1.0),  # 1: exported uncalibrated
-        np.concatenate([val_speech, val_silence]),
+        args.artifact, [(keras_model, temperature)], np.concatenate([val_speech, val_silence])
     )
     write_metadata(args.artifact, metadata)
     print(json.dumps(metadata["onnx"], indent=2))

@@ -3,11 +3,12 @@
 `python -m model.train --data ../shared/data/speech_commands --out model/artifacts/yesno`
 
 Fits on `train` with on-the-fly augmentation (shift, gain, background and babble noise;
-SpecAugment inside the model) and label smoothing, keeps the weights with the best `val`
-balanced accuracy, fits a softmax temperature on `val`, exports a fresh model with those weights
-and the temperature folded in (SavedModel, plus model.onnx checked against it), then measures it
-on `test` (report only; test never steers training or calibration) and stores those figures in
-the metadata.
+SpecAugment inside the model) and label smoothing, optionally towards the averaged probabilities
+of earlier trained models (`--teacher DIR`, repeatable: knowledge distillation); keeps the
+weights with the best `val` balanced accuracy, fits a softmax temperature on `val`, exports a
+fresh model with those weights and the temperature folded in (SavedModel, plus model.onnx
+checked against it), then measures it on `test` (report only; test never steers training or
+calibration) and stores those figures in the metadata.
 """
 
 import argparse
@@ -41,9 +42,11 @@ from model.evaluate import (
     fit_temperature,
     format_report,
     negative_log_likelihood,
+    predict_in_batches,
     softmax,
     store_metrics,
 )
+from model.serving import KeywordModel
 
 DEFAULT_OUT = Path("model/artifacts/yesno")
 DEFAULT_EPOCHS = 30
@@ -57,11 +60,14 @@ LABEL_SMOOTHING = 0.1
 KEYWORD_CLIPS_PER_EPOCH = 1800
 SILENCE_CLIPS_PER_EPOCH = 800
 EXTRA_EXPOSURE_WORD = "go"
+# With --teacher: the training target is this share of the teachers' mean probabilities on the
+# same augmented clip, the rest the (smoothed) one-hot label (Hinton et al. 2015).
+DISTILLATION_WEIGHT = 0.5
 AUGMENTATION = {
     "time_shift_ms": 300,
     "noise_probability": 0.8,
     "noise_snr_db": (0.0, 30.0),
-    "babble_share": 0.3,  # of the noisy clips: babble of other train unknown clips, not a recording
+    "babble_share": 0.5,  # of the noisy clips: babble of other train unknown clips, not a recording
     "babble_talkers": (3, 6),
     "gain": (0.03, 2.0),  # -30 dB to +6 dB
     # Share of all clips (speech and silence) band-limited like audio recorded at a low rate.
@@ -81,21 +87,21 @@ def configure_tensorflow(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def band_limit(waveforms: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def band_limit(waveforms: np.ndarray, rng: np.random.Generator, augmentation: dict) -> np.ndarray:
     """A random share of clips resampled down to 8 or 11.025 kHz and back with soxr, as the
     pipeline does with low-rate recordings, so that the model does not need the top band."""
     limited = waveforms.copy()
-    chosen = np.flatnonzero(rng.random(len(waveforms)) < AUGMENTATION["band_limit_probability"])
+    chosen = np.flatnonzero(rng.random(len(waveforms)) < augmentation["band_limit_probability"])
     for i in chosen:
-        rate = int(rng.choice(AUGMENTATION["band_limit_rates"]))
+        rate = int(rng.choice(augmentation["band_limit_rates"]))
         low = soxr.resample(waveforms[i], SAMPLE_RATE, rate, quality="HQ")
         limited[i] = fit_to_clip(soxr.resample(low, rate, SAMPLE_RATE, quality="HQ"))
     return np.clip(limited, -1.0, 1.0)
 
 
-def babble(talkers: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def babble(talkers: np.ndarray, n: int, rng: np.random.Generator, augmentation: dict) -> np.ndarray:
     """n clips, each the sum of 3-6 random clips of `talkers` at random relative levels."""
-    low, high = AUGMENTATION["babble_talkers"]
+    low, high = augmentation["babble_talkers"]
     mixed = np.zeros((n, CLIP_SAMPLES), np.float32)
     for i, count in enumerate(rng.integers(low, high + 1, n)):
         picked = talkers[rng.integers(len(talkers), size=count)]
@@ -109,20 +115,21 @@ def augment_speech(
     noise_segments: list[np.ndarray],
     talkers: np.ndarray,
     rng: np.random.Generator,
+    augmentation: dict,
 ) -> np.ndarray:
     """Random time shift, background or babble noise at a random SNR (most clips), random gain.
 
     `talkers` are train clips of unknown words, so babble never holds a keyword."""
-    max_shift = AUGMENTATION["time_shift_ms"] * SAMPLE_RATE // 1000
+    max_shift = augmentation["time_shift_ms"] * SAMPLE_RATE // 1000
     clips = time_shift(waveforms, rng, max_shift)
     noise = random_noise_windows(noise_segments, len(clips), rng)
-    use_babble = np.flatnonzero(rng.random(len(clips)) < AUGMENTATION["babble_share"])
-    noise[use_babble] = babble(talkers, len(use_babble), rng)
-    snr_db = rng.uniform(*AUGMENTATION["noise_snr_db"], (len(clips), 1))
+    use_babble = np.flatnonzero(rng.random(len(clips)) < augmentation["babble_share"])
+    noise[use_babble] = babble(talkers, len(use_babble), rng, augmentation)
+    snr_db = rng.uniform(*augmentation["noise_snr_db"], (len(clips), 1))
     noise_rms = rms(clips) / 10 ** (snr_db / 20)
     noise *= noise_rms / np.maximum(rms(noise), 1e-8)
-    noise *= rng.random((len(clips), 1)) < AUGMENTATION["noise_probability"]
-    gain = log_uniform(rng, *AUGMENTATION["gain"], len(clips))[:, None]
+    noise *= rng.random((len(clips), 1)) < augmentation["noise_probability"]
+    gain = log_uniform(rng, *augmentation["gain"], len(clips))[:, None]
     return np.clip((clips + noise) * gain, -1.0, 1.0).astype(np.float32)
 
 
@@ -132,6 +139,7 @@ def epoch_examples(
     words: list[str],
     noise_segments: list[np.ndarray],
     rng: np.random.Generator,
+    augmentation: dict,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One epoch of augmented, class-balanced, shuffled training examples."""
     chosen = []
@@ -147,22 +155,43 @@ def epoch_examples(
     waveforms = band_limit(
         np.concatenate(
             [
-                augment_speech(speech[indices], noise_segments, talkers, rng),
+                augment_speech(speech[indices], noise_segments, talkers, rng, augmentation),
                 make_silence(noise_segments, SILENCE_CLIPS_PER_EPOCH, rng),
             ]
         ),
         rng,
+        augmentation,
     )
     targets = np.concatenate([labels[indices], np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_LABEL)])
     order = rng.permutation(len(targets))
     return waveforms[order], targets[order]
 
 
+def distillation_targets(
+    targets: np.ndarray, waveforms: np.ndarray, teachers: list[KeywordModel]
+) -> np.ndarray:
+    """Training targets [n, 4]: one-hot labels, mixed with the teachers' mean probabilities on
+    these very (augmented) waveforms when there are teachers."""
+    one_hot = np.eye(len(LABELS), dtype=np.float32)[targets]
+    if not teachers:
+        return one_hot
+    taught = np.mean([predict_in_batches(t.predict, waveforms) for t in teachers], axis=0)
+    return (1 - DISTILLATION_WEIGHT) * one_hot + DISTILLATION_WEIGHT * taught
+
+
 def class_counts(labels: np.ndarray) -> dict[str, int]:
     return {label: int((labels == i).sum()) for i, label in enumerate(LABELS)}
 
 
-def train(data_dir: Path, out_dir: Path, seed: int, epochs: int, architecture: str) -> None:
+def train(
+    data_dir: Path,
+    out_dir: Path,
+    seed: int,
+    epochs: int,
+    architecture: str,
+    teacher_dirs: tuple[Path, ...] = (),
+    augmentation: dict = AUGMENTATION,
+) -> None:
     configure_tensorflow(seed)
     import keras
 
@@ -179,6 +208,7 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int, architecture: s
     val_waveforms = np.concatenate([val_speech, val_silence])
     val_targets = np.concatenate([val_labels, np.full(len(val_silence), SILENCE_LABEL)])
     noise_segments = load_noise(data_dir, "train")
+    teachers = [KeywordModel(teacher) for teacher in teacher_dirs]
 
     model = build_model(architecture)
     examples_per_epoch = (
@@ -206,11 +236,11 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int, architecture: s
     best_score, best_accuracy, best_epoch, best_weights = -1.0, 0.0, 0, model.get_weights()
     for epoch in range(epochs):
         waveforms, targets = epoch_examples(
-            train_speech, train_labels, train_words, noise_segments, rng
+            train_speech, train_labels, train_words, noise_segments, rng, augmentation
         )
         history = model.fit(
             waveforms,
-            np.eye(len(LABELS), dtype=np.float32)[targets],
+            distillation_targets(targets, waveforms, teachers),
             batch_size=BATCH_SIZE,
             epochs=epoch + 1,
             initial_epoch=epoch,
@@ -250,9 +280,9 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int, architecture: s
     }
     print(f"temperature {temperature:.3f}: {calibration}")
 
-    difference = export_saved_model(model, out_dir, val_waveforms[:BATCH_SIZE], temperature)
+    difference = export_saved_model([(model, temperature)], out_dir, val_waveforms[:BATCH_SIZE])
     print(f"exported to {out_dir}; reloaded SavedModel matches Keras within {difference:.2e}")
-    onnx = write_onnx(out_dir, model, temperature, val_waveforms)
+    onnx = write_onnx(out_dir, [(model, temperature)], val_waveforms)
     print(f"model.onnx matches the SavedModel within {onnx['checked_against_saved_model']}")
     copy_data_license(data_dir, out_dir)
     wall_seconds = time.monotonic() - started
@@ -289,7 +319,15 @@ def train(data_dir: Path, out_dir: Path, seed: int, epochs: int, architecture: s
                 "optimizer": f"Adam, cosine decay from {PEAK_LEARNING_RATE} with 5% warm-up",
                 "loss": f"cross-entropy, label smoothing {LABEL_SMOOTHING}",
                 "extra_exposure": f"every {EXTRA_EXPOSURE_WORD!r} clip drawn twice per epoch",
-                "augmentation": AUGMENTATION,
+                "distillation": {
+                    "teachers": [teacher.version for teacher in teachers],
+                    "weight": DISTILLATION_WEIGHT,
+                    "target": "weight x the teachers' mean probabilities on each augmented clip"
+                    " + (1 - weight) x the one-hot label",
+                }
+                if teachers
+                else None,
+                "augmentation": augmentation,
                 "selection": "weights of the epoch with the best val balanced accuracy"
                 " (mean per-class recall, so keyword recall weighs as much as unknown)",
                 "best_epoch": best_epoch,
@@ -314,8 +352,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=DEFAULT_ARCHITECTURE)
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier artifact whose probabilities the model also learns from (repeatable)",
+    )
     args = parser.parse_args()
-    train(args.data, args.out, args.seed, args.epochs, args.arch)
+    train(args.data, args.out, args.seed, args.epochs, args.arch, tuple(args.teacher))
 
 
 if __name__ == "__main__":

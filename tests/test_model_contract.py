@@ -95,26 +95,58 @@ def test_the_default_runtime_is_onnx_and_needs_no_tensorflow():
     assert result.stdout.split() == ["onnx", "(2,", "4)", "False"]
 
 
-@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-def test_every_architecture_exports_to_onnx_with_the_same_outputs(architecture, data_dir, tmp_path):
+def network_with_moved_statistics(architecture: str, seed: int):
     """A freshly built network with its batch-norm statistics moved off their defaults, so that
-    folding them into the convolutions is exercised, against Keras on real clips."""
+    folding them into the convolutions is exercised."""
     import keras
 
-    from model.onnx_export import TOLERANCE, export_onnx
-    from model.serving import onnx_predictor
-
     model = build_model(architecture)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             size = layer.moving_mean.shape
             layer.moving_mean.assign(rng.normal(0, 0.5, size))
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, size))
+    return model
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_architecture_exports_to_onnx_with_the_same_outputs(architecture, data_dir, tmp_path):
+    """Against Keras on real clips."""
+    from model.onnx_export import TOLERANCE, export_onnx
+    from model.serving import onnx_predictor
+
+    model = network_with_moved_statistics(architecture, seed=0)
     speech, _, _ = load_split(data_dir, "val")
     clips = speech[:64]
     temperature = 0.7
-    export_onnx(model, temperature, tmp_path / "model.onnx")
+    export_onnx([(model, temperature)], tmp_path / "model.onnx")
     expected = tf.nn.softmax(model(clips, training=False) / temperature).numpy()
     actual = onnx_predictor((tmp_path / "model.onnx").read_bytes())(clips)
     assert np.max(np.abs(actual - expected)) <= TOLERANCE
+
+
+def test_an_ensemble_exports_the_mean_of_its_members(data_dir, tmp_path):
+    """SavedModel and ONNX of two different networks, each with its own temperature, against
+    the mean of the members' own softmax outputs computed here."""
+    from model.export import export_saved_model
+    from model.onnx_export import TOLERANCE, write_onnx
+    from model.serving import KeywordModel
+
+    members = [
+        (network_with_moved_statistics("ds-cnn", seed=1), 0.6),
+        (network_with_moved_statistics("ds-cnn-m-ln", seed=2), 1.3),
+    ]
+    speech, _, _ = load_split(data_dir, "val")
+    clips = speech[:32]
+    export_saved_model(members, tmp_path, clips)
+    write_onnx(tmp_path, members, clips)
+    expected = np.mean(
+        [tf.nn.softmax(m(clips, training=False) / t).numpy() for m, t in members], axis=0
+    )
+    (tmp_path / METADATA_FILE).write_text(json.dumps({"labels": list(LABELS)}))
+    for runtime in ("tensorflow", "onnx"):
+        actual = KeywordModel(tmp_path, runtime).predict(clips)
+        assert np.max(np.abs(actual - expected)) <= TOLERANCE, runtime
+    single = tf.nn.softmax(members[0][0](clips, training=False) / members[0][1]).numpy()
+    assert np.max(np.abs(expected - single)) > 10 * TOLERANCE  # both members count

@@ -1,0 +1,151 @@
+"""Train the shipped model, an ensemble of two networks, in one command; or combine trained ones.
+
+`python -m model.ensemble --data ../shared/data/speech_commands --out model/artifacts/yesno`
+
+trains each member of MEMBERS with `model.train` (seed 0, its own recipe) into `<out>-members/`,
+then writes one artifact whose output is the mean of the members' calibrated probabilities
+(each member's own val-fitted temperature folded in): a SavedModel holding both networks and a
+model.onnx checked against it, like any artifact, so the pipeline serves it unchanged. With
+`--members DIR ...` it combines artifacts trained before instead. Test figures are measured and
+stored for the report only; which members to combine was decided on val (model/README.md).
+"""
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.contract import CLIP_SAMPLES, LABELS, METADATA_FILE, SAMPLE_RATE
+from model.evaluate import (
+    DEFAULT_DATA,
+    evaluate_artifact,
+    expected_calibration_error,
+    format_report,
+    load_eval_set,
+    negative_log_likelihood,
+    predict_in_batches,
+    store_metrics,
+)
+from model.serving import saved_model_predictor
+from model.train import AUGMENTATION, DEFAULT_OUT, configure_tensorflow, train
+
+CHECK_WINDOWS = 64  # val windows on which the reloaded SavedModel must match the Keras models
+
+
+@dataclass(frozen=True)
+class MemberRecipe:
+    """How one member is trained: `model.train` with this architecture, epochs and babble share
+    (the share of noisy training clips mixed with babble instead of a noise recording)."""
+
+    architecture: str
+    epochs: int
+    babble_share: float
+
+
+# Chosen on val (model/README.md): the earlier shipped DS-CNN-M (sha256:8d6ab68a005153dd) and
+# the same network on loudness-normalised input, which is robust to gain and babble.
+MEMBERS = (
+    MemberRecipe("ds-cnn-m", epochs=30, babble_share=0.3),
+    MemberRecipe("ds-cnn-m-ln", epochs=40, babble_share=0.5),
+)
+
+
+def train_members(data_dir: Path, members_dir: Path, seed: int) -> list[Path]:
+    """Train every member of MEMBERS into members_dir/<architecture>; returns their paths."""
+    paths = []
+    for recipe in MEMBERS:
+        path = members_dir / recipe.architecture
+        augmentation = AUGMENTATION | {"babble_share": recipe.babble_share}
+        train(data_dir, path, seed, recipe.epochs, recipe.architecture, augmentation=augmentation)
+        paths.append(path)
+    return paths
+
+
+def combine(member_dirs: list[Path], out_dir: Path, data_dir: Path) -> dict:
+    """Write the ensemble artifact of the trained artifacts member_dirs; returns its metadata."""
+    configure_tensorflow(seed=0)
+    from model.architecture import feature_macs
+    from model.export import copy_data_license, export_saved_model, model_version, write_metadata
+    from model.onnx_export import rebuild_keras_model, write_onnx
+
+    started = time.monotonic()
+    metadata = [json.loads((path / METADATA_FILE).read_text()) for path in member_dirs]
+    members = [
+        (
+            rebuild_keras_model(path, meta["architecture"]["name"]),
+            meta["calibration"]["temperature"],
+        )
+        for path, meta in zip(member_dirs, metadata, strict=True)
+    ]
+    val_waveforms, val_labels, _ = load_eval_set(data_dir, "val")
+    difference = export_saved_model(members, out_dir, val_waveforms[:CHECK_WINDOWS])
+    print(f"exported to {out_dir}; reloaded SavedModel matches Keras within {difference:.2e}")
+    onnx = write_onnx(out_dir, members, val_waveforms)
+    print(f"model.onnx matches the SavedModel within {onnx['checked_against_saved_model']}")
+    copy_data_license(data_dir, out_dir)
+    val_probabilities = predict_in_batches(saved_model_predictor(str(out_dir)), val_waveforms)
+    architectures = [meta["architecture"] for meta in metadata]
+    ensemble = {
+        "labels": list(LABELS),
+        "sample_rate": SAMPLE_RATE,
+        "clip_samples": CLIP_SAMPLES,
+        "clip_seconds": CLIP_SAMPLES / SAMPLE_RATE,
+        "model_version": model_version(out_dir),
+        "architecture": {
+            "name": "ensemble(" + ", ".join(a["name"] for a in architectures) + ")",
+            "combination": "mean of the members' softmax(logits / temperature)",
+            "parameters": sum(a["parameters"] for a in architectures),
+            "macs_per_window": sum(a["macs_per_window"] for a in architectures),
+            "feature_macs_per_window_approx": len(architectures) * feature_macs(),
+            "members": architectures,
+        },
+        "training": {
+            "epochs": " + ".join(str(meta["training"]["epochs"]) for meta in metadata),
+            "members": [
+                {"model_version": meta["model_version"], **meta["training"]} for meta in metadata
+            ],
+            "wall_seconds": round(
+                sum(meta["training"]["wall_seconds"] for meta in metadata)
+                + time.monotonic()
+                - started,
+                1,
+            ),
+        },
+        "calibration": {
+            "fitted_on": "each member on val speech clips + val silence windows, clean",
+            "member_temperatures": [meta["calibration"]["temperature"] for meta in metadata],
+            "val_ece": expected_calibration_error(val_probabilities, val_labels),
+            "val_nll": negative_log_likelihood(val_probabilities, val_labels),
+        },
+        "onnx": onnx,
+    }
+    write_metadata(out_dir, ensemble)
+    metrics = evaluate_artifact(out_dir, data_dir)
+    store_metrics(out_dir, metrics)
+    print(format_report(metrics))
+    return ensemble
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--members",
+        type=Path,
+        nargs="+",
+        help="combine these trained artifacts instead of training MEMBERS",
+    )
+    args = parser.parse_args()
+    started = time.monotonic()
+    member_dirs = args.members or train_members(
+        args.data, args.out.with_name(args.out.name + "-members"), args.seed
+    )
+    combine(member_dirs, args.out, args.data)
+    print(f"total {time.monotonic() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
