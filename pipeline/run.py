@@ -17,7 +17,7 @@ from pipeline.loading import list_input
 from pipeline.transforms import LabelGroups
 
 LOCAL_RUNNER_NAMES = {None, "directrunner", "direct"}
-FILES_PER_GROUP_RANGE = (256, 4_096)  # a group is at least one full batch, at most one file
+FILES_PER_GROUP_RANGE = (256, 4_096)  # a group is a few full batches at least
 TARGET_GROUPS = 16  # enough groups to keep a few workers busy when there is enough work
 
 
