@@ -3,7 +3,8 @@
 `python -m model.compare --data ../shared/data/speech_commands ARTIFACT_DIR...`
 
 Prints a markdown table: parameters, multiply-adds per window, training epochs, val and test
-accuracy, false keyword rate, ECE and throughput (windows/s through KeywordModel.predict at batch
+accuracy, false keyword rate, ECE, val robust accuracy (model.evaluate.robust_accuracy) and
+throughput (windows/s through KeywordModel.predict at batch
 256, best of THROUGHPUT_REPEATS timed passes after a warm-up). Only val figures may pick the model
 to ship; test figures are reported.
 """
@@ -17,9 +18,12 @@ import numpy as np
 from model.evaluate import (
     BATCH_SIZE,
     DEFAULT_DATA,
+    ROBUSTNESS_MODES,
     Predict,
     load_eval_set,
     predict_in_batches,
+    robust_accuracy,
+    robustness_report,
     score_metrics,
 )
 
@@ -62,6 +66,9 @@ def compare(artifacts: list[Path], data_dir: Path) -> list[dict]:
                 "macs_per_window": architecture["macs_per_window"],
                 "temperature": keyword_model.metadata.get("calibration", {}).get("temperature"),
                 "val": figures["val"],
+                "val_robust_accuracy": robust_accuracy(
+                    robustness_report(artifact, data_dir, "val", list(ROBUSTNESS_MODES))
+                ),
                 "test": figures["test"],
                 "windows_per_second": windows_per_second(predict, timing),
             }
@@ -73,8 +80,9 @@ def format_table(rows: list[dict]) -> str:
     """Markdown table of compare's rows."""
     lines = [
         "| candidate | epochs | params | MACs/window | T | val acc | val bal acc | val FKR |"
-        " val ECE | test acc | test bal acc | test FKR | test go->no | test ECE | windows/s |",
-        "|---" * 15 + "|",
+        " val ECE | val robust acc | test acc | test bal acc | test FKR | test go->no | test ECE"
+        " | windows/s |",
+        "|---" * 16 + "|",
     ]
     for row in rows:
         val, test = row["val"], row["test"]
@@ -84,6 +92,7 @@ def format_table(rows: list[dict]) -> str:
             f" | {row['macs_per_window'] / 1e6:.2f} M | {temperature}"
             f" | {val['accuracy']:.4f} | {val['balanced_accuracy']:.4f}"
             f" | {val['false_keyword_rate']:.4f} | {val['ece']:.4f}"
+            f" | {row['val_robust_accuracy']:.4f}"
             f" | {test['accuracy']:.4f} | {test['balanced_accuracy']:.4f}"
             f" | {test['false_keyword_rate']:.4f}"
             f" | {test['no_vs_go']['go_predicted_no']}/{test['no_vs_go']['go_clips']}"

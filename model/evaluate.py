@@ -299,8 +299,14 @@ def robustness_report(artifact_dir: Path, data_dir: Path, split: str, modes: lis
     return results
 
 
+def robust_accuracy(results: dict) -> float:
+    """Mean accuracy over robustness_report's modes, clean included: the figure that model
+    selection ranks candidates by (model/README.md)."""
+    return float(np.mean([figures["accuracy"] for figures in results.values()]))
+
+
 def format_robustness(results: dict) -> str:
-    """One line per robustness mode."""
+    """One line per robustness mode, then their mean accuracy."""
     lines = [
         f"{'mode':<17} {'accuracy':>8} {'drop pts':>8} {'yes rec':>7} {'no rec':>7} {'FKR':>6}"
     ]
@@ -310,6 +316,7 @@ def format_robustness(results: dict) -> str:
             f" {figures['yes_recall']:>7.4f} {figures['no_recall']:>7.4f}"
             f" {figures['false_keyword_rate']:>6.4f}"
         )
+    lines.append(f"mean accuracy over these {len(results)} modes: {robust_accuracy(results):.4f}")
     return "\n".join(lines)
 
 
