@@ -28,8 +28,9 @@ from model.evaluate import (
     store_metrics,
 )
 from model.serving import saved_model_predictor
-from model.train import AUGMENTATION, DEFAULT_OUT, configure_tensorflow, train
+from model.train import AUGMENTATION, configure_tensorflow, train
 
+DEFAULT_OUT = Path("model/artifacts/yesno")
 CHECK_WINDOWS = 64  # val windows on which the reloaded SavedModel must match the Keras models
 
 

@@ -18,12 +18,15 @@ the Keras model's layers and weights (no tf2onnx), in NCHW layout:
   covers the `ds-cnn`, `bc-resnet` and `tutorial-cnn` architectures; anything else raises
   NotImplementedError rather than exporting a wrong graph.
 - The temperature is folded into the last Dense layer's weights, then Softmax.
+- An ensemble (build_members_onnx) holds each member's graph under its own name prefix and
+  averages their probabilities with one Mean node.
 
 `onnx` builds the file (training, export); `onnxruntime` serves it (model/serving.py), with no
-TensorFlow import. `model.train` writes it next to the SavedModel and checks it against the
-SavedModel on val; `python -m model.onnx_export ARTIFACT` adds it to an artifact trained before.
+TensorFlow import. `model.train` and `model.ensemble` write it next to the SavedModel and check it
+against the SavedModel on val; `python -m model.onnx_export ARTIFACT` adds it to a one-network
+artifact trained before.
 
-Command: `python -m model.onnx_export model/artifacts/yesno [--arch ds-cnn]`
+Command: `python -m model.onnx_export model/artifacts/yesno-members/ds-cnn-m [--arch ds-cnn-m]`
 """
 
 from __future__ import annotations

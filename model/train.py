@@ -1,6 +1,9 @@
-"""Train the yes / no / unknown / silence model and export it, in one reproducible command.
+"""Train one yes / no / unknown / silence network and export it, in one reproducible command.
 
-`python -m model.train --data ../shared/data/speech_commands --out model/artifacts/yesno`
+`python -m model.train --data ../shared/data/speech_commands --arch ds-cnn-m-ln --epochs 40 --out D`
+
+The shipped model is an ensemble of two such networks, made by `model.ensemble`, which calls
+`train` for each member.
 
 Fits on `train` with on-the-fly augmentation (shift, gain, background and babble noise;
 SpecAugment inside the model) and label smoothing, optionally towards the averaged probabilities
@@ -48,7 +51,6 @@ from model.evaluate import (
 )
 from model.serving import KeywordModel
 
-DEFAULT_OUT = Path("model/artifacts/yesno")
 DEFAULT_EPOCHS = 30
 BATCH_SIZE = 64
 PEAK_LEARNING_RATE = 3e-3
@@ -348,7 +350,7 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=DEFAULT_ARCHITECTURE)
