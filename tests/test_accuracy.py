@@ -13,8 +13,11 @@ from tests.helpers import write_wav
 UNKNOWN_SAMPLE = 160  # of 337 test `unknown` clips, every `go` among them kept
 SILENCE_SAMPLE = 40
 SEED = 2026
-ACCURACY_FLOOR = 0.93
-KEYWORD_RECALL_FLOOR = 0.93
+# The shipped ensemble on this sample: accuracy 0.974, yes 85/87, no 91/92, 7 of the 200 unknown
+# and silence files called a keyword (all 106 `go` clips are in it). The floors leave a few clips.
+ACCURACY_FLOOR = 0.96
+KEYWORD_RECALL_FLOOR = 0.96
+FALSE_KEYWORD_CEILING = 0.06
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +55,6 @@ def test_pipeline_accuracy_on_held_out_speakers(test_sample, tmp_path):
         paths = [path for path, label in truth.items() if label == keyword]
         recall = np.mean([predicted[path] == keyword for path in paths])
         assert recall >= KEYWORD_RECALL_FLOOR, (keyword, recall)
+    others = [path for path, label in truth.items() if label in ("unknown", "silence")]
+    false_keywords = np.mean([predicted[path] in ("yes", "no") for path in others])
+    assert false_keywords <= FALSE_KEYWORD_CEILING
