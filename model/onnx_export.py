@@ -91,9 +91,11 @@ def _hann(length: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)
 
 
-def _log_mel(b: _Builder, waveform: str, mel_matrix: np.ndarray) -> str:
+def _log_mel(b: _Builder, waveform: str, mel_matrix: np.ndarray, gain: str | None = None) -> str:
     """waveform [batch, CLIP_SAMPLES] -> log-mel [batch, 1, FRAMES, MEL_BINS] (NCHW of the Keras
-    [batch, FRAMES, MEL_BINS, 1]), as model.features.LogMelSpectrogram."""
+    [batch, FRAMES, MEL_BINS, 1]), as model.features.LogMelSpectrogram; with `gain` [batch, 1],
+    the log-mel of waveform x gain (the mel spectrum is scaled, which is the same for a gain > 0:
+    the STFT, its magnitude and the mel projection are all linear in it)."""
     from model.features import (
         FFT_LENGTH,
         FRAMES,
@@ -153,6 +155,8 @@ def _log_mel(b: _Builder, waveform: str, mel_matrix: np.ndarray) -> str:
     x = b.op("Sqrt", [b.op("Add", [real, imag], "power")], "magnitude")
     x = b.op("Reshape", [x, b.ints("shape", -1, bins, FRAMES)], "spectrum")  # [batch, k, f]
     x = b.op("MatMul", [b.const("mel_matrix_t", mel.T), x], "mel")  # [batch, mel, f]
+    if gain is not None:
+        x = b.op("Mul", [x, b.op("Unsqueeze", [gain, b.ints("axis", 2)], "gain_3d")], "scaled")
     x = b.op("Log", [b.op("Add", [x, b.const("log_offset", LOG_OFFSET)], "mel_offset")], "log")
     x = b.op("Transpose", [x], "log_mel_t", perm=[0, 2, 1])  # [batch, f, mel]
     return b.op("Unsqueeze", [x, b.ints("axis", 1)], "log_mel")
@@ -208,16 +212,15 @@ def _activation(b: _Builder, x: str, activation: Any, where: str) -> str:
     raise NotImplementedError(f"{where}: activation {name!r}")
 
 
-def _normalise_loudness(b: _Builder, waveform: str) -> str:
-    """waveform [batch, samples] scaled to TARGET_RMS, as model.features.LoudnessNormalisation."""
+def _loudness_gain(b: _Builder, waveform: str) -> str:
+    """The gain [batch, 1] that model.features.LoudnessNormalisation applies to waveform."""
     from model.features import RMS_FLOOR, TARGET_RMS
 
     power = b.op("Mul", [waveform, waveform], "square")
     mean_power = b.op("ReduceMean", [power, b.ints("axes", 1)], "mean_power", keepdims=1)
     level = b.op("Sqrt", [mean_power], "rms")
     level = b.op("Max", [level, b.const("rms_floor", RMS_FLOOR)], "level")
-    scale = b.op("Div", [b.const("target_rms", TARGET_RMS), level], "gain")
-    return b.op("Mul", [waveform, scale], "normalised")
+    return b.op("Div", [b.const("target_rms", TARGET_RMS), level], "gain")
 
 
 def _keras_graph(model: keras.Model) -> list[tuple[Any, list, list]]:
@@ -246,6 +249,7 @@ def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
             consumers.setdefault(id(tensor), []).append(operation)
     output_tensor = keras_model.outputs[0]
     folded: set[int] = set()  # BatchNormalization layers already folded into a convolution
+    gains: dict[int, str] = {}  # loudness-normalised tensors whose gain the log-mel applies
 
     for operation, inputs, outputs in steps:
         out = outputs[0]
@@ -258,9 +262,16 @@ def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
         if id(operation) in folded:
             names[id(out)] = x
         elif isinstance(operation, LogMelSpectrogram):
-            names[id(out)] = _log_mel(b, x, np.asarray(operation.mel_matrix, np.float64))
+            mel_matrix = np.asarray(operation.mel_matrix, np.float64)
+            names[id(out)] = _log_mel(b, x, mel_matrix, gains.get(id(inputs[0])))
         elif isinstance(operation, LoudnessNormalisation):
-            names[id(out)] = _normalise_loudness(b, x)
+            gain = _loudness_gain(b, x)
+            if all(isinstance(c, LogMelSpectrogram) for c in consumers.get(id(out), [])):
+                # Applied to the mel spectrum instead: the front end then reads the raw
+                # waveform, like every other network's, and an ensemble computes it once.
+                names[id(out)], gains[id(out)] = x, gain
+            else:
+                names[id(out)] = b.op("Mul", [x, gain], "normalised")
         elif isinstance(operation, (layers.Dropout, layers.SpatialDropout2D)) or (
             type(operation).__name__ == "SpecAugment"  # identity unless training
         ):
@@ -434,12 +445,43 @@ def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
     return model
 
 
+def _merge_duplicates(nodes: list, initializers: list) -> tuple[list, list]:
+    """The same graph with equal initializers stored once and equal nodes (same operator, inputs
+    and attributes) computed once, in order: the members of an ensemble share their front end."""
+    from onnx import numpy_helper
+
+    renamed: dict[str, str] = {}
+    kept_initializers, initializer_by_value = [], {}
+    for initializer in initializers:
+        value = numpy_helper.to_array(initializer)
+        key = (value.dtype.str, value.shape, value.tobytes())
+        if key in initializer_by_value:
+            renamed[initializer.name] = initializer_by_value[key]
+        else:
+            initializer_by_value[key] = initializer.name
+            kept_initializers.append(initializer)
+    kept_nodes, node_by_key = [], {}
+    for node in nodes:
+        inputs = [renamed.get(name, name) for name in node.input]
+        key = (node.domain, node.op_type, tuple(inputs))
+        key += tuple(attribute.SerializeToString() for attribute in node.attribute)
+        if key in node_by_key:
+            renamed.update(zip(node.output, node_by_key[key].output, strict=True))
+            continue
+        del node.input[:]
+        node.input.extend(inputs)
+        node_by_key[key] = node
+        kept_nodes.append(node)
+    return kept_nodes, kept_initializers
+
+
 def build_members_onnx(members: list[Member]) -> onnx.ModelProto:
     """The ONNX model of one member, or of an ensemble: the mean of the members' probabilities.
 
     Each member's graph is built by build_onnx and its names prefixed (`m0/`, `m1/`, ...); an
     Identity feeds it the shared waveform input, and a Mean node averages their outputs, as
-    model.export.calibrated_probabilities does in the SavedModel.
+    model.export.calibrated_probabilities does in the SavedModel. What the members compute alike
+    (the log-mel front end up to the mel spectrum) is computed once.
     """
     from onnx import checker, compose, helper
 
@@ -453,6 +495,7 @@ def build_members_onnx(members: list[Member]) -> onnx.ModelProto:
         initializers += graph.initializer
         outputs.append(graph.output[0].name)
     nodes.append(helper.make_node("Mean", outputs, [OUTPUT_NAME], name="ensemble_mean"))
+    nodes, initializers = _merge_duplicates(nodes, initializers)
     first = protos[0].graph  # the input and output declarations, unprefixed
     name = "+".join(proto.graph.name for proto in protos)
     graph = helper.make_graph(nodes, name, first.input, first.output, initializers)

@@ -129,6 +129,8 @@ def test_every_architecture_exports_to_onnx_with_the_same_outputs(architecture, 
 def test_an_ensemble_exports_the_mean_of_its_members(data_dir, tmp_path):
     """SavedModel and ONNX of two different networks, each with its own temperature, against
     the mean of the members' own softmax outputs computed here."""
+    import onnx
+
     from model.export import export_saved_model
     from model.onnx_export import TOLERANCE, write_onnx
     from model.serving import KeywordModel
@@ -150,3 +152,5 @@ def test_an_ensemble_exports_the_mean_of_its_members(data_dir, tmp_path):
         assert np.max(np.abs(actual - expected)) <= TOLERANCE, runtime
     single = tf.nn.softmax(members[0][0](clips, training=False) / members[0][1]).numpy()
     assert np.max(np.abs(expected - single)) > 10 * TOLERANCE  # both members count
+    graph = onnx.load(tmp_path / "model.onnx").graph
+    assert sum("dft_stage1" in node.name for node in graph.node) == 1  # one shared front end
