@@ -19,7 +19,8 @@ the Keras model's layers and weights (no tf2onnx), in NCHW layout:
   NotImplementedError rather than exporting a wrong graph.
 - The temperature is folded into the last Dense layer's weights, then Softmax.
 - An ensemble (build_members_onnx) holds each member's graph under its own name prefix and
-  averages their probabilities with one Mean node.
+  averages their probabilities with one Mean node; what the members compute alike (the FFT front
+  end, a loudness gain being applied after the mel projection) is computed once.
 
 `onnx` builds the file (training, export); `onnxruntime` serves it (model/serving.py), with no
 TensorFlow import. `model.train` and `model.ensemble` write it next to the SavedModel and check it
