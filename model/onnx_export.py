@@ -599,8 +599,7 @@ def main() -> None:
     import argparse
 
     from model.architecture import ARCHITECTURES
-    from model.data import load_split, silence_windows
-    from model.evaluate import DEFAULT_DATA, VAL_SILENCE_SEED, VAL_SILENCE_WINDOWS
+    from model.evaluate import DEFAULT_DATA, load_eval_set
     from model.export import write_metadata
 
     parser = argparse.ArgumentParser(description="Add model.onnx to a trained artifact.")
@@ -616,12 +615,9 @@ def main() -> None:
     if "members" in metadata["architecture"]:
         parser.error("an ensemble: rebuild it with model.ensemble, which writes model.onnx too")
     keras_model = rebuild_keras_model(args.artifact, args.arch or metadata["architecture"]["name"])
-    val_speech, _, _ = load_split(args.data, "val")
-    val_silence = silence_windows(args.data, "val", VAL_SILENCE_WINDOWS, VAL_SILENCE_SEED)
+    val_waveforms, _, _ = load_eval_set(args.data, "val")
     temperature = metadata.get("calibration", {}).get("temperature", 1.0)  # 1: uncalibrated
-    metadata["onnx"] = write_onnx(
-        args.artifact, [(keras_model, temperature)], np.concatenate([val_speech, val_silence])
-    )
+    metadata["onnx"] = write_onnx(args.artifact, [(keras_model, temperature)], val_waveforms)
     write_metadata(args.artifact, metadata)
     print(json.dumps(metadata["onnx"], indent=2))
 

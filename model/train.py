@@ -32,18 +32,16 @@ from model.data import (
     make_silence,
     random_noise_windows,
     rms,
-    silence_windows,
     time_shift,
 )
 from model.evaluate import (
     DEFAULT_DATA,
-    VAL_SILENCE_SEED,
-    VAL_SILENCE_WINDOWS,
     classification_metrics,
     evaluate_artifact,
     expected_calibration_error,
     fit_temperature,
     format_report,
+    load_eval_set,
     negative_log_likelihood,
     predict_in_batches,
     softmax,
@@ -205,10 +203,7 @@ def train(
     rng = np.random.default_rng(seed)
     train_speech, train_labels, train_paths = load_split(data_dir, "train")
     train_words = [path.split("/")[0] for path in train_paths]
-    val_speech, val_labels, _ = load_split(data_dir, "val")
-    val_silence = silence_windows(data_dir, "val", VAL_SILENCE_WINDOWS, VAL_SILENCE_SEED)
-    val_waveforms = np.concatenate([val_speech, val_silence])
-    val_targets = np.concatenate([val_labels, np.full(len(val_silence), SILENCE_LABEL)])
+    val_waveforms, val_targets, _ = load_eval_set(data_dir, "val")  # speech, then silence
     noise_segments = load_noise(data_dir, "train")
     teachers = [KeywordModel(teacher) for teacher in teacher_dirs]
 
@@ -304,7 +299,7 @@ def train(
                         **class_counts(train_labels),
                         "silence": f"{SILENCE_CLIPS_PER_EPOCH} new windows per epoch",
                     },
-                    "val": {**class_counts(val_labels), "silence": VAL_SILENCE_WINDOWS},
+                    "val": class_counts(val_targets),
                 },
                 "per_epoch": {
                     "yes": KEYWORD_CLIPS_PER_EPOCH,
