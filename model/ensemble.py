@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.contract import CLIP_SAMPLES, LABELS, METADATA_FILE, SAMPLE_RATE
+from model.contract import METADATA_FILE
 from model.evaluate import (
     DEFAULT_DATA,
     evaluate_artifact,
@@ -67,7 +67,12 @@ def combine(member_dirs: list[Path], out_dir: Path, data_dir: Path) -> dict:
     """Write the ensemble artifact of the trained artifacts member_dirs; returns its metadata."""
     configure_tensorflow(seed=0)
     from model.architecture import feature_macs
-    from model.export import copy_data_license, export_saved_model, model_version, write_metadata
+    from model.export import (
+        artifact_metadata,
+        copy_data_license,
+        export_saved_model,
+        write_metadata,
+    )
     from model.onnx_export import rebuild_keras_model, write_onnx
 
     started = time.monotonic()
@@ -87,13 +92,9 @@ def combine(member_dirs: list[Path], out_dir: Path, data_dir: Path) -> dict:
     copy_data_license(data_dir, out_dir)
     val_probabilities = predict_in_batches(saved_model_predictor(str(out_dir)), val_waveforms)
     architectures = [meta["architecture"] for meta in metadata]
-    ensemble = {
-        "labels": list(LABELS),
-        "sample_rate": SAMPLE_RATE,
-        "clip_samples": CLIP_SAMPLES,
-        "clip_seconds": CLIP_SAMPLES / SAMPLE_RATE,
-        "model_version": model_version(out_dir),
-        "architecture": {
+    ensemble = artifact_metadata(
+        out_dir,
+        architecture={
             "name": "ensemble(" + ", ".join(a["name"] for a in architectures) + ")",
             "combination": "mean of the members' softmax(logits / temperature)",
             "parameters": sum(a["parameters"] for a in architectures),
@@ -101,7 +102,7 @@ def combine(member_dirs: list[Path], out_dir: Path, data_dir: Path) -> dict:
             "feature_macs_per_window_approx": len(architectures) * feature_macs(),
             "members": architectures,
         },
-        "training": {
+        training={
             "epochs": " + ".join(str(meta["training"]["epochs"]) for meta in metadata),
             "members": [
                 {"model_version": meta["model_version"], **meta["training"]} for meta in metadata
@@ -113,14 +114,14 @@ def combine(member_dirs: list[Path], out_dir: Path, data_dir: Path) -> dict:
                 1,
             ),
         },
-        "calibration": {
+        calibration={
             "fitted_on": "each member on val speech clips + val silence windows, clean",
             "member_temperatures": [meta["calibration"]["temperature"] for meta in metadata],
             "val_ece": expected_calibration_error(val_probabilities, val_labels),
             "val_nll": negative_log_likelihood(val_probabilities, val_labels),
         },
-        "onnx": onnx,
-    }
+        onnx=onnx,
+    )
     write_metadata(out_dir, ensemble)
     metrics = evaluate_artifact(out_dir, data_dir)
     store_metrics(out_dir, metrics)

@@ -13,7 +13,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.contract import CLIP_SAMPLES, INPUT_NAME, METADATA_FILE, OUTPUT_NAME, SIGNATURE
+from model.contract import (
+    CLIP_SAMPLES,
+    INPUT_NAME,
+    LABELS,
+    METADATA_FILE,
+    OUTPUT_NAME,
+    SAMPLE_RATE,
+    SIGNATURE,
+)
 from model.serving import ONNX_FILE
 
 LICENSE_FILE = "LICENSE"
@@ -96,6 +104,19 @@ def export_saved_model(members: list[Member], out_dir: Path, check_waveforms: np
     if difference > 1e-4:
         raise RuntimeError(f"reloaded SavedModel differs from the Keras model by {difference}")
     return difference
+
+
+def artifact_metadata(out_dir: Path, **fields) -> dict:
+    """metadata.json of the artifact in out_dir: the contract (labels, rate, clip length) and the
+    model version every artifact starts with, then `fields`."""
+    return {
+        "labels": list(LABELS),
+        "sample_rate": SAMPLE_RATE,
+        "clip_samples": CLIP_SAMPLES,
+        "clip_seconds": CLIP_SAMPLES / SAMPLE_RATE,
+        "model_version": model_version(out_dir),
+        **fields,
+    }
 
 
 def write_metadata(out_dir: Path, metadata: dict) -> None:

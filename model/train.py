@@ -196,7 +196,12 @@ def train(
     import keras
 
     from model.architecture import build_model, describe
-    from model.export import copy_data_license, export_saved_model, model_version, write_metadata
+    from model.export import (
+        artifact_metadata,
+        copy_data_license,
+        export_saved_model,
+        write_metadata,
+    )
     from model.onnx_export import write_onnx
 
     started = time.monotonic()
@@ -285,14 +290,10 @@ def train(
     wall_seconds = time.monotonic() - started
     write_metadata(
         out_dir,
-        {
-            "labels": list(LABELS),
-            "sample_rate": SAMPLE_RATE,
-            "clip_samples": CLIP_SAMPLES,
-            "clip_seconds": CLIP_SAMPLES / SAMPLE_RATE,
-            "model_version": model_version(out_dir),
-            "architecture": describe(model),
-            "training": {
+        artifact_metadata(
+            out_dir,
+            architecture=describe(model),
+            training={
                 "data": "Speech Commands subset (Warden 2018, arXiv:1804.03209), CC BY 4.0",
                 "clips": {
                     "train": {
@@ -332,9 +333,9 @@ def train(
                 "best_val_accuracy": best_accuracy,
                 "wall_seconds": round(wall_seconds, 1),
             },
-            "calibration": calibration,
-            "onnx": onnx,
-        },
+            calibration=calibration,
+            onnx=onnx,
+        ),
     )
     metrics = evaluate_artifact(out_dir, data_dir)
     store_metrics(out_dir, metrics)
