@@ -56,10 +56,11 @@ TF_THREADS = 2  # the machine has 2 cores, shared with other work
 LABEL_SMOOTHING = 0.1
 # Clips per class drawn each epoch: keywords are oversampled (with fresh augmentation each time)
 # to roughly match unknown, which is used in full; silence is made afresh every epoch.
-# `go` is the unknown word closest to `no`: its clips are drawn a second time each epoch.
+# Hard negatives: the clips of these unknown words are drawn a second time each epoch (`go` is
+# the unknown word closest to `no`).
 KEYWORD_CLIPS_PER_EPOCH = 1800
 SILENCE_CLIPS_PER_EPOCH = 800
-EXTRA_EXPOSURE_WORD = "go"
+EXTRA_EXPOSURE_WORDS = ("go",)
 # With --teacher: the training target is this share of the teachers' mean probabilities on the
 # same augmented clip, the rest the (smoothed) one-hot label (Hinton et al. 2015).
 DISTILLATION_WEIGHT = 0.5
@@ -140,6 +141,7 @@ def epoch_examples(
     noise_segments: list[np.ndarray],
     rng: np.random.Generator,
     augmentation: dict,
+    extra_exposure_words: tuple[str, ...] = EXTRA_EXPOSURE_WORDS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One epoch of augmented, class-balanced, shuffled training examples."""
     chosen = []
@@ -149,7 +151,7 @@ def epoch_examples(
             chosen.append(rng.choice(members, KEYWORD_CLIPS_PER_EPOCH, replace=True))
         else:
             chosen.append(members)
-    chosen.append(np.flatnonzero(np.asarray(words) == EXTRA_EXPOSURE_WORD))
+    chosen.append(np.flatnonzero(np.isin(words, extra_exposure_words)))
     indices = np.concatenate(chosen)
     talkers = speech[labels == LABELS.index("unknown")]
     waveforms = band_limit(
@@ -191,6 +193,7 @@ def train(
     architecture: str,
     teacher_dirs: tuple[Path, ...] = (),
     augmentation: dict = AUGMENTATION,
+    extra_exposure_words: tuple[str, ...] = EXTRA_EXPOSURE_WORDS,
 ) -> None:
     configure_tensorflow(seed)
     import keras
@@ -216,7 +219,7 @@ def train(
     examples_per_epoch = (
         2 * KEYWORD_CLIPS_PER_EPOCH
         + int((train_labels == LABELS.index("unknown")).sum())
-        + train_words.count(EXTRA_EXPOSURE_WORD)
+        + int(np.isin(train_words, extra_exposure_words).sum())
         + SILENCE_CLIPS_PER_EPOCH
     )
     total_steps = epochs * -(-examples_per_epoch // BATCH_SIZE)
@@ -238,7 +241,13 @@ def train(
     best_score, best_accuracy, best_epoch, best_weights = -1.0, 0.0, 0, model.get_weights()
     for epoch in range(epochs):
         waveforms, targets = epoch_examples(
-            train_speech, train_labels, train_words, noise_segments, rng, augmentation
+            train_speech,
+            train_labels,
+            train_words,
+            noise_segments,
+            rng,
+            augmentation,
+            extra_exposure_words,
         )
         history = model.fit(
             waveforms,
@@ -305,7 +314,7 @@ def train(
                 "per_epoch": {
                     "yes": KEYWORD_CLIPS_PER_EPOCH,
                     "no": KEYWORD_CLIPS_PER_EPOCH,
-                    "unknown": f"all train clips, {EXTRA_EXPOSURE_WORD!r} twice",
+                    "unknown": f"all train clips, {', '.join(extra_exposure_words)} twice",
                     "silence": SILENCE_CLIPS_PER_EPOCH,
                 },
                 "silence": "1 s windows of the background-noise files (first 80% of each file for"
@@ -316,7 +325,8 @@ def train(
                 "batch_size": BATCH_SIZE,
                 "optimizer": f"Adam, cosine decay from {PEAK_LEARNING_RATE} with 5% warm-up",
                 "loss": f"cross-entropy, label smoothing {LABEL_SMOOTHING}",
-                "extra_exposure": f"every {EXTRA_EXPOSURE_WORD!r} clip drawn twice per epoch",
+                "extra_exposure": f"every {', '.join(extra_exposure_words)} clip drawn twice"
+                " per epoch",
                 "distillation": {
                     "teachers": [teacher.version for teacher in teachers],
                     "weight": DISTILLATION_WEIGHT,
@@ -357,8 +367,30 @@ def main() -> None:
         default=[],
         help="an earlier artifact whose probabilities the model also learns from (repeatable)",
     )
+    parser.add_argument(
+        "--babble-share",
+        type=float,
+        default=AUGMENTATION["babble_share"],
+        help="share of the noisy training clips mixed with babble instead of a noise recording",
+    )
+    parser.add_argument(
+        "--extra-exposure",
+        nargs="+",
+        default=list(EXTRA_EXPOSURE_WORDS),
+        metavar="WORD",
+        help="unknown words whose clips are drawn twice per epoch (hard negatives)",
+    )
     args = parser.parse_args()
-    train(args.data, args.out, args.seed, args.epochs, args.arch, tuple(args.teacher))
+    train(
+        args.data,
+        args.out,
+        args.seed,
+        args.epochs,
+        args.arch,
+        tuple(args.teacher),
+        AUGMENTATION | {"babble_share": args.babble_share},
+        tuple(args.extra_exposure),
+    )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,40 @@
-"""Training targets: plain one-hot labels, or mixed with teachers' probabilities (distillation)."""
+"""Training examples: class balance and hard negatives of an epoch; targets, plain one-hot or
+mixed with teachers' probabilities (distillation)."""
 
 import numpy as np
 import pytest
 
 from model.audio import pad_to_clip
 from model.contract import LABELS
-from model.train import DISTILLATION_WEIGHT, distillation_targets
+from model.data import load_noise
+from model.train import (
+    AUGMENTATION,
+    DISTILLATION_WEIGHT,
+    KEYWORD_CLIPS_PER_EPOCH,
+    SILENCE_CLIPS_PER_EPOCH,
+    distillation_targets,
+    epoch_examples,
+)
 from tests.helpers import first_test_clip
+
+
+@pytest.mark.parametrize(
+    ("hard_negatives", "unknown_examples"), [(("go",), 4 + 1), (("go", "down"), 4 + 2)]
+)
+def test_an_epoch_balances_keywords_and_draws_hard_negatives_twice(
+    data_dir, hard_negatives, unknown_examples
+):
+    words = ["yes", "no", "go", "down", "cat", "left"]
+    speech = np.stack([pad_to_clip(first_test_clip(data_dir, word)) for word in words])
+    labels = np.array([LABELS.index(w) if w in ("yes", "no") else 2 for w in words])
+    noise = load_noise(data_dir, "train")
+    waveforms, targets = epoch_examples(
+        speech, labels, words, noise, np.random.default_rng(0), AUGMENTATION, hard_negatives
+    )
+    expected = [KEYWORD_CLIPS_PER_EPOCH] * 2 + [unknown_examples, SILENCE_CLIPS_PER_EPOCH]
+    assert list(np.bincount(targets, minlength=len(LABELS))) == expected
+    assert waveforms.shape == (sum(expected), 16_000)
+    assert np.abs(waveforms).max() <= 1.0
 
 
 def test_targets_without_teachers_are_one_hot():
