@@ -66,6 +66,8 @@ EXTRA_EXPOSURE_WORDS = ("go",)
 DISTILLATION_WEIGHT = 0.5
 AUGMENTATION = {
     "time_shift_ms": 300,
+    # Silence windows shifted too: zero-filled gaps, as at the padded end of a recording.
+    "shift_silence": True,
     "noise_probability": 0.8,
     "noise_snr_db": (0.0, 30.0),
     "babble_share": 0.5,  # of the noisy clips: babble of other train unknown clips, not a recording
@@ -154,12 +156,12 @@ def epoch_examples(
     chosen.append(np.flatnonzero(np.isin(words, extra_exposure_words)))
     indices = np.concatenate(chosen)
     talkers = speech[labels == LABELS.index("unknown")]
+    silence = make_silence(noise_segments, SILENCE_CLIPS_PER_EPOCH, rng)
+    if augmentation["shift_silence"]:
+        silence = time_shift(silence, rng, augmentation["time_shift_ms"] * SAMPLE_RATE // 1000)
     waveforms = band_limit(
         np.concatenate(
-            [
-                augment_speech(speech[indices], noise_segments, talkers, rng, augmentation),
-                make_silence(noise_segments, SILENCE_CLIPS_PER_EPOCH, rng),
-            ]
+            [augment_speech(speech[indices], noise_segments, talkers, rng, augmentation), silence]
         ),
         rng,
         augmentation,
