@@ -18,6 +18,8 @@ SEED = 2026
 ACCURACY_FLOOR = 0.96
 KEYWORD_RECALL_FLOOR = 0.96
 FALSE_KEYWORD_CEILING = 0.06
+SHORT_NOISE_SAMPLES = 9_600  # 0.6 s: padded with 0.2 s of zeros on each side
+SHORT_NOISE_SILENCE_FLOOR = 0.95
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +60,22 @@ def test_pipeline_accuracy_on_held_out_speakers(test_sample, tmp_path):
     others = [path for path, label in truth.items() if label in ("unknown", "silence")]
     false_keywords = np.mean([predicted[path] in ("yes", "no") for path in others])
     assert false_keywords <= FALSE_KEYWORD_CEILING
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect of the shipped model: most 0.6 s noise files come out `unknown`"
+    " (model/README.md, Known limits); strict, so a model that fixes it must drop this mark",
+)
+def test_short_noise_recordings_are_silence(tmp_path, data_dir):
+    """Noise files shorter than a second reach the model zero-padded; the padding must not make
+    them sound like speech."""
+    clips = silence_windows(data_dir, "test", SILENCE_SAMPLE, seed=SEED + 1)
+    folder = tmp_path / "short_noise"
+    for index, clip in enumerate(clips):
+        write_wav(folder / f"noise_{index:03d}.wav", clip[:SHORT_NOISE_SAMPLES], 16_000)
+    assert main(["--input", str(folder), "--output", str(tmp_path / "out")]) == 0
+    labels = [row["label"] for row in pq.read_table(tmp_path / "out").to_pylist()]
+    assert len(labels) == SILENCE_SAMPLE
+    assert "yes" not in labels and "no" not in labels
+    assert labels.count("silence") >= SHORT_NOISE_SILENCE_FLOOR * SILENCE_SAMPLE, labels
