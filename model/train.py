@@ -38,7 +38,6 @@ from model.data import (
 from model.evaluate import (
     DEFAULT_DATA,
     ROBUSTNESS_MODES,
-    Predict,
     classification_metrics,
     evaluate_artifact,
     expected_calibration_error,
@@ -190,19 +189,6 @@ def distillation_targets(
     return (1 - DISTILLATION_WEIGHT) * one_hot + DISTILLATION_WEIGHT * taught
 
 
-def balanced_accuracies(
-    predict: Predict, waveforms: np.ndarray, labels: np.ndarray, modes: tuple[str, ...]
-) -> list[float]:
-    """Val balanced accuracy clean (first), then under each robustness mode of `modes`."""
-    return [
-        classification_metrics(labels, probabilities.argmax(axis=1))["balanced_accuracy"]
-        for probabilities in [
-            predict(waveforms),
-            *(robustness_probabilities(predict, mode, waveforms, labels) for mode in modes),
-        ]
-    ]
-
-
 def class_counts(labels: np.ndarray) -> dict[str, int]:
     return {label: int((labels == i).sum()) for i, label in enumerate(LABELS)}
 
@@ -285,8 +271,22 @@ def train(
             shuffle=False,
             verbose=0,
         )
-        val_accuracy = float((predict(val_waveforms).argmax(axis=1) == val_targets).mean())
-        val_balanced = balanced_accuracies(predict, val_waveforms, val_targets, selection_modes)
+        # Clean first, then each selection mode.
+        val_predicted = [
+            probabilities.argmax(axis=1)
+            for probabilities in [
+                predict(val_waveforms),
+                *(
+                    robustness_probabilities(predict, mode, val_waveforms, val_targets)
+                    for mode in selection_modes
+                ),
+            ]
+        ]
+        val_accuracy = float((val_predicted[0] == val_targets).mean())
+        val_balanced = [
+            classification_metrics(val_targets, predicted)["balanced_accuracy"]
+            for predicted in val_predicted
+        ]
         val_score = float(np.mean(val_balanced))
         if val_score > best_score:
             best_score, best_accuracy, best_balanced = val_score, val_accuracy, val_balanced[0]
