@@ -3,12 +3,11 @@
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from model.data import read_audio, read_manifest, silence_windows
 from pipeline.cli import main
-from tests.helpers import write_wav
+from tests.helpers import read_output, write_wav
 
 UNKNOWN_SAMPLE = 160  # of 337 test `unknown` clips, every `go` among them kept
 SILENCE_SAMPLE = 40
@@ -48,7 +47,7 @@ def test_pipeline_accuracy_on_held_out_speakers(test_sample, tmp_path):
     folder, truth = test_sample
     assert len(truth) >= 300 and set(truth.values()) == {"yes", "no", "unknown", "silence"}
     assert main(["--input", str(folder), "--output", str(tmp_path / "out")]) == 0
-    rows = pq.read_table(tmp_path / "out").to_pylist()
+    rows = read_output(tmp_path / "out")
     assert sorted(row["path"] for row in rows) == sorted(truth)
     predicted = {row["path"]: row["label"] for row in rows}
     accuracy = np.mean([predicted[path] == label for path, label in truth.items()])
@@ -75,7 +74,7 @@ def test_short_noise_recordings_are_silence(tmp_path, data_dir):
     for index, clip in enumerate(clips):
         write_wav(folder / f"noise_{index:03d}.wav", clip[:SHORT_NOISE_SAMPLES], 16_000)
     assert main(["--input", str(folder), "--output", str(tmp_path / "out")]) == 0
-    labels = [row["label"] for row in pq.read_table(tmp_path / "out").to_pylist()]
+    labels = [row["label"] for row in read_output(tmp_path / "out")]
     assert len(labels) == SILENCE_SAMPLE
     assert "yes" not in labels and "no" not in labels
     assert labels.count("silence") >= SHORT_NOISE_SILENCE_FLOOR * SILENCE_SAMPLE, labels
