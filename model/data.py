@@ -33,6 +33,8 @@ SILENCE_LABEL = LABELS.index("silence")
 NEAR_SILENCE_FRACTION = 0.15
 NOISE_RMS_RANGE = (1e-3, 0.15)
 NEAR_SILENCE_RMS_RANGE = (1e-5, 1e-3)
+# Lengths (samples) of the short recordings that `shorten` imitates: 0.25 s to 0.95 s.
+SHORT_RECORDING_SAMPLES = (4_000, 15_200)
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,16 @@ def silence_windows(data_dir: str | Path, split: str, n: int, seed: int) -> np.n
     plus a share of near-silent clips (zeros and faint hiss). Same arguments, same array.
     """
     return make_silence(load_noise(data_dir, split), n, np.random.default_rng(seed))
+
+
+def shorten(waveforms: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each clip cut to a random length in SHORT_RECORDING_SAMPLES at a random offset, then
+    zero-padded evenly back to a clip: what the pipeline makes of a recording that short."""
+    shortened = np.empty_like(waveforms)
+    for i, length in enumerate(rng.integers(*SHORT_RECORDING_SAMPLES, len(waveforms))):
+        start = rng.integers(CLIP_SAMPLES - length + 1)
+        shortened[i] = pad_to_clip(waveforms[i, start : start + length])
+    return shortened
 
 
 def time_shift(waveforms: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:

@@ -23,7 +23,16 @@ import soxr
 
 from model.audio import read_recording, split_windows
 from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
-from model.data import SILENCE_LABEL, load_split, read_manifest, rms, silence_windows, time_shift
+from model.data import (
+    SHORT_RECORDING_SAMPLES,
+    SILENCE_LABEL,
+    load_split,
+    read_manifest,
+    rms,
+    shorten,
+    silence_windows,
+    time_shift,
+)
 from model.serving import KeywordModel, pick_window
 
 DEFAULT_DATA = Path("../shared/data/speech_commands")
@@ -31,6 +40,9 @@ TEST_SILENCE_WINDOWS = 200
 TEST_SILENCE_SEED = 20_240_601
 VAL_SILENCE_WINDOWS = 200
 VAL_SILENCE_SEED = 7
+# Noise files shorter than a second: this split's silence windows cut short and zero-padded.
+SHORT_NOISE_CLIPS = 200
+SHORT_NOISE_SEED = 31
 ECE_BINS = 15
 TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.2), np.log(5.0), 401))
 KEYWORDS = ("yes", "no")
@@ -196,6 +208,25 @@ def score_metrics(probabilities: np.ndarray, labels: np.ndarray, words: list[str
     }
 
 
+def short_noise_clips(data_dir: Path, split: str) -> np.ndarray:
+    """A split's noise windows cut shorter than a second and zero-padded the pipeline's way: all
+    should come out `silence` (the val and test silence windows are full seconds, so they cannot
+    show a model that takes the padding for speech)."""
+    clips = silence_windows(data_dir, split, SHORT_NOISE_CLIPS, SHORT_NOISE_SEED)
+    return shorten(clips, np.random.default_rng(SHORT_NOISE_SEED))
+
+
+def short_noise_metrics(predict: Predict, data_dir: Path, split: str) -> dict:
+    """How many of short_noise_clips come out `silence`, and how many as a keyword."""
+    predicted = predict_in_batches(predict, short_noise_clips(data_dir, split)).argmax(axis=1)
+    keywords = [LABELS.index(keyword) for keyword in KEYWORDS]
+    return {
+        "clips": len(predicted),
+        "silence": int((predicted == SILENCE_LABEL).sum()),
+        "keyword": int(np.isin(predicted, keywords).sum()),
+    }
+
+
 def evaluate_probabilities(
     artifact_dir: Path, data_dir: Path, split: str = "test"
 ) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -211,6 +242,7 @@ def evaluate_probabilities(
         "silence_windows": int((labels == SILENCE_LABEL).sum()),
         "silence_seed": TEST_SILENCE_SEED if split == "test" else VAL_SILENCE_SEED,
         **score_metrics(probabilities, labels, words),
+        "short_noise": short_noise_metrics(keyword_model.predict, data_dir, split),
     }
     return metrics, probabilities, labels
 
@@ -350,6 +382,14 @@ def format_report(metrics: dict) -> str:
         f" no -> unknown {no_vs_go['no_predicted_unknown']}/{no_vs_go['no_clips']}",
         f"expected calibration error (top score, {metrics['ece_bins']} bins): {metrics['ece']:.4f}",
     ]
+    if "short_noise" in metrics:  # absent from the metadata of models scored before it existed
+        short = metrics["short_noise"]
+        low, high = (samples / SAMPLE_RATE for samples in SHORT_RECORDING_SAMPLES)
+        lines.append(
+            f"short noise files ({short['clips']} noise windows cut to {low:.2f}-{high:.2f} s,"
+            f" zero-padded): silence {short['silence']}/{short['clips']},"
+            f" yes or no {short['keyword']}/{short['clips']}"
+        )
     return "\n".join(lines)
 
 

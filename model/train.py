@@ -33,6 +33,7 @@ from model.data import (
     make_silence,
     random_noise_windows,
     rms,
+    shorten,
     time_shift,
 )
 from model.evaluate import (
@@ -74,6 +75,9 @@ AUGMENTATION = {
     # Silence windows shifted too (zero-filled gaps, as in a padded short recording). Off in the
     # shipped recipe: it fixed short noise files but cost test silence windows (model/README.md).
     "shift_silence": False,
+    # Share of silence windows cut shorter than 1 s and zero-padded evenly, as the pipeline pads a
+    # short recording (model.data.shorten). 0 in the shipped recipe.
+    "short_silence_share": 0.0,
     "noise_probability": 0.8,
     "noise_snr_db": (0.0, 30.0),
     "babble_share": 0.5,  # of the noisy clips: babble of other train unknown clips, not a recording
@@ -165,6 +169,9 @@ def epoch_examples(
     silence = make_silence(noise_segments, SILENCE_CLIPS_PER_EPOCH, rng)
     if augmentation["shift_silence"]:
         silence = time_shift(silence, rng, augmentation["time_shift_ms"] * SAMPLE_RATE // 1000)
+    if augmentation["short_silence_share"]:
+        short = rng.random(len(silence)) < augmentation["short_silence_share"]
+        silence[short] = shorten(silence[short], rng)
     waveforms = band_limit(
         np.concatenate(
             [augment_speech(speech[indices], noise_segments, talkers, rng, augmentation), silence]
@@ -427,6 +434,13 @@ def main() -> None:
         action="store_true",
         help="time-shift the silence windows too, leaving zero-filled gaps",
     )
+    parser.add_argument(
+        "--short-silence",
+        type=float,
+        default=AUGMENTATION["short_silence_share"],
+        metavar="SHARE",
+        help="share of silence windows cut to 0.25-0.95 s and zero-padded like a short file",
+    )
     args = parser.parse_args()
     train(
         args.data,
@@ -435,7 +449,12 @@ def main() -> None:
         args.epochs,
         args.arch,
         tuple(args.teacher),
-        AUGMENTATION | {"babble_share": args.babble_share, "shift_silence": args.shift_silence},
+        AUGMENTATION
+        | {
+            "babble_share": args.babble_share,
+            "shift_silence": args.shift_silence,
+            "short_silence_share": args.short_silence,
+        },
         tuple(args.extra_exposure),
         tuple(args.select_under),
     )
