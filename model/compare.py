@@ -3,9 +3,10 @@
 `python -m model.compare --data ../shared/data/speech_commands ARTIFACT_DIR...`
 
 Prints a markdown table: parameters, multiply-adds per window, training epochs, val and test
-accuracy, false keyword rate, ECE, val robust accuracy (model.evaluate.robust_accuracy) and
-throughput (windows/s through KeywordModel.predict at batch
-256, best of THROUGHPUT_REPEATS timed passes after a warm-up). Only val figures may pick the model
+accuracy, false keyword rate, ECE, val robust accuracy (model.evaluate.robust_accuracy), the val
+short-noise files labelled silence and val noise-sweep windows labelled a keyword, and throughput
+(windows/s through KeywordModel.predict at batch 256, best of THROUGHPUT_REPEATS timed passes
+after a warm-up). Only val figures may pick the model
 to ship; test figures are reported.
 """
 
@@ -21,10 +22,13 @@ from model.evaluate import (
     ROBUSTNESS_MODES,
     Predict,
     load_eval_set,
+    noise_sweep_clips,
     predict_in_batches,
     robust_accuracy,
     robustness_report,
     score_metrics,
+    short_noise_clips,
+    silence_check,
 )
 
 THROUGHPUT_WINDOWS = 2048
@@ -47,6 +51,10 @@ def compare(artifacts: list[Path], data_dir: Path) -> list[dict]:
     from model.serving import KeywordModel
 
     sets = {split: load_eval_set(data_dir, split) for split in ("val", "test")}
+    noise_checks = {
+        "val_short_noise": short_noise_clips(data_dir, "val"),
+        "val_noise_sweep": noise_sweep_clips(data_dir, "val"),
+    }
     timing = np.resize(sets["test"][0], (THROUGHPUT_WINDOWS, sets["test"][0].shape[1]))
     rows = []
     for artifact in artifacts:
@@ -69,6 +77,7 @@ def compare(artifacts: list[Path], data_dir: Path) -> list[dict]:
                 "val_robust_accuracy": robust_accuracy(
                     robustness_report(artifact, data_dir, "val", list(ROBUSTNESS_MODES))
                 ),
+                **{name: silence_check(predict, clips) for name, clips in noise_checks.items()},
                 "test": figures["test"],
                 "windows_per_second": windows_per_second(predict, timing),
             }
@@ -80,9 +89,9 @@ def format_table(rows: list[dict]) -> str:
     """Markdown table of compare's rows."""
     lines = [
         "| candidate | epochs | params | MACs/window | T | val acc | val bal acc | val FKR |"
-        " val ECE | val robust acc | test acc | test bal acc | test FKR | test go->no | test ECE"
-        " | windows/s |",
-        "|---" * 16 + "|",
+        " val ECE | val robust acc | val short noise -> silence | val sweep -> yes/no | test acc"
+        " | test bal acc | test FKR | test go->no | test ECE | windows/s |",
+        "|---" * 18 + "|",
     ]
     for row in rows:
         val, test = row["val"], row["test"]
@@ -93,6 +102,8 @@ def format_table(rows: list[dict]) -> str:
             f" | {val['accuracy']:.4f} | {val['balanced_accuracy']:.4f}"
             f" | {val['false_keyword_rate']:.4f} | {val['ece']:.4f}"
             f" | {row['val_robust_accuracy']:.4f}"
+            f" | {row['val_short_noise']['silence']}/{row['val_short_noise']['clips']}"
+            f" | {row['val_noise_sweep']['keyword']}/{row['val_noise_sweep']['clips']}"
             f" | {test['accuracy']:.4f} | {test['balanced_accuracy']:.4f}"
             f" | {test['false_keyword_rate']:.4f}"
             f" | {test['no_vs_go']['go_predicted_no']}/{test['no_vs_go']['go_clips']}"

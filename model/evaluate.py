@@ -22,10 +22,11 @@ import soundfile
 import soxr
 
 from model.audio import read_recording, split_windows
-from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
+from model.contract import CLIP_SAMPLES, DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
 from model.data import (
     SHORT_RECORDING_SAMPLES,
     SILENCE_LABEL,
+    load_noise,
     load_split,
     read_manifest,
     rms,
@@ -43,6 +44,10 @@ VAL_SILENCE_SEED = 7
 # Noise files shorter than a second: this split's silence windows cut short and zero-padded.
 SHORT_NOISE_CLIPS = 200
 SHORT_NOISE_SEED = 31
+# The noise sweep: every 1 s window, this far apart, of the split's portion of each noise
+# recording, at each of these levels (dBFS RMS).
+NOISE_SWEEP_HOP = 4_000
+NOISE_SWEEP_LEVELS_DB = (-40.0, -30.0, -20.0)
 ECE_BINS = 15
 TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.2), np.log(5.0), 401))
 KEYWORDS = ("yes", "no")
@@ -216,9 +221,26 @@ def short_noise_clips(data_dir: Path, split: str) -> np.ndarray:
     return shorten(clips, np.random.default_rng(SHORT_NOISE_SEED))
 
 
-def short_noise_metrics(predict: Predict, data_dir: Path, split: str) -> dict:
-    """How many of short_noise_clips come out `silence`, and how many as a keyword."""
-    predicted = predict_in_batches(predict, short_noise_clips(data_dir, split)).argmax(axis=1)
+def noise_sweep_clips(data_dir: Path, split: str) -> np.ndarray:
+    """Every 1 s window NOISE_SWEEP_HOP apart of the split's portion of each noise recording, at
+    each of NOISE_SWEEP_LEVELS_DB: all should be `silence`. Denser than the 200 random silence
+    windows, so a model that hears one stretch of a recording as speech shows up."""
+    windows = np.stack(
+        [
+            segment[start : start + CLIP_SAMPLES]
+            for segment in load_noise(data_dir, split)
+            for start in range(0, len(segment) - CLIP_SAMPLES + 1, NOISE_SWEEP_HOP)
+        ]
+    )
+    unit = windows / np.maximum(rms(windows), 1e-8)
+    return np.concatenate([unit * 10 ** (level / 20) for level in NOISE_SWEEP_LEVELS_DB]).astype(
+        np.float32
+    )
+
+
+def silence_check(predict: Predict, clips: np.ndarray) -> dict:
+    """How many of `clips`, all of them noise, come out `silence`, and how many as a keyword."""
+    predicted = predict_in_batches(predict, clips).argmax(axis=1)
     keywords = [LABELS.index(keyword) for keyword in KEYWORDS]
     return {
         "clips": len(predicted),
@@ -242,7 +264,8 @@ def evaluate_probabilities(
         "silence_windows": int((labels == SILENCE_LABEL).sum()),
         "silence_seed": TEST_SILENCE_SEED if split == "test" else VAL_SILENCE_SEED,
         **score_metrics(probabilities, labels, words),
-        "short_noise": short_noise_metrics(keyword_model.predict, data_dir, split),
+        "short_noise": silence_check(keyword_model.predict, short_noise_clips(data_dir, split)),
+        "noise_sweep": silence_check(keyword_model.predict, noise_sweep_clips(data_dir, split)),
     }
     return metrics, probabilities, labels
 
@@ -389,6 +412,14 @@ def format_report(metrics: dict) -> str:
             f"short noise files ({short['clips']} noise windows cut to {low:.2f}-{high:.2f} s,"
             f" zero-padded): silence {short['silence']}/{short['clips']},"
             f" yes or no {short['keyword']}/{short['clips']}"
+        )
+    if "noise_sweep" in metrics:
+        sweep = metrics["noise_sweep"]
+        levels = "/".join(f"{level:.0f}" for level in NOISE_SWEEP_LEVELS_DB)
+        lines.append(
+            f"noise sweep ({sweep['clips']} windows of the noise recordings at {levels} dBFS):"
+            f" silence {sweep['silence']}/{sweep['clips']},"
+            f" yes or no {sweep['keyword']}/{sweep['clips']}"
         )
     return "\n".join(lines)
 

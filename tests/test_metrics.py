@@ -1,13 +1,20 @@
-"""The evaluation metrics are plain numpy: checked here on cases whose answer is known."""
+"""The evaluation metrics are plain numpy: checked here on cases whose answer is known; and the
+noise clips that the silence checks are made of."""
 
 import numpy as np
 import pytest
 
+from model.contract import LABELS
+from model.data import load_noise, rms
 from model.evaluate import (
+    NOISE_SWEEP_HOP,
+    NOISE_SWEEP_LEVELS_DB,
     classification_metrics,
     expected_calibration_error,
     fit_temperature,
     keyword_error_metrics,
+    noise_sweep_clips,
+    silence_check,
     softmax,
 )
 
@@ -50,3 +57,22 @@ def test_fit_temperature_undoes_a_known_sharpening():
     logits = rng.normal(0, 1.5, (5_000, 4))
     true = np.array([rng.choice(4, p=p) for p in softmax(logits)])  # calibrated at T = 1
     assert fit_temperature(logits * 3, true) == pytest.approx(3, rel=0.1)
+
+
+def test_the_noise_sweep_holds_every_window_of_each_recording_at_each_level(data_dir):
+    clips = noise_sweep_clips(data_dir, "val")
+    windows = sum((len(s) - 16_000) // NOISE_SWEEP_HOP + 1 for s in load_noise(data_dir, "val"))
+    assert clips.shape == (windows * len(NOISE_SWEEP_LEVELS_DB), 16_000)
+    levels = 20 * np.log10(rms(clips)[:, 0]).reshape(len(NOISE_SWEEP_LEVELS_DB), windows)
+    expected = np.broadcast_to(np.array(NOISE_SWEEP_LEVELS_DB)[:, None], levels.shape)
+    np.testing.assert_allclose(levels, expected, atol=0.01)
+
+
+def test_silence_check_counts_silence_and_keyword_answers():
+    answers = np.array([3, 3, 0, 1, 2, 3])
+
+    def predict(clips: np.ndarray) -> np.ndarray:
+        return np.eye(len(LABELS), dtype=np.float32)[answers[: len(clips)]]
+
+    checked = silence_check(predict, np.zeros((6, 16_000), np.float32))
+    assert checked == {"clips": 6, "silence": 3, "keyword": 2}
