@@ -76,7 +76,8 @@ AUGMENTATION = {
     # shipped recipe: it fixed short noise files but cost test silence windows (model/README.md).
     "shift_silence": False,
     # Share of silence windows cut shorter than 1 s and zero-padded evenly, as the pipeline pads a
-    # short recording (model.data.shorten). 0 in the shipped recipe.
+    # short recording (model.data.shorten). 0 in the shipped recipe: it fixed short noise files,
+    # but the loudness-normalised networks trained with it heard a noise recording as speech.
     "short_silence_share": 0.0,
     "noise_probability": 0.8,
     "noise_snr_db": (0.0, 30.0),
