@@ -72,12 +72,11 @@ FAST_ROBUSTNESS_MODES = tuple(m for m in ROBUSTNESS_MODES if not m.startswith("r
 DISTILLATION_WEIGHT = 0.5
 AUGMENTATION = {
     "time_shift_ms": 300,
-    # Silence windows shifted too (zero-filled gaps, as in a padded short recording). Off in the
-    # shipped recipe: it fixed short noise files but cost test silence windows (model/README.md).
+    # Silence windows shifted too (zero-filled gaps, as in a padded short recording), or a share
+    # of them cut shorter than 1 s and zero-padded evenly, as the pipeline pads a short recording
+    # (model.data.shorten). Both fix short noise files; both are off in the shipped recipe, as no
+    # model trained with them has passed selection yet (model/README.md).
     "shift_silence": False,
-    # Share of silence windows cut shorter than 1 s and zero-padded evenly, as the pipeline pads a
-    # short recording (model.data.shorten). 0 in the shipped recipe: it fixed short noise files,
-    # but the loudness-normalised networks trained with it heard a noise recording as speech.
     "short_silence_share": 0.0,
     "noise_probability": 0.8,
     "noise_snr_db": (0.0, 30.0),
