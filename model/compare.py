@@ -6,8 +6,7 @@ Prints a markdown table: parameters, multiply-adds per window, training epochs, 
 accuracy, false keyword rate, ECE, val robust accuracy (model.evaluate.robust_accuracy), the val
 short-noise files labelled silence and val noise-sweep windows labelled a keyword, and throughput
 (windows/s through KeywordModel.predict at batch 256, best of THROUGHPUT_REPEATS timed passes
-after a warm-up). Only val figures may pick the model
-to ship; test figures are reported.
+after a warm-up). Only val figures may pick the model to ship; test figures are reported.
 """
 
 import argparse
