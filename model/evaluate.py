@@ -51,6 +51,7 @@ NOISE_SWEEP_LEVELS_DB = (-40.0, -30.0, -20.0)
 ECE_BINS = 15
 TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.2), np.log(5.0), 401))
 KEYWORDS = ("yes", "no")
+KEYWORD_IDS = [LABELS.index(word) for word in KEYWORDS]
 CONFUSABLE_WORD = "go"  # the unknown word most easily heard as "no"
 BATCH_SIZE = 256
 
@@ -161,9 +162,8 @@ def keyword_error_metrics(
     puts a wrong keyword label in the output). words[i] is the spoken word of clip i ("" for
     silence).
     """
-    keyword_ids = [LABELS.index(word) for word in KEYWORDS]
-    non_keyword = ~np.isin(true_labels, keyword_ids)
-    fired = np.isin(predicted_labels, keyword_ids)
+    non_keyword = ~np.isin(true_labels, KEYWORD_IDS)
+    fired = np.isin(predicted_labels, KEYWORD_IDS)
     words_array = np.asarray(words)
     go_clips = words_array == CONFUSABLE_WORD
     no_clips = true_labels == LABELS.index("no")
@@ -241,11 +241,10 @@ def noise_sweep_clips(data_dir: Path, split: str) -> np.ndarray:
 def silence_check(predict: Predict, clips: np.ndarray) -> dict:
     """How many of `clips`, all of them noise, come out `silence`, and how many as a keyword."""
     predicted = predict_in_batches(predict, clips).argmax(axis=1)
-    keywords = [LABELS.index(keyword) for keyword in KEYWORDS]
     return {
         "clips": len(predicted),
         "silence": int((predicted == SILENCE_LABEL).sum()),
-        "keyword": int(np.isin(predicted, keywords).sum()),
+        "keyword": int(np.isin(predicted, KEYWORD_IDS).sum()),
     }
 
 
