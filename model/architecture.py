@@ -155,10 +155,10 @@ def bc_block(
     return keras.layers.ReLU(name=f"{name}_relu")(out)
 
 
-def build_bc_resnet() -> keras.Model:
+def build_bc_resnet(name: str = "bc-resnet", normalise_loudness: bool = False) -> keras.Model:
     """Stem 5x5 (24 ch, frequency stride 2) -> 4 stages of 2 broadcast-residual blocks -> head."""
     waveform = keras.Input((CLIP_SAMPLES,), name="waveform")
-    x = front_end(waveform)
+    x = front_end(waveform, normalise_loudness)
     stem = keras.layers.Conv2D(24, 5, strides=(1, 2), padding="same", use_bias=False, name="stem")
     x = conv_bn_relu(x, stem, "stem")
     stages = ((24, 1, 1), (32, 2, 2), (48, 2, 4), (64, 1, 8))  # channels, freq stride, dilation
@@ -168,7 +168,7 @@ def build_bc_resnet() -> keras.Model:
     x = conv_bn_relu(x, keras.layers.Conv2D(64, 1, use_bias=False, name="head"), "head")
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     logits = keras.layers.Dense(len(LABELS), name="logits")(x)
-    return keras.Model(waveform, logits, name="bc-resnet")
+    return keras.Model(waveform, logits, name=name)
 
 
 ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
@@ -181,6 +181,7 @@ ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
     ),
     "tutorial-cnn": build_tutorial_cnn,
     "bc-resnet": build_bc_resnet,
+    "bc-resnet-ln": lambda: build_bc_resnet(name="bc-resnet-ln", normalise_loudness=True),
 }
 
 
