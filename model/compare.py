@@ -60,7 +60,9 @@ def compare(artifacts: list[Path], data_dir: Path) -> list[dict]:
         keyword_model = KeywordModel(artifact)
         predict = keyword_model.predict
         figures = {
-            split: score_metrics(predict_in_batches(predict, waveforms), labels, words)
+            split: score_metrics(
+                predict_in_batches(predict, waveforms), labels, words, keyword_model.decision
+            )
             for split, (waveforms, labels, words) in sets.items()
         }
         architecture = keyword_model.metadata["architecture"]
@@ -76,7 +78,10 @@ def compare(artifacts: list[Path], data_dir: Path) -> list[dict]:
                 "val_robust_accuracy": robust_accuracy(
                     robustness_report(artifact, data_dir, "val", list(ROBUSTNESS_MODES))
                 ),
-                **{name: silence_check(predict, clips) for name, clips in noise_checks.items()},
+                **{
+                    name: silence_check(predict, clips, keyword_model.decision)
+                    for name, clips in noise_checks.items()
+                },
                 "test": figures["test"],
                 "windows_per_second": windows_per_second(predict, timing),
             }

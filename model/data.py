@@ -20,6 +20,7 @@ from model.audio import pad_to_clip
 from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
 
 MANIFEST_FILE = "manifest.csv"
+DEFAULT_READ_SPEECH = Path("../shared/data/read_speech")
 SPEECH_SPLITS = ("train", "val", "test")
 NOISE_SPLIT = "noise"
 NOISE_SPLIT_FRACTIONS: dict[str, tuple[float, float]] = {
@@ -71,7 +72,8 @@ def load_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
 
     Returns `(waveforms, labels, paths)`: waveforms float32 [n, 16000] in [-1, 1] (short clips
     zero-padded evenly on both sides), labels int64 [n] indexing LABELS (yes=0, no=1,
-    unknown=2; never silence, which comes from `silence_windows`), and paths relative to `data_dir`.
+    unknown=2, and silence=3 for the `_silence_` clips that val and test hold), and paths
+    relative to `data_dir`.
     """
     if split not in SPEECH_SPLITS:
         raise ValueError(f"split must be one of {SPEECH_SPLITS}, got {split!r}")
@@ -163,3 +165,82 @@ def time_shift(waveforms: np.ndarray, rng: np.random.Generator, max_shift: int) 
         else:
             shifted[i, :shift] = waveforms[i, -shift:]
     return shifted
+
+
+def load_read_speech(read_speech_dir: str | Path, split: str) -> tuple[list[np.ndarray], list[str]]:
+    """The whole recordings of one split of the read-speech set (sentences holding neither
+    keyword), and their paths relative to `read_speech_dir`."""
+    with open(Path(read_speech_dir) / MANIFEST_FILE, newline="") as handle:
+        paths = [row["path"] for row in csv.DictReader(handle) if row["split"] == split]
+    return [read_audio(Path(read_speech_dir) / path) for path in paths], paths
+
+
+def speech_windows(
+    recordings: list[np.ndarray], n: int, rng: np.random.Generator, min_level: float = 0.3
+) -> np.ndarray:
+    """n random 1 s windows of continuous speech, each at least `min_level` times its
+    recording's RMS (so a window that falls in a long pause is drawn again)."""
+    windows = np.empty((n, CLIP_SAMPLES), np.float32)
+    levels = [float(rms(recording)[0]) for recording in recordings]
+    filled = 0
+    while filled < n:
+        index = int(rng.integers(len(recordings)))
+        recording = recordings[index]
+        start = int(rng.integers(max(len(recording) - CLIP_SAMPLES, 0) + 1))
+        window = fit_to_clip(recording[start : start + CLIP_SAMPLES])
+        if rms(window)[0] >= min_level * levels[index]:
+            windows[filled] = window
+            filled += 1
+    return windows
+
+
+def active_region(clip: np.ndarray, floor_db: float = -30.0) -> tuple[int, int]:
+    """(start, end) samples of the part of a clip within `floor_db` of its loudest 20 ms frame:
+    where the word is. The whole clip when it is silent."""
+    frame = SAMPLE_RATE // 50
+    frames = clip[: len(clip) // frame * frame].reshape(-1, frame)
+    energy = np.mean(np.square(frames), axis=1)
+    loud = np.flatnonzero(energy >= energy.max() * 10 ** (floor_db / 10)) if energy.any() else []
+    if len(loud) == 0:
+        return 0, len(clip)
+    return int(loud[0] * frame), int((loud[-1] + 1) * frame)
+
+
+def add_neighbours(
+    clips: np.ndarray, neighbours: np.ndarray, rng: np.random.Generator, max_gap: int
+) -> np.ndarray:
+    """Each clip with the word of a neighbour clip placed just before or just after its own word
+    (0 to `max_gap` samples apart), cut by the window's edge, as a 1 s window of running speech
+    sees a word: the clip's own word stays whole, so its label stays true. A clip whose word
+    fills the window (a noisy one, whose active region is all of it) gets nothing added."""
+    out = clips.copy()
+    for i, neighbour in enumerate(neighbours):
+        start, end = active_region(clips[i])
+        n_start, n_end = active_region(neighbour)
+        word = neighbour[n_start:n_end]
+        level = log_uniform(rng, 0.5, 2.0, 1)[0] * rms(clips[i][start:end])[0]
+        word = word * (level / max(float(rms(word)[0]), 1e-8))
+        gap = int(rng.integers(max_gap + 1))
+        if rng.random() < 0.5:  # before the clip's word
+            place_end = start - gap
+            piece = word[max(len(word) - place_end, 0) :] if place_end > 0 else word[:0]
+            out[i, place_end - len(piece) : place_end] += piece
+        else:
+            place_start = end + gap
+            piece = word[: max(CLIP_SAMPLES - place_start, 0)]
+            out[i, place_start : place_start + len(piece)] += piece
+    return np.clip(out, -1.0, 1.0)
+
+
+def place_word(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A 1 s clip holding the word of `audio` (its active region) at a random position; a word
+    longer than a second keeps its middle second."""
+    start, end = active_region(audio)
+    word = audio[start:end]
+    if len(word) > CLIP_SAMPLES:
+        cut = (len(word) - CLIP_SAMPLES) // 2
+        return word[cut : cut + CLIP_SAMPLES].astype(np.float32)
+    clip = np.zeros(CLIP_SAMPLES, np.float32)
+    offset = int(rng.integers(CLIP_SAMPLES - len(word) + 1))
+    clip[offset : offset + len(word)] = word
+    return clip

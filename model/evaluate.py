@@ -15,6 +15,7 @@ import argparse
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import soxr
 from model.audio import read_recording, split_windows
 from model.contract import CLIP_SAMPLES, DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
 from model.data import (
+    DEFAULT_READ_SPEECH,
     SHORT_RECORDING_SAMPLES,
     SILENCE_LABEL,
     load_noise,
@@ -34,13 +36,11 @@ from model.data import (
     silence_windows,
     time_shift,
 )
-from model.serving import KeywordModel, pick_window
+from model.decision import Decision, count_occurrences
+from model.eval_sets import EvalRecording, continuous_speech, spoken_answers
+from model.serving import KeywordModel
 
 DEFAULT_DATA = Path("../shared/data/speech_commands")
-TEST_SILENCE_WINDOWS = 200
-TEST_SILENCE_SEED = 20_240_601
-VAL_SILENCE_WINDOWS = 200
-VAL_SILENCE_SEED = 7
 # Noise files shorter than a second: this split's silence windows cut short and zero-padded.
 SHORT_NOISE_CLIPS = 200
 SHORT_NOISE_SEED = 31
@@ -185,15 +185,10 @@ def keyword_error_metrics(
 
 
 def load_eval_set(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A split's speech clips followed by its fixed silence windows: waveforms, labels, words."""
-    speech, labels, paths = load_split(data_dir, split)
-    seed = TEST_SILENCE_SEED if split == "test" else VAL_SILENCE_SEED
-    count = TEST_SILENCE_WINDOWS if split == "test" else VAL_SILENCE_WINDOWS
-    silence = silence_windows(data_dir, split, count, seed)
-    waveforms = np.concatenate([speech, silence])
-    all_labels = np.concatenate([labels, np.full(len(silence), SILENCE_LABEL, np.int64)])
-    words = [path.split("/")[0] for path in paths] + [""] * len(silence)
-    return waveforms, all_labels, words
+    """Every clip of a split (its words in the official test set's mix, and its `_silence_`
+    clips): waveforms, labels, words (`_silence_` for silence)."""
+    waveforms, labels, paths = load_split(data_dir, split)
+    return waveforms, labels, [path.split("/")[0] for path in paths]
 
 
 def predict_in_batches(predict: Predict, waveforms: np.ndarray) -> np.ndarray:
@@ -202,14 +197,31 @@ def predict_in_batches(predict: Predict, waveforms: np.ndarray) -> np.ndarray:
     return np.concatenate(batches)
 
 
-def score_metrics(probabilities: np.ndarray, labels: np.ndarray, words: list[str]) -> dict:
-    """Classification, keyword-error and calibration figures of [n, 4] probabilities."""
-    predicted = probabilities.argmax(axis=1)
+def score_metrics(
+    probabilities: np.ndarray, labels: np.ndarray, words: list[str], decision: Decision
+) -> dict:
+    """Classification, keyword-error and calibration figures of [n, 4] probabilities, each clip
+    labelled by `decision` as the pipeline labels a 1 s file."""
+    predicted = decision.window_labels(probabilities)
     return {
         **classification_metrics(labels, predicted),
         **keyword_error_metrics(labels, predicted, words),
+        "per_word": per_word_table(predicted, words),
         "ece": expected_calibration_error(probabilities, labels),
         "ece_bins": ECE_BINS,
+    }
+
+
+def per_word_table(predicted: np.ndarray, words: list[str]) -> dict[str, dict]:
+    """For each spoken word (and `_silence_`): its clips and how many were labelled yes and no."""
+    words_array = np.asarray(words)
+    return {
+        word: {
+            "clips": int((words_array == word).sum()),
+            "yes": int((predicted[words_array == word] == LABELS.index("yes")).sum()),
+            "no": int((predicted[words_array == word] == LABELS.index("no")).sum()),
+        }
+        for word in sorted(set(words))
     }
 
 
@@ -238,9 +250,9 @@ def noise_sweep_clips(data_dir: Path, split: str) -> np.ndarray:
     )
 
 
-def silence_check(predict: Predict, clips: np.ndarray) -> dict:
+def silence_check(predict: Predict, clips: np.ndarray, decision: Decision) -> dict:
     """How many of `clips`, all of them noise, come out `silence`, and how many as a keyword."""
-    predicted = predict_in_batches(predict, clips).argmax(axis=1)
+    predicted = decision.window_labels(predict_in_batches(predict, clips))
     return {
         "clips": len(predicted),
         "silence": int((predicted == SILENCE_LABEL).sum()),
@@ -260,11 +272,15 @@ def evaluate_probabilities(
         "model_version": keyword_model.version,
         "runtime": keyword_model.runtime,
         "speech_clips": int((labels != SILENCE_LABEL).sum()),
-        "silence_windows": int((labels == SILENCE_LABEL).sum()),
-        "silence_seed": TEST_SILENCE_SEED if split == "test" else VAL_SILENCE_SEED,
-        **score_metrics(probabilities, labels, words),
-        "short_noise": silence_check(keyword_model.predict, short_noise_clips(data_dir, split)),
-        "noise_sweep": silence_check(keyword_model.predict, noise_sweep_clips(data_dir, split)),
+        "silence_clips": int((labels == SILENCE_LABEL).sum()),
+        "decision": keyword_model.decision.as_metadata(),
+        **score_metrics(probabilities, labels, words, keyword_model.decision),
+        "short_noise": silence_check(
+            keyword_model.predict, short_noise_clips(data_dir, split), keyword_model.decision
+        ),
+        "noise_sweep": silence_check(
+            keyword_model.predict, noise_sweep_clips(data_dir, split), keyword_model.decision
+        ),
     }
     return metrics, probabilities, labels
 
@@ -288,7 +304,9 @@ def babble_noise(talkers: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
     return (picked / np.maximum(rms(picked), 1e-8)).sum(axis=1).astype(np.float32)
 
 
-def through_pipeline_at_rate(predict: Predict, waveforms: np.ndarray, rate: int) -> np.ndarray:
+def through_pipeline_at_rate(
+    predict: Predict, waveforms: np.ndarray, rate: int, decision: Decision
+) -> np.ndarray:
     """Probabilities [n, 4] after writing each clip as a `rate` Hz 16-bit WAV and reading it back
     with the pipeline's decode + resample + window path, keeping the pipeline's chosen window."""
     windows, owners = [], []
@@ -303,12 +321,12 @@ def through_pipeline_at_rate(predict: Predict, waveforms: np.ndarray, rate: int)
     picked = []
     for index in range(len(waveforms)):
         rows = probabilities[owners_array == index]
-        picked.append(rows[pick_window(rows)])
+        picked.append(rows[decision.label_recording(rows)[1]])
     return np.stack(picked)
 
 
 def robustness_probabilities(
-    predict: Predict, mode: str, waveforms: np.ndarray, labels: np.ndarray
+    predict: Predict, mode: str, waveforms: np.ndarray, labels: np.ndarray, decision: Decision
 ) -> np.ndarray:
     """Probabilities of every clip under one mode of ROBUSTNESS_MODES (seeded, repeatable)."""
     rng = np.random.default_rng(ROBUSTNESS_SEED)
@@ -323,7 +341,8 @@ def robustness_probabilities(
     elif mode == "shift-300ms":
         changed = time_shift(waveforms, rng, MAX_SHIFT_MS * SAMPLE_RATE // 1000)
     elif mode.startswith("rate-"):
-        return through_pipeline_at_rate(predict, waveforms, int(mode.removeprefix("rate-")))
+        rate = int(mode.removeprefix("rate-"))
+        return through_pipeline_at_rate(predict, waveforms, rate, decision)
     else:
         raise ValueError(f"unknown robustness mode {mode!r}")
     return predict_in_batches(predict, changed)
@@ -339,9 +358,11 @@ def robustness_report(artifact_dir: Path, data_dir: Path, split: str, modes: lis
         probabilities = (
             clean
             if mode == "clean"
-            else robustness_probabilities(keyword_model.predict, mode, waveforms, labels)
+            else robustness_probabilities(
+                keyword_model.predict, mode, waveforms, labels, keyword_model.decision
+            )
         )
-        figures = score_metrics(probabilities, labels, words)
+        figures = score_metrics(probabilities, labels, words, keyword_model.decision)
         results[mode] = {
             "accuracy": figures["accuracy"],
             "yes_recall": figures["per_class"]["yes"]["recall"],
@@ -374,11 +395,141 @@ def format_robustness(results: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class RecordingResult:
+    """How the pipeline's decision labels one evaluation recording."""
+
+    recording: EvalRecording
+    label: str
+    occurrences: int  # runs of consecutive windows labelled a keyword
+    windows: int
+    deciding_window: int
+
+
+def recording_windows(
+    keyword_model: KeywordModel, recordings: list[EvalRecording]
+) -> list[np.ndarray]:
+    """Each recording's window probabilities [windows, 4], as the pipeline computes them: the
+    recording written as a 16-bit WAV at its own rate, decoded, resampled, cut into 1 s windows
+    every 0.5 s and scored."""
+    window_sets = []
+    for recording in recordings:
+        buffer = io.BytesIO()
+        soundfile.write(buffer, recording.audio, recording.sample_rate, "PCM_16", format="WAV")
+        mono = read_recording(buffer, max_duration_s=float("inf")).mono
+        window_sets.append(split_windows(mono))
+    probabilities = predict_in_batches(keyword_model.predict, np.concatenate(window_sets))
+    bounds = np.cumsum([len(windows) for windows in window_sets])[:-1]
+    return np.split(probabilities, bounds)
+
+
+def label_recordings(
+    recordings: list[EvalRecording], probabilities: list[np.ndarray], decision: Decision
+) -> list[RecordingResult]:
+    """The pipeline's decision on each recording's window probabilities."""
+    results = []
+    for recording, rows in zip(recordings, probabilities, strict=True):
+        label, window = decision.label_recording(rows)
+        occurrences = count_occurrences(decision.window_labels(rows))
+        results.append(RecordingResult(recording, LABELS[label], occurrences, len(rows), window))
+    return results
+
+
+def answers_report(results: list[RecordingResult]) -> dict:
+    """Answers labelled right (yes as yes, no as no) and non-answers labelled yes or no, overall
+    and by kind (synthetic, assembled) and condition."""
+
+    def figures(subset: list[RecordingResult]) -> dict:
+        answers = [r for r in subset if r.recording.truth != "none"]
+        others = [r for r in subset if r.recording.truth == "none"]
+        return {
+            "answers": len(answers),
+            "answers_right": sum(r.label == r.recording.truth for r in answers),
+            "non_answers": len(others),
+            "non_answers_fired": sum(r.label in KEYWORDS for r in others),
+        }
+
+    def condition(result: RecordingResult) -> str:
+        return result.recording.name.rsplit(" ", 1)[-1]
+
+    groups = {
+        "all": results,
+        **{
+            f"kind {k}": [r for r in results if r.recording.kind == k]
+            for k in ("synthetic", "assembled")
+        },
+        **{
+            f"condition {c}": [r for r in results if condition(r) == c]
+            for c in ("clean", "noise", "telephone")
+        },
+    }
+    return {
+        **{name: figures(subset) for name, subset in groups.items()},
+        "wrong": [
+            f"{r.recording.name}: {r.label}"
+            for r in results
+            if (
+                r.label != r.recording.truth if r.recording.truth != "none" else r.label in KEYWORDS
+            )
+        ],
+    }
+
+
+def continuous_report(results: list[RecordingResult]) -> dict:
+    """Files labelled yes or no, and keyword occurrences per 10 minutes, by kind of speech."""
+    report = {}
+    for kind in ["all", *sorted({r.recording.kind for r in results})]:
+        subset = [r for r in results if kind in ("all", r.recording.kind)]
+        minutes = sum(len(r.recording.audio) / r.recording.sample_rate for r in subset) / 60
+        occurrences = sum(r.occurrences for r in subset)
+        report[kind] = {
+            "files": len(subset),
+            "files_fired": sum(r.label in KEYWORDS for r in subset),
+            "minutes": minutes,
+            "false_occurrences": occurrences,
+            "false_occurrences_per_10_min": 10 * occurrences / max(minutes, 1e-9),
+        }
+    report["fired"] = [
+        f"{r.recording.name}: {r.label} ({r.occurrences} occurrences)"
+        for r in results
+        if r.occurrences
+    ]
+    return report
+
+
+def share(part: int, whole: int) -> str:
+    """`part/whole (percent)`."""
+    return f"{part}/{whole} ({part / max(whole, 1):.1%})"
+
+
+def format_answers(report: dict) -> str:
+    lines = [f"{'spoken answers':<22} {'answers right':>20} {'non-answers -> yes/no':>22}"]
+    for name, f in report.items():
+        if name != "wrong":
+            answers = share(f["answers_right"], f["answers"])
+            fired = share(f["non_answers_fired"], f["non_answers"])
+            lines.append(f"{name:<22} {answers:>20} {fired:>22}")
+    return "\n".join([*lines, "wrong:", *(f"  {line}" for line in report["wrong"])])
+
+
+def format_continuous(report: dict) -> str:
+    header = f"{'continuous speech':<18} {'files -> yes/no':>18} {'minutes':>8} {'false occ.':>10}"
+    lines = [header + f" {'per 10 min':>10}"]
+    for name, f in report.items():
+        if name != "fired":
+            files = share(f["files_fired"], f["files"])
+            lines.append(
+                f"{name:<18} {files:>18} {f['minutes']:>8.1f} {f['false_occurrences']:>10}"
+                f" {f['false_occurrences_per_10_min']:>10.2f}"
+            )
+    return "\n".join([*lines, "fired:", *(f"  {line}" for line in report["fired"])])
+
+
 def format_report(metrics: dict) -> str:
     """Human-readable summary of evaluate_artifact's dict."""
     lines = [
         f"model {metrics['model_version']} on {metrics['split']}: {metrics['speech_clips']} speech"
-        f" clips + {metrics['silence_windows']} silence windows (seed {metrics['silence_seed']})"
+        f" clips + {metrics['silence_clips']} silence clips"
         f", runtime {metrics.get('runtime', 'tensorflow')}",
         f"4-class accuracy: {metrics['accuracy']:.4f}"
         f" (balanced {metrics['balanced_accuracy']:.4f})",
@@ -503,6 +654,17 @@ def main() -> None:
     )
     parser.add_argument("--plots", type=Path, help="write reliability.png and confusion.png here")
     parser.add_argument("--errors", action="store_true", help="list the misclassified clips")
+    parser.add_argument(
+        "--answers",
+        action="store_true",
+        help="label the split's spoken answers and non-answers (model.eval_sets; needs espeak-ng)",
+    )
+    parser.add_argument(
+        "--continuous",
+        action="store_true",
+        help="label the split's continuous speech without keywords (read, synthetic, chains)",
+    )
+    parser.add_argument("--read-speech", type=Path, default=DEFAULT_READ_SPEECH)
     args = parser.parse_args()
     metrics, probabilities, labels = evaluate_probabilities(args.artifact, args.data, args.split)
     print(format_report(metrics))
@@ -516,6 +678,18 @@ def main() -> None:
         print(f"plots written to {args.plots}/reliability.png and {args.plots}/confusion.png")
     if args.errors:
         print(format_errors(args.data, args.split, probabilities, labels))
+    if args.answers or args.continuous:
+        keyword_model = KeywordModel(args.artifact)
+    if args.answers:
+        answers = spoken_answers(args.data, args.split)
+        windows = recording_windows(keyword_model, answers)
+        results = label_recordings(answers, windows, keyword_model.decision)
+        print(format_answers(answers_report(results)))
+    if args.continuous:
+        speech = continuous_speech(args.data, args.read_speech, args.split)
+        windows = recording_windows(keyword_model, speech)
+        results = label_recordings(speech, windows, keyword_model.decision)
+        print(format_continuous(continuous_report(results)))
     if args.robustness is not None:
         modes = args.robustness or list(ROBUSTNESS_MODES)
         print(format_robustness(robustness_report(args.artifact, args.data, args.split, modes)))

@@ -23,6 +23,7 @@ from model.contract import (
     OUTPUT_NAME,
     SIGNATURE,
 )
+from model.decision import Decision
 
 ONNX_FILE = "model.onnx"
 RUNTIMES = ("auto", "onnx", "tensorflow")  # auto: onnx when the artifact has model.onnx
@@ -62,6 +63,11 @@ class KeywordModel:
     @property
     def version(self) -> str:
         return self.metadata["model_version"]
+
+    @property
+    def decision(self) -> Decision:
+        """The artifact's keyword thresholds: how window probabilities become labels."""
+        return Decision.from_metadata(self.metadata)
 
     def predict(self, waveforms: np.ndarray) -> np.ndarray:
         """Probabilities float32 [n, 4] for waveforms float32 [n, CLIP_SAMPLES]."""
@@ -136,14 +142,3 @@ def artifact_file_exists(path: str) -> bool:
     import tensorflow as tf
 
     return tf.io.gfile.exists(path)
-
-
-def pick_window(probabilities: np.ndarray) -> int:
-    """Of a recording's windows [n, 4], the one whose keyword (yes or no) score is highest.
-
-    A file is `yes` if some window is confidently `yes`; a file with no keyword window still
-    reports its most keyword-like window, whose own top class is then `unknown` or `silence`.
-    Used by the pipeline and by evaluation, so both label a long recording the same way.
-    """
-    keyword_columns = [LABELS.index("yes"), LABELS.index("no")]
-    return int(np.argmax(probabilities[:, keyword_columns].max(axis=1)))

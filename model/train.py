@@ -17,27 +17,36 @@ calibration) and stores those figures in the metadata.
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soxr
 
 from model.architecture import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from model.audio import split_windows
 from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
 from model.data import (
+    DEFAULT_READ_SPEECH,
     SILENCE_LABEL,
+    add_neighbours,
     fit_to_clip,
     load_noise,
+    load_read_speech,
     load_split,
     log_uniform,
     make_silence,
+    place_word,
     random_noise_windows,
     rms,
     shorten,
+    speech_windows,
     time_shift,
 )
+from model.decision import Decision
 from model.evaluate import (
     DEFAULT_DATA,
+    KEYWORD_IDS,
     ROBUSTNESS_MODES,
     classification_metrics,
     evaluate_artifact,
@@ -52,6 +61,14 @@ from model.evaluate import (
     store_metrics,
 )
 from model.serving import KeywordModel
+from model.synth import (
+    KEYWORDS,
+    NON_KEYWORDS,
+    TRAIN_VARIANTS,
+    random_voices,
+    random_word_sequence,
+    speak,
+)
 
 DEFAULT_EPOCHS = 30
 BATCH_SIZE = 64
@@ -64,7 +81,21 @@ LABEL_SMOOTHING = 0.1
 # the unknown word closest to `no`).
 KEYWORD_CLIPS_PER_EPOCH = 1800
 SILENCE_CLIPS_PER_EPOCH = 800
-EXTRA_EXPOSURE_WORDS = ("go",)
+# Unknown words, weighted so each word counts: every clip once, a rare word's clips drawn until
+# it has MIN_DRAWS_PER_WORD, and the hard negatives (the words most often heard as yes or no)
+# twice that.
+MIN_DRAWS_PER_WORD = 60
+HARD_NEGATIVE_WORDS = ("go", "down", "left", "nine", "six", "off", "zero", "marvin")
+# Continuous speech that holds neither keyword, as `unknown` windows: read sentences (real) and
+# word sequences (synthetic), drawn afresh each epoch.
+READ_SPEECH_WINDOWS_PER_EPOCH = 800
+SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH = 400
+# Synthetic words (espeak-ng, training voices only): a pool made once, drawn each epoch.
+SYNTHETIC_KEYWORDS_PER_WORD = 500  # in the pool, for each of yes and no
+SYNTHETIC_NON_KEYWORDS = 1500
+SYNTHETIC_SENTENCES = 300
+SYNTHETIC_KEYWORDS_PER_EPOCH = 300  # each of yes and no
+SYNTHETIC_NON_KEYWORDS_PER_EPOCH = 600
 # Robustness modes that need no pipeline round trip: cheap enough to score after every epoch.
 FAST_ROBUSTNESS_MODES = tuple(m for m in ROBUSTNESS_MODES if not m.startswith("rate-"))
 # With --teacher: the training target is this share of the teachers' mean probabilities on the
@@ -82,6 +113,10 @@ AUGMENTATION = {
     "noise_snr_db": (0.0, 30.0),
     "babble_share": 0.5,  # of the noisy clips: babble of other train unknown clips, not a recording
     "babble_talkers": (3, 6),
+    # Share of speech clips given a neighbouring word just before or after their own word (cut
+    # by the window's edge), as windows of running speech see a word; the label stays true.
+    "neighbour_share": 0.4,
+    "neighbour_max_gap_ms": 150,
     "gain": (0.03, 2.0),  # -30 dB to +6 dB
     # Share of all clips (speech and silence) band-limited like audio recorded at a low rate.
     "band_limit_probability": 0.2,
@@ -123,6 +158,66 @@ def babble(talkers: np.ndarray, n: int, rng: np.random.Generator, augmentation: 
     return mixed
 
 
+@dataclass(frozen=True)
+class SyntheticPool:
+    """espeak-ng speech in the training voices: single words placed in 1 s clips with their
+    labels, and whole word sequences holding no keyword."""
+
+    clips: np.ndarray
+    labels: np.ndarray
+    sentences: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class TrainingSources:
+    """Everything an epoch is drawn from."""
+
+    speech: np.ndarray  # train clips [n, 16000]
+    labels: np.ndarray
+    words: list[str]
+    noise_segments: list[np.ndarray]
+    read_speech: list[np.ndarray]  # whole train recordings of read sentences
+    synthetic: SyntheticPool | None
+
+
+def make_synthetic_pool(rng: np.random.Generator) -> SyntheticPool:
+    """The synthetic words and sentences of one training run (about a minute of espeak-ng)."""
+    keyword_texts = [
+        (str(text), LABELS.index(word))
+        for word in KEYWORDS
+        for text in rng.choice(
+            [word, f"{word}.", f"{word}!", f"{word}?"], SYNTHETIC_KEYWORDS_PER_WORD
+        )
+    ]
+    other_texts = rng.choice(NON_KEYWORDS, SYNTHETIC_NON_KEYWORDS)
+    texts = keyword_texts + [(str(text), LABELS.index("unknown")) for text in other_texts]
+    voices = random_voices(len(texts) + SYNTHETIC_SENTENCES, rng, TRAIN_VARIANTS)
+    clips = np.stack(
+        [
+            place_word(speak(text, voice), rng)
+            for (text, _), voice in zip(texts, voices, strict=False)
+        ]
+    )
+    sentences = [speak(random_word_sequence(rng), voice) for voice in voices[len(texts) :]]
+    return SyntheticPool(clips, np.array([label for _, label in texts]), sentences)
+
+
+def unknown_draws(
+    words: list[str], labels: np.ndarray, rng: np.random.Generator, hard_negatives: tuple[str, ...]
+) -> np.ndarray:
+    """Indices of one epoch's unknown clips: each word's clips, a rare word's drawn again until
+    it has MIN_DRAWS_PER_WORD, and a hard negative word's twice that."""
+    words_array = np.asarray(words)
+    unknown = labels == LABELS.index("unknown")
+    chosen = []
+    for word in sorted(set(words_array[unknown])):
+        members = np.flatnonzero(unknown & (words_array == word))
+        draws = max(len(members), MIN_DRAWS_PER_WORD) * (2 if word in hard_negatives else 1)
+        repeats, rest = divmod(draws, len(members))
+        chosen += [members] * repeats + [rng.choice(members, rest, replace=False)]
+    return np.concatenate(chosen)
+
+
 def augment_speech(
     waveforms: np.ndarray,
     noise_segments: list[np.ndarray],
@@ -130,11 +225,19 @@ def augment_speech(
     rng: np.random.Generator,
     augmentation: dict,
 ) -> np.ndarray:
-    """Random time shift, background or babble noise at a random SNR (most clips), random gain.
+    """Random time shift, a neighbouring word (some clips), background or babble noise at a
+    random SNR (most clips), random gain.
 
-    `talkers` are train clips of unknown words, so babble never holds a keyword."""
+    `talkers` are clips of non-keyword words, so neither a neighbour nor babble holds a keyword."""
     max_shift = augmentation["time_shift_ms"] * SAMPLE_RATE // 1000
     clips = time_shift(waveforms, rng, max_shift)
+    with_neighbour = np.flatnonzero(rng.random(len(clips)) < augmentation["neighbour_share"])
+    clips[with_neighbour] = add_neighbours(
+        clips[with_neighbour],
+        talkers[rng.integers(len(talkers), size=len(with_neighbour))],
+        rng,
+        augmentation["neighbour_max_gap_ms"] * SAMPLE_RATE // 1000,
+    )
     noise = random_noise_windows(noise_segments, len(clips), rng)
     use_babble = np.flatnonzero(rng.random(len(clips)) < augmentation["babble_share"])
     noise[use_babble] = babble(talkers, len(use_babble), rng, augmentation)
@@ -147,26 +250,49 @@ def augment_speech(
 
 
 def epoch_examples(
-    speech: np.ndarray,
-    labels: np.ndarray,
-    words: list[str],
-    noise_segments: list[np.ndarray],
+    sources: TrainingSources,
     rng: np.random.Generator,
     augmentation: dict,
-    extra_exposure_words: tuple[str, ...] = EXTRA_EXPOSURE_WORDS,
+    hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch of augmented, class-balanced, shuffled training examples."""
-    chosen = []
-    for label in range(SILENCE_LABEL):
-        members = np.flatnonzero(labels == label)
-        if LABELS[label] in ("yes", "no"):
-            chosen.append(rng.choice(members, KEYWORD_CLIPS_PER_EPOCH, replace=True))
-        else:
-            chosen.append(members)
-    chosen.append(np.flatnonzero(np.isin(words, extra_exposure_words)))
-    indices = np.concatenate(chosen)
-    talkers = speech[labels == LABELS.index("unknown")]
-    silence = make_silence(noise_segments, SILENCE_CLIPS_PER_EPOCH, rng)
+    """One epoch of augmented, shuffled training examples: keywords oversampled to
+    KEYWORD_CLIPS_PER_EPOCH each, unknown words weighted by `unknown_draws`, windows of
+    continuous speech as unknown, synthetic words, and fresh silence."""
+    labels = sources.labels
+    indices = np.concatenate(
+        [
+            *(
+                rng.choice(np.flatnonzero(labels == LABELS.index(word)), KEYWORD_CLIPS_PER_EPOCH)
+                for word in KEYWORDS
+            ),
+            unknown_draws(sources.words, labels, rng, hard_negatives),
+        ]
+    )
+    unknown_id = LABELS.index("unknown")
+    parts = [(sources.speech[indices], labels[indices])]
+    talkers = sources.speech[labels == unknown_id]
+    if sources.read_speech:
+        windows = speech_windows(sources.read_speech, READ_SPEECH_WINDOWS_PER_EPOCH, rng)
+        parts.append((windows, np.full(len(windows), unknown_id)))
+    if sources.synthetic is not None:
+        pool = sources.synthetic
+        picked = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(pool.labels == LABELS.index(word)), count)
+                for word, count in (
+                    ("yes", SYNTHETIC_KEYWORDS_PER_EPOCH),
+                    ("no", SYNTHETIC_KEYWORDS_PER_EPOCH),
+                    ("unknown", SYNTHETIC_NON_KEYWORDS_PER_EPOCH),
+                )
+            ]
+        )
+        windows = speech_windows(pool.sentences, SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH, rng)
+        parts.append((pool.clips[picked], pool.labels[picked]))
+        parts.append((windows, np.full(len(windows), unknown_id)))
+        talkers = np.concatenate([talkers, pool.clips[pool.labels == unknown_id]])
+    speech = np.concatenate([clips for clips, _ in parts])
+    speech_labels = np.concatenate([targets for _, targets in parts])
+    silence = make_silence(sources.noise_segments, SILENCE_CLIPS_PER_EPOCH, rng)
     if augmentation["shift_silence"]:
         silence = time_shift(silence, rng, augmentation["time_shift_ms"] * SAMPLE_RATE // 1000)
     if augmentation["short_silence_share"]:
@@ -174,12 +300,12 @@ def epoch_examples(
         silence[short] = shorten(silence[short], rng)
     waveforms = band_limit(
         np.concatenate(
-            [augment_speech(speech[indices], noise_segments, talkers, rng, augmentation), silence]
+            [augment_speech(speech, sources.noise_segments, talkers, rng, augmentation), silence]
         ),
         rng,
         augmentation,
     )
-    targets = np.concatenate([labels[indices], np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_LABEL)])
+    targets = np.concatenate([speech_labels, np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_LABEL)])
     order = rng.permutation(len(targets))
     return waveforms[order], targets[order]
 
@@ -208,8 +334,10 @@ def train(
     architecture: str,
     teacher_dirs: tuple[Path, ...] = (),
     augmentation: dict = AUGMENTATION,
-    extra_exposure_words: tuple[str, ...] = EXTRA_EXPOSURE_WORDS,
+    hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS,
     selection_modes: tuple[str, ...] = (),
+    read_speech_dir: Path | None = DEFAULT_READ_SPEECH,
+    synthetic: bool = True,
 ) -> None:
     configure_tensorflow(seed)
     import keras
@@ -226,18 +354,27 @@ def train(
     started = time.monotonic()
     rng = np.random.default_rng(seed)
     train_speech, train_labels, train_paths = load_split(data_dir, "train")
-    train_words = [path.split("/")[0] for path in train_paths]
-    val_waveforms, val_targets, _ = load_eval_set(data_dir, "val")  # speech, then silence
-    noise_segments = load_noise(data_dir, "train")
+    val_waveforms, val_targets, _ = load_eval_set(data_dir, "val")
+    # Windows of val read sentences, 0.5 s apart, as the pipeline cuts them: none should fire.
+    val_continuous = (
+        np.concatenate([split_windows(r) for r in load_read_speech(read_speech_dir, "val")[0]])
+        if read_speech_dir
+        else np.zeros((0, CLIP_SAMPLES), np.float32)
+    )
+    sources = TrainingSources(
+        train_speech,
+        train_labels,
+        [path.split("/")[0] for path in train_paths],
+        load_noise(data_dir, "train"),
+        load_read_speech(read_speech_dir, "train")[0] if read_speech_dir else [],
+        make_synthetic_pool(rng) if synthetic else None,
+    )
+    print(f"sources ready {time.monotonic() - started:.0f}s", flush=True)
     teachers = [KeywordModel(teacher) for teacher in teacher_dirs]
 
     model = build_model(architecture)
-    examples_per_epoch = (
-        2 * KEYWORD_CLIPS_PER_EPOCH
-        + int((train_labels == LABELS.index("unknown")).sum())
-        + int(np.isin(train_words, extra_exposure_words).sum())
-        + SILENCE_CLIPS_PER_EPOCH
-    )
+    first_epoch = epoch_examples(sources, rng, augmentation, hard_negatives)
+    examples_per_epoch = len(first_epoch[1])
     total_steps = epochs * -(-examples_per_epoch // BATCH_SIZE)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0,
@@ -260,14 +397,10 @@ def train(
     best_score, best_accuracy, best_balanced = -1.0, 0.0, 0.0
     best_epoch, best_weights = 0, model.get_weights()
     for epoch in range(epochs):
-        waveforms, targets = epoch_examples(
-            train_speech,
-            train_labels,
-            train_words,
-            noise_segments,
-            rng,
-            augmentation,
-            extra_exposure_words,
+        waveforms, targets = (
+            first_epoch
+            if epoch == 0
+            else epoch_examples(sources, rng, augmentation, hard_negatives)
         )
         history = model.fit(
             waveforms,
@@ -284,7 +417,7 @@ def train(
             for probabilities in [
                 predict(val_waveforms),
                 *(
-                    robustness_probabilities(predict, mode, val_waveforms, val_targets)
+                    robustness_probabilities(predict, mode, val_waveforms, val_targets, Decision())
                     for mode in selection_modes
                 ),
             ]
@@ -294,7 +427,12 @@ def train(
             classification_metrics(val_targets, predicted)["balanced_accuracy"]
             for predicted in val_predicted
         ]
-        val_score = float(np.mean(val_balanced))
+        continuous_rate = (
+            float(np.isin(predict(val_continuous).argmax(axis=1), KEYWORD_IDS).mean())
+            if len(val_continuous)
+            else 0.0
+        )
+        val_score = float(np.mean(val_balanced)) - continuous_rate
         if val_score > best_score:
             best_score, best_accuracy, best_balanced = val_score, val_accuracy, val_balanced[0]
             best_epoch, best_weights = epoch + 1, model.get_weights()
@@ -302,6 +440,7 @@ def train(
             f"epoch {epoch + 1}/{epochs} loss {history.history['loss'][-1]:.4f}"
             f" train acc {history.history['categorical_accuracy'][-1]:.4f}"
             f" val acc {val_accuracy:.4f} val balanced acc {val_balanced[0]:.4f}"
+            f" read-speech windows fired {continuous_rate:.4f}"
             f" selection score {val_score:.4f} (best {best_score:.4f} @ {best_epoch})"
             f" {time.monotonic() - started:.0f}s",
             flush=True,
@@ -312,6 +451,8 @@ def train(
     )
     if selection_modes:
         selection += f", averaged over clean and {', '.join(selection_modes)}"
+    if len(val_continuous):
+        selection += ", minus the share of val read-speech windows called yes or no"
     # A fresh model holds only the network's variables (no optimizer state) for export.
     model = build_model(architecture)
     model.set_weights(best_weights)
@@ -347,6 +488,9 @@ def train(
                 "clips": {
                     "train": {
                         **class_counts(train_labels),
+                        "read_speech_recordings": len(sources.read_speech),
+                        "synthetic_words": len(sources.synthetic.labels) if synthetic else 0,
+                        "synthetic_sentences": len(sources.synthetic.sentences) if synthetic else 0,
                         "silence": f"{SILENCE_CLIPS_PER_EPOCH} new windows per epoch",
                     },
                     "val": class_counts(val_targets),
@@ -354,8 +498,21 @@ def train(
                 "per_epoch": {
                     "yes": KEYWORD_CLIPS_PER_EPOCH,
                     "no": KEYWORD_CLIPS_PER_EPOCH,
-                    "unknown": f"all train clips, {', '.join(extra_exposure_words)} twice",
+                    "unknown": f"every word's clips, at least {MIN_DRAWS_PER_WORD} draws per"
+                    f" word, twice that for {', '.join(hard_negatives)}",
+                    "continuous_speech_windows": {
+                        "read_speech": READ_SPEECH_WINDOWS_PER_EPOCH if read_speech_dir else 0,
+                        "synthetic": SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH if synthetic else 0,
+                    },
+                    "synthetic_words": {
+                        "yes": SYNTHETIC_KEYWORDS_PER_EPOCH,
+                        "no": SYNTHETIC_KEYWORDS_PER_EPOCH,
+                        "unknown": SYNTHETIC_NON_KEYWORDS_PER_EPOCH,
+                    }
+                    if synthetic
+                    else None,
                     "silence": SILENCE_CLIPS_PER_EPOCH,
+                    "total": examples_per_epoch,
                 },
                 "silence": "1 s windows of the background-noise files (first 80% of each file for"
                 " train, next 10% val, last 10% test) at random level, plus 15% zeros or"
@@ -365,8 +522,6 @@ def train(
                 "batch_size": BATCH_SIZE,
                 "optimizer": f"Adam, cosine decay from {PEAK_LEARNING_RATE} with 5% warm-up",
                 "loss": f"cross-entropy, label smoothing {LABEL_SMOOTHING}",
-                "extra_exposure": f"every {', '.join(extra_exposure_words)} clip drawn twice"
-                " per epoch",
                 "distillation": {
                     "teachers": [teacher.version for teacher in teachers],
                     "weight": DISTILLATION_WEIGHT,
@@ -414,11 +569,22 @@ def main() -> None:
         help="share of the noisy training clips mixed with babble instead of a noise recording",
     )
     parser.add_argument(
-        "--extra-exposure",
+        "--hard-negatives",
         nargs="+",
-        default=list(EXTRA_EXPOSURE_WORDS),
+        default=list(HARD_NEGATIVE_WORDS),
         metavar="WORD",
-        help="unknown words whose clips are drawn twice per epoch (hard negatives)",
+        help="unknown words drawn twice as often as the others",
+    )
+    parser.add_argument(
+        "--read-speech",
+        type=Path,
+        default=DEFAULT_READ_SPEECH,
+        help="the read-speech set: continuous-speech negatives to train on and select by",
+    )
+    parser.add_argument(
+        "--no-synthetic",
+        action="store_true",
+        help="train without espeak-ng speech (which needs `apt-get install espeak-ng`)",
     )
     parser.add_argument(
         "--select-under",
@@ -455,8 +621,10 @@ def main() -> None:
             "shift_silence": args.shift_silence,
             "short_silence_share": args.short_silence,
         },
-        tuple(args.extra_exposure),
+        tuple(args.hard_negatives),
         tuple(args.select_under),
+        args.read_speech,
+        not args.no_synthetic,
     )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from model.contract import LABELS
-from model.serving import pick_window
+from model.decision import Decision
 
 SCORE_COLUMNS = tuple(f"score_{label}" for label in LABELS)
 
@@ -35,8 +35,14 @@ class RecordingInfo:
     error: str | None = None
 
 
-def make_row(info: RecordingInfo, probabilities: np.ndarray | None, model_version: str) -> dict:
-    """One output row; `probabilities` is [windows, 4], or None for a file that failed."""
+def make_row(
+    info: RecordingInfo,
+    probabilities: np.ndarray | None,
+    model_version: str,
+    decision: Decision,
+) -> dict:
+    """One output row; `probabilities` is [windows, 4], or None for a file that failed. The
+    label is the model's `decision` (its keyword thresholds) on the file's windows."""
     row = {
         "path": info.path,
         "duration_s": info.duration_s,
@@ -48,8 +54,9 @@ def make_row(info: RecordingInfo, probabilities: np.ndarray | None, model_versio
         **dict.fromkeys(SCORE_COLUMNS),
     }
     if probabilities is not None:
-        scores = probabilities[pick_window(probabilities)]
-        row["label"] = LABELS[int(np.argmax(scores))]
+        label, window = decision.label_recording(probabilities)
+        scores = probabilities[window]
+        row["label"] = LABELS[label]
         row.update(
             {column: float(score) for column, score in zip(SCORE_COLUMNS, scores, strict=True)}
         )

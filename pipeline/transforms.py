@@ -111,7 +111,9 @@ class LabelGroup(FileSystemsDoFn):
         for path in paths:
             recording = load_recording(path, self._max_duration_s)
             if recording.info.error is not None:
-                error_rows.append(make_row(recording.info, None, self._model_version))
+                error_rows.append(
+                    make_row(recording.info, None, self._model_version, self._model.decision)
+                )
                 continue
             pending.append(recording)
             pending_windows += len(recording.windows)
@@ -132,7 +134,7 @@ class LabelGroup(FileSystemsDoFn):
         rows, offset = [], 0
         for recording in recordings:
             scores = probabilities[offset : offset + len(recording.windows)]
-            rows.append(make_row(recording.info, scores, self._model_version))
+            rows.append(make_row(recording.info, scores, self._model_version, self._model.decision))
             offset += len(recording.windows)
         return rows
 

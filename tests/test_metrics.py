@@ -6,6 +6,7 @@ import pytest
 
 from model.contract import LABELS
 from model.data import load_noise, rms
+from model.decision import Decision
 from model.evaluate import (
     NOISE_SWEEP_HOP,
     NOISE_SWEEP_LEVELS_DB,
@@ -74,5 +75,5 @@ def test_silence_check_counts_silence_and_keyword_answers():
     def predict(clips: np.ndarray) -> np.ndarray:
         return np.eye(len(LABELS), dtype=np.float32)[answers[: len(clips)]]
 
-    checked = silence_check(predict, np.zeros((6, 16_000), np.float32))
+    checked = silence_check(predict, np.zeros((6, 16_000), np.float32), Decision())
     assert checked == {"clips": 6, "silence": 3, "keyword": 2}

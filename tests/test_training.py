@@ -1,40 +1,102 @@
-"""Training examples: class balance, hard negatives and short silence of an epoch; targets, plain
-one-hot or mixed with teachers' probabilities (distillation)."""
+"""Training examples: class balance, weighted unknown words, neighbouring words, continuous
+speech and short silence of an epoch; targets, plain one-hot or mixed with teachers'
+probabilities (distillation)."""
 
 import numpy as np
 import pytest
 
 from model.audio import pad_to_clip
 from model.contract import LABELS
-from model.data import SHORT_RECORDING_SAMPLES, SILENCE_LABEL, load_noise, shorten
+from model.data import (
+    SHORT_RECORDING_SAMPLES,
+    SILENCE_LABEL,
+    active_region,
+    add_neighbours,
+    load_noise,
+    place_word,
+    rms,
+    shorten,
+    speech_windows,
+)
 from model.train import (
     AUGMENTATION,
     DISTILLATION_WEIGHT,
     KEYWORD_CLIPS_PER_EPOCH,
+    MIN_DRAWS_PER_WORD,
+    READ_SPEECH_WINDOWS_PER_EPOCH,
     SILENCE_CLIPS_PER_EPOCH,
+    TrainingSources,
     distillation_targets,
     epoch_examples,
+    unknown_draws,
 )
 from tests.helpers import first_test_clip
 
 
-@pytest.mark.parametrize(
-    ("hard_negatives", "unknown_examples"), [(("go",), 4 + 1), (("go", "down"), 4 + 2)]
-)
-def test_an_epoch_balances_keywords_and_draws_hard_negatives_twice(
-    data_dir, hard_negatives, unknown_examples
-):
-    words = ["yes", "no", "go", "down", "cat", "left"]
+def sources(data_dir, words: list[str], read_speech: list[np.ndarray] = ()) -> TrainingSources:
+    """Training sources of one test clip per word (keywords labelled as such), no synthetic."""
     speech = np.stack([pad_to_clip(first_test_clip(data_dir, word)) for word in words])
     labels = np.array([LABELS.index(w) if w in ("yes", "no") else 2 for w in words])
     noise = load_noise(data_dir, "train")
+    return TrainingSources(speech, labels, words, noise, list(read_speech), None)
+
+
+def test_an_epoch_balances_keywords_and_weights_unknown_words(data_dir):
+    words = ["yes", "no", "go", "down", "cat", "left", "cat"]
+    read = [np.random.default_rng(0).uniform(-0.3, 0.3, 5 * 16_000).astype(np.float32)]
     waveforms, targets = epoch_examples(
-        speech, labels, words, noise, np.random.default_rng(0), AUGMENTATION, hard_negatives
+        sources(data_dir, words, read), np.random.default_rng(0), AUGMENTATION, ("go", "down")
     )
-    expected = [KEYWORD_CLIPS_PER_EPOCH] * 2 + [unknown_examples, SILENCE_CLIPS_PER_EPOCH]
+    # go and down are hard: twice MIN_DRAWS_PER_WORD; cat (2 clips) and left: MIN_DRAWS_PER_WORD.
+    unknown = 4 * MIN_DRAWS_PER_WORD + 2 * MIN_DRAWS_PER_WORD + READ_SPEECH_WINDOWS_PER_EPOCH
+    expected = [KEYWORD_CLIPS_PER_EPOCH] * 2 + [unknown, SILENCE_CLIPS_PER_EPOCH]
     assert list(np.bincount(targets, minlength=len(LABELS))) == expected
     assert waveforms.shape == (sum(expected), 16_000)
     assert np.abs(waveforms).max() <= 1.0
+
+
+def test_unknown_draws_give_every_word_its_clips_and_rare_words_more():
+    words = ["cat"] * 100 + ["six"] * 7 + ["yes"] * 5
+    labels = np.array([2] * 107 + [0] * 5)
+    drawn = unknown_draws(words, labels, np.random.default_rng(0), ("six",))
+    counts = np.bincount(drawn, minlength=len(words))
+    assert (counts[:100] == 1).all()  # a common word: each clip once
+    assert counts[100:107].sum() == 2 * MIN_DRAWS_PER_WORD  # a rare hard word
+    assert counts[100:107].min() >= 2 * MIN_DRAWS_PER_WORD // 7  # spread over its clips
+    assert counts[107:].sum() == 0  # keywords are not unknown
+
+
+def test_a_neighbour_word_leaves_the_clips_own_word_untouched(data_dir):
+    clips = np.stack([pad_to_clip(first_test_clip(data_dir, w)) for w in ("no", "up", "on")])
+    neighbours = np.stack(
+        [pad_to_clip(first_test_clip(data_dir, w)) for w in ("left", "stop", "down")]
+    )
+    rng = np.random.default_rng(3)
+    mixed = add_neighbours(clips, neighbours, rng, max_gap=1_600)
+    changed = 0
+    for clip, out in zip(clips, mixed, strict=True):
+        start, end = active_region(clip)
+        np.testing.assert_array_equal(out[start:end], clip[start:end])
+        changed += bool(np.abs(out - clip).max() > 0.01)  # a word was added around it
+    assert changed == len(clips)
+
+
+def test_a_placed_word_is_its_active_region_somewhere_in_a_second():
+    word = np.sin(np.linspace(0, 300, 6_000)).astype(np.float32) * 0.5
+    audio = np.concatenate([np.zeros(5_000, np.float32), word, np.zeros(9_000, np.float32)])
+    clip = place_word(audio, np.random.default_rng(0))
+    assert clip.shape == (16_000,)
+    kept = np.flatnonzero(clip)
+    assert kept[-1] - kept[0] < 6_000 and np.abs(clip).max() == pytest.approx(0.5, abs=0.01)
+
+
+def test_speech_windows_skip_long_pauses():
+    rng = np.random.default_rng(0)
+    talk = rng.uniform(-0.5, 0.5, 32_000).astype(np.float32)
+    recording = np.concatenate([talk, np.zeros(64_000, np.float32), talk])
+    windows = speech_windows([recording], 200, rng)
+    assert windows.shape == (200, 16_000)
+    assert (rms(windows)[:, 0] >= 0.3 * rms(recording)[0]).all()
 
 
 def test_a_shortened_clip_is_a_piece_of_it_padded_evenly_like_a_short_recording():
@@ -53,12 +115,9 @@ def test_a_shortened_clip_is_a_piece_of_it_padded_evenly_like_a_short_recording(
 def test_short_silence_pads_that_share_of_the_silence_windows(
     data_dir, share, padded_low, padded_high
 ):
-    words = ["yes", "no", "go"]
-    speech = np.stack([pad_to_clip(first_test_clip(data_dir, word)) for word in words])
-    labels = np.array([0, 1, 2])
     augmentation = AUGMENTATION | {"short_silence_share": share, "band_limit_probability": 0.0}
     waveforms, targets = epoch_examples(
-        speech, labels, words, load_noise(data_dir, "train"), np.random.default_rng(0), augmentation
+        sources(data_dir, ["yes", "no", "go"]), np.random.default_rng(0), augmentation
     )
     silence = waveforms[targets == SILENCE_LABEL]
     min_padding = (16_000 - SHORT_RECORDING_SAMPLES[1]) // 2

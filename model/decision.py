@@ -1,0 +1,67 @@
+"""The keyword decision: from a recording's window probabilities to its label.
+
+One rule, used by the labelling pipeline and by `model.evaluate`, so the figures measured are
+those of the labels users get. A window says `yes` (or `no`) only when that keyword's calibrated
+probability reaches its threshold; the thresholds are chosen on val for false-keyword budgets
+(`model.thresholds`) and stored in the artifact's `metadata.json` under `decision`.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.contract import LABELS
+
+YES, NO, UNKNOWN, SILENCE = (LABELS.index(label) for label in ("yes", "no", "unknown", "silence"))
+KEYWORD_IDS = (YES, NO)
+# Thresholds of an artifact that stores none: the plain argmax of two classes at most.
+DEFAULT_THRESHOLDS = {"yes": 0.5, "no": 0.5}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Per-keyword probability thresholds."""
+
+    yes: float = DEFAULT_THRESHOLDS["yes"]
+    no: float = DEFAULT_THRESHOLDS["no"]
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> "Decision":
+        thresholds = metadata.get("decision", {}).get("thresholds", DEFAULT_THRESHOLDS)
+        return cls(float(thresholds["yes"]), float(thresholds["no"]))
+
+    def as_metadata(self) -> dict:
+        return {"thresholds": {"yes": self.yes, "no": self.no}}
+
+    def window_labels(self, probabilities: np.ndarray) -> np.ndarray:
+        """Label index of each window [n, 4]: the keyword whose probability is the larger of the
+        two and reaches its threshold; otherwise `unknown` or `silence`, whichever is likelier."""
+        keyword = np.where(probabilities[:, YES] >= probabilities[:, NO], YES, NO)
+        keyword_score = probabilities[np.arange(len(probabilities)), keyword]
+        threshold = np.where(keyword == YES, self.yes, self.no)
+        other = np.where(probabilities[:, UNKNOWN] >= probabilities[:, SILENCE], UNKNOWN, SILENCE)
+        return np.where(keyword_score >= threshold, keyword, other)
+
+    def label_recording(self, probabilities: np.ndarray) -> tuple[int, int]:
+        """(label index, deciding window) of a recording's windows [n, 4].
+
+        A recording is `yes` or `no` when some window is: of the windows labelled a keyword, the
+        one with the highest keyword probability decides. With none, the most keyword-like
+        window decides, and the label is its likelier of `unknown` and `silence`. The row
+        reports the scores of the deciding window.
+        """
+        labels = self.window_labels(probabilities)
+        keyword_scores = probabilities[:, list(KEYWORD_IDS)].max(axis=1)
+        fired = np.isin(labels, KEYWORD_IDS)
+        window = int(
+            np.argmax(np.where(fired, keyword_scores, -1.0) if fired.any() else keyword_scores)
+        )
+        return int(labels[window]), window
+
+
+def count_occurrences(window_labels: np.ndarray) -> int:
+    """Keyword occurrences in a recording's window labels: a run of consecutive windows with the
+    same keyword is one occurrence (overlapping windows hear the same word)."""
+    fired = np.isin(window_labels, KEYWORD_IDS)
+    starts = fired & np.concatenate([[True], window_labels[1:] != window_labels[:-1]])
+    return int(starts.sum())

@@ -1,0 +1,209 @@
+"""Evaluation recordings beyond 1 s clips: spoken answers, and continuous speech without keywords.
+
+Built deterministically (a seed per split) from a split's own speakers and the evaluation voices
+of `model.synth`, never from anything training reads:
+
+- spoken answers (`spoken_answers`): 1-5 s files that answer yes or no ("yes please", "no thank
+  you") and files that do not ("I'm not sure", "call me later"), spoken by espeak-ng or assembled
+  from the split's clips with pauses; some in noise, some as 8 kHz telephone audio.
+- continuous speech (`continuous_speech`): the split's read sentences, long synthetic readings of
+  public-domain text with the keywords taken out, and chains of the split's non-keyword clips
+  with no gaps. Every window of these is a non-keyword.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+from model.contract import SAMPLE_RATE
+from model.data import active_region, load_noise, load_read_speech, read_audio, read_manifest, rms
+from model.synth import EVAL_VARIANTS, random_voices, speak
+
+ANSWERS = {
+    "yes": (
+        "yes", "yes please", "yes I do", "yes that's right", "yes of course", "oh yes",
+        "yes, I think so", "yes thank you", "well, yes", "yes definitely", "yes, it is",
+        "yes, go ahead",
+    ),
+    "no": (
+        "no", "no thank you", "no I don't", "no, not really", "no that's wrong", "oh no",
+        "no, never", "no thanks", "well, no", "no, not today", "no, it isn't", "no, please stop",
+    ),
+}  # fmt: skip
+NON_ANSWERS = (
+    "I'm not sure", "call me later", "what was the question", "maybe", "I don't remember",
+    "can you repeat that", "it depends", "let me think about it", "hello, who is this",
+    "sorry, I didn't catch that", "perhaps tomorrow", "good morning", "I have to go now",
+    "just a moment", "send me an email", "that's a good question", "the weather is nice today",
+    "I'd rather not say", "ask my husband", "next question please", "hold on a second",
+    "I need to check my calendar", "could be", "not at the moment", "who gave you this number",
+)  # fmt: skip
+# Public-domain text (Lincoln's Gettysburg Address; the opening of Carroll's "Alice's Adventures
+# in Wonderland"; the US Declaration of Independence), read with the keywords taken out.
+READING = """
+Four score and seven years ago our fathers brought forth on this continent, a new nation,
+conceived in Liberty, and dedicated to the proposition that all men are created equal. Now we are
+engaged in a great civil war, testing whether that nation, or any nation so conceived and so
+dedicated, can long endure. We are met on a great battle-field of that war. We have come to
+dedicate a portion of that field, as a final resting place for those who here gave their lives
+that that nation might live. It is altogether fitting and proper that we should do this.
+Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing
+to do: once or twice she had peeped into the book her sister was reading, but it had pictures or
+conversations in it, and what is the use of a book, thought Alice, without pictures or
+conversations? So she was considering in her own mind, as well as she could, for the hot day made
+her feel very sleepy and stupid, whether the pleasure of making a daisy-chain would be worth the
+trouble of getting up and picking the daisies, when suddenly a White Rabbit with pink eyes ran
+close by her. There was nothing so very remarkable in that; nor did Alice think it so very much
+out of the way to hear the Rabbit say to itself, Oh dear! Oh dear! I shall be late!
+When in the Course of human events, it becomes necessary for one people to dissolve the political
+bands which have connected them with another, and to assume among the powers of the earth, the
+separate and equal station to which the Laws of Nature and of Nature's God entitle them, a decent
+respect to the opinions of mankind requires that they should declare the causes which impel them
+to the separation. We hold these truths to be self-evident, that all men are created equal, that
+they are endowed by their Creator with certain unalienable Rights, that among these are Life,
+Liberty and the pursuit of Happiness.
+"""
+# Words taken out of the reading: the keywords, and "know", which sounds exactly like "no".
+REMOVED_WORDS = ("yes", "no", "know")
+NOISE_SHARE = 0.3
+NOISE_SNR_DB = (10.0, 30.0)
+TELEPHONE_SHARE = 0.3
+TELEPHONE_RATE = 8_000
+SEEDS = {"val": 11, "test": 23}
+
+
+@dataclass(frozen=True)
+class EvalRecording:
+    """One evaluation file: its audio at `sample_rate` (16 kHz, or 8 kHz for telephone audio,
+    which the pipeline resamples), and its truth: `yes`, `no`, or `none` (neither keyword)."""
+
+    name: str
+    audio: np.ndarray
+    sample_rate: int
+    truth: str
+    kind: str
+
+
+def reading_text() -> str:
+    """READING with REMOVED_WORDS taken out."""
+    pattern = r"\b(" + "|".join(REMOVED_WORDS) + r")\b"
+    return re.sub(r"\s+", " ", re.sub(pattern, "", READING, flags=re.IGNORECASE)).strip()
+
+
+def pause(rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+    return np.zeros(int(rng.uniform(low, high) * SAMPLE_RATE), np.float32)
+
+
+def split_clips(data_dir: Path, split: str) -> dict[str, list[np.ndarray]]:
+    """The split's clips by label (yes, no, unknown), each cut to its active region."""
+    clips: dict[str, list[np.ndarray]] = {"yes": [], "no": [], "unknown": []}
+    for row in read_manifest(data_dir):
+        if row.split == split and row.label in clips:
+            audio = read_audio(Path(data_dir) / row.path)
+            start, end = active_region(audio)
+            clips[row.label].append(audio[start:end])
+    return clips
+
+
+def finish(
+    audio: np.ndarray, noise: list[np.ndarray], rng: np.random.Generator
+) -> tuple[np.ndarray, int, str]:
+    """Leading and trailing silence, then noise (NOISE_SHARE) or telephone band and rate
+    (TELEPHONE_SHARE) or neither: (audio, rate to store it at, condition)."""
+    audio = np.concatenate([pause(rng, 0.05, 0.6), audio, pause(rng, 0.05, 0.6)])
+    condition = rng.choice(["clean", "noise", "telephone"], p=[0.4, NOISE_SHARE, TELEPHONE_SHARE])
+    if condition == "noise":
+        segment = noise[rng.integers(len(noise))]
+        start = int(rng.integers(max(len(segment) - len(audio), 0) + 1))
+        background = np.resize(segment[start : start + len(audio)], len(audio))
+        snr = rng.uniform(*NOISE_SNR_DB)
+        scale = rms(audio)[0] / 10 ** (snr / 20) / max(float(rms(background)[0]), 1e-8)
+        audio = audio + background * scale
+    peak = max(float(np.abs(audio).max()), 1e-8)
+    audio = (audio * rng.uniform(0.1, 0.9) / peak).astype(np.float32)
+    if condition == "telephone":
+        narrow = soxr.resample(audio, SAMPLE_RATE, TELEPHONE_RATE, quality="HQ")
+        return narrow.astype(np.float32), TELEPHONE_RATE, str(condition)
+    return audio, SAMPLE_RATE, str(condition)
+
+
+def spoken_answers(
+    data_dir: Path, split: str, synthetic: int = 400, assembled: int = 300
+) -> list[EvalRecording]:
+    """Spoken answers and non-answers of 1-5 s: `synthetic` spoken by espeak-ng in the evaluation
+    voices, `assembled` from the split's clips; in each, half answers (yes and no alike) and half
+    non-answers."""
+    rng = np.random.default_rng(SEEDS[split])
+    noise = load_noise(data_dir, split)
+    recordings = []
+    truths = np.array(["yes", "no", "none", "none"])
+    for index, voice in enumerate(random_voices(synthetic, rng, EVAL_VARIANTS)):
+        truth = str(truths[index % 4])
+        text = str(rng.choice(NON_ANSWERS if truth == "none" else ANSWERS[truth]))
+        audio, rate, condition = finish(speak(text, voice), noise, rng)
+        name = f"synthetic-{index:04d} {text!r} {voice.accent}+{voice.variant} {condition}"
+        recordings.append(EvalRecording(name, audio, rate, truth, "synthetic"))
+    clips = split_clips(data_dir, split)
+    for index in range(assembled):
+        truth = str(truths[index % 4])
+        words = [clips["unknown"][i] for i in rng.integers(len(clips["unknown"]), size=3)]
+        count = int(rng.integers(1, 4))
+        if truth == "none":
+            sequence = words[:count]
+        else:
+            keyword = clips[truth][rng.integers(len(clips[truth]))]
+            position = int(rng.integers(count))
+            sequence = [*words[:position], keyword, *words[position : count - 1]]
+        pieces = [piece for word in sequence for piece in (word, pause(rng, 0.0, 0.5))]
+        audio, rate, condition = finish(np.concatenate(pieces[:-1]), noise, rng)
+        name = f"assembled-{index:04d} {len(sequence)} words, {truth} {condition}"
+        recordings.append(EvalRecording(name, audio, rate, truth, "assembled"))
+    return recordings
+
+
+def continuous_speech(
+    data_dir: Path,
+    read_speech_dir: Path,
+    split: str,
+    readings: int = 12,
+    chains: int = 12,
+    chain_seconds: float = 30.0,
+) -> list[EvalRecording]:
+    """Continuous speech with neither keyword: the split's read sentences, `readings` synthetic
+    readings of reading_text() (each from a random sentence on, about 30-60 s, evaluation voices)
+    and `chains` chains of the split's non-keyword clips, back to back with no gap."""
+    rng = np.random.default_rng(SEEDS[split] + 1)
+    audio, paths = load_read_speech(read_speech_dir, split)
+    recordings = [
+        EvalRecording(f"read {path}", clip, SAMPLE_RATE, "none", "read speech")
+        for clip, path in zip(audio, paths, strict=True)
+    ]
+    sentences = [s.strip() for s in re.split(r"(?<=[.:?!;])\s", reading_text()) if s.strip()]
+    for index, voice in enumerate(random_voices(readings, rng, EVAL_VARIANTS)):
+        first = int(rng.integers(len(sentences)))
+        text = " ".join(sentences[first:] + sentences[:first])[: int(rng.integers(500, 900))]
+        recordings.append(
+            EvalRecording(
+                f"reading-{index:02d} {voice.accent}+{voice.variant} {voice.rate} wpm",
+                speak(text, voice),
+                SAMPLE_RATE,
+                "none",
+                "synthetic reading",
+            )
+        )
+    unknown = split_clips(data_dir, split)["unknown"]
+    for index in range(chains):
+        pieces, length = [], 0
+        while length < chain_seconds * SAMPLE_RATE:
+            word = unknown[rng.integers(len(unknown))]
+            pieces.append(word / max(float(np.abs(word).max()), 1e-8) * 0.5)
+            length += len(word)
+        recordings.append(
+            EvalRecording(
+                f"chain-{index:02d}", np.concatenate(pieces), SAMPLE_RATE, "none", "word chain"
+            )
+        )
+    return recordings

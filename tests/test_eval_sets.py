@@ -1,0 +1,64 @@
+"""Evaluation recordings (spoken answers, continuous speech) and their labelling by the
+pipeline's own decision."""
+
+import re
+
+import numpy as np
+import pytest
+
+from model.eval_sets import TELEPHONE_RATE, continuous_speech, reading_text, spoken_answers
+from model.evaluate import answers_report, label_recordings, recording_windows
+from model.synth import EVAL_VARIANTS, TRAIN_VARIANTS, espeak_available
+from pipeline.cli import main
+from tests.helpers import read_output, write_wav
+
+needs_espeak = pytest.mark.skipif(
+    not espeak_available(), reason="espeak-ng is not installed (.ci/run installs it)"
+)
+
+
+def test_evaluation_voices_are_never_training_voices():
+    assert EVAL_VARIANTS and TRAIN_VARIANTS
+    assert not set(EVAL_VARIANTS) & set(TRAIN_VARIANTS)
+
+
+def test_the_reading_holds_neither_keyword_nor_its_homophone():
+    words = set(re.findall(r"[a-z']+", reading_text().lower()))
+    assert len(words) > 150
+    assert not words & {"yes", "no", "know"}
+
+
+@needs_espeak
+def test_spoken_answers_are_short_files_half_of_them_answers(data_dir):
+    recordings = spoken_answers(data_dir, "val", synthetic=24, assembled=24)
+    assert len(recordings) == 48
+    truths = [r.truth for r in recordings]
+    assert truths.count("yes") == truths.count("no") == 12 and truths.count("none") == 24
+    durations = [len(r.audio) / r.sample_rate for r in recordings]
+    assert 0.5 < min(durations) and max(durations) < 6.0
+    assert {r.sample_rate for r in recordings} == {16_000, TELEPHONE_RATE}
+    again = spoken_answers(data_dir, "val", synthetic=24, assembled=24)  # seeded: the same set
+    assert [r.name for r in again] == [r.name for r in recordings]
+
+
+@needs_espeak
+def test_evaluation_labels_recordings_exactly_as_the_pipeline_does(
+    data_dir, keyword_model, tmp_path
+):
+    recordings = spoken_answers(data_dir, "test", synthetic=12, assembled=12)
+    recordings += continuous_speech(data_dir, data_dir.parent / "read_speech", "test", 1, 1, 8.0)[
+        -2:
+    ]
+    windows = recording_windows(keyword_model, recordings)
+    results = label_recordings(recordings, windows, keyword_model.decision)
+    folder = tmp_path / "in"
+    for index, recording in enumerate(recordings):
+        write_wav(folder / f"{index:03d}.wav", recording.audio, recording.sample_rate)
+    assert main(["--input", str(folder), "--output", str(tmp_path / "out")]) == 0
+    rows = read_output(tmp_path / "out")
+    assert [row["label"] for row in rows] == [result.label for result in results]
+    for row, result in zip(rows, results, strict=True):
+        scores = windows[results.index(result)][result.deciding_window]
+        np.testing.assert_allclose(row["score_yes"], scores[0], atol=1e-5)
+    report = answers_report(results[:24])
+    assert report["all"]["answers"] == report["all"]["non_answers"] == 12
