@@ -543,6 +543,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="exported model directory (default: the shipped model, %(default)s)",
     )
     parser.add_argument(
+        "--baseline-model",
+        help="also run the pipeline with this model directory, alternating with --model, and"
+        " print the ratio of their files/s",
+    )
+    parser.add_argument(
         "--sizes",
         type=parse_sizes,
         default=DEFAULT_SIZES,
@@ -579,6 +584,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def compare_models(args: argparse.Namespace, sets: dict[int, Path], log_dir: Path) -> None:
+    """The pipeline with --model and with --baseline-model in turn (A B A B ..., --repeat
+    rounds), so both see the same load: marginal files/s of each and their ratio per round."""
+    print(f"\n== pipeline: {args.model} against {args.baseline_model}")
+    for round_number in range(1, args.repeat + 1):
+        rates = []
+        for model in (args.model, args.baseline_model):
+            runs = [run_method("pipeline", sets[size], size, model, log_dir) for size in args.sizes]
+            rates.append(Scaling(*runs).marginal_files_per_s)
+            print(format_run(runs[-1]), flush=True)
+        print(
+            f"  round {round_number}: model {rates[0]:,.0f} files/s, baseline {rates[1]:,.0f}"
+            f" files/s, ratio {rates[0] / rates[1]:.2f}"
+        )
+
+
 def benchmark(args: argparse.Namespace, data_dir: Path) -> None:
     methods = [method for method in args.methods if method in METHODS]
     sizes = [*(args.naive_sizes if "naive" in methods else ()), *args.sizes]
@@ -613,6 +634,8 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> None:
     if scalings:
         print_targets(scalings)
         print_label_agreement(scalings)
+    if args.baseline_model:
+        compare_models(args, sets, log_dir)
     if "lengths" in args.methods:
         lengths_dir = prepare_clip_sets(data_dir)
         measurement = measure(

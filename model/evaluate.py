@@ -525,6 +525,19 @@ def format_continuous(report: dict) -> str:
     return "\n".join([*lines, "fired:", *(f"  {line}" for line in report["fired"])])
 
 
+def format_per_word(per_word: dict[str, dict]) -> str:
+    """The non-keyword words, most often labelled a keyword first: clips, -> yes, -> no."""
+    rows = sorted(
+        ((word, f) for word, f in per_word.items() if word not in KEYWORDS),
+        key=lambda item: (-(item[1]["yes"] + item[1]["no"]) / item[1]["clips"], item[0]),
+    )
+    lines = [f"{'word':<10} {'clips':>5} {'-> yes':>6} {'-> no':>6} {'rate':>6}"]
+    for word, f in rows:
+        rate = (f["yes"] + f["no"]) / f["clips"]
+        lines.append(f"{word:<10} {f['clips']:>5} {f['yes']:>6} {f['no']:>6} {rate:>6.1%}")
+    return "\n".join(lines)
+
+
 def format_report(metrics: dict) -> str:
     """Human-readable summary of evaluate_artifact's dict."""
     lines = [
@@ -555,6 +568,7 @@ def format_report(metrics: dict) -> str:
         f" no -> unknown {no_vs_go['no_predicted_unknown']}/{no_vs_go['no_clips']}",
         f"expected calibration error (top score, {metrics['ece_bins']} bins): {metrics['ece']:.4f}",
     ]
+    lines.append(format_per_word(metrics["per_word"]))
     if "short_noise" in metrics:  # absent from the metadata of models scored before it existed
         short = metrics["short_noise"]
         low, high = (samples / SAMPLE_RATE for samples in SHORT_RECORDING_SAMPLES)

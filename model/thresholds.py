@@ -127,6 +127,24 @@ def val_figures(decision: Decision, evidence: dict) -> dict:
     }
 
 
+def choose_and_store_thresholds(artifact_dir: Path, data_dir: Path, read_speech_dir: Path) -> dict:
+    """Choose the artifact's thresholds on val and store them in its metadata.json."""
+    evidence = gather_evidence(KeywordModel(artifact_dir), data_dir, read_speech_dir)
+    decision = choose(evidence)
+    stored = {
+        **decision.as_metadata(),
+        "chosen_on": "val: clips, spoken answers, continuous speech (model.thresholds)",
+        "budgets_per_keyword": BUDGETS,
+        "val": val_figures(decision, evidence),
+    }
+    path = artifact_dir / METADATA_FILE
+    metadata = json.loads(path.read_text())
+    metadata["decision"] = stored
+    path.write_text(json.dumps(metadata, indent=2) + "\n")
+    print(f"thresholds {decision} written to {path}; val figures {json.dumps(stored['val'])}")
+    return stored
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
@@ -134,21 +152,12 @@ def main() -> None:
     parser.add_argument("--read-speech", type=Path, default=DEFAULT_READ_SPEECH)
     parser.add_argument("--write", action="store_true", help="store them in metadata.json")
     args = parser.parse_args()
+    if args.write:
+        choose_and_store_thresholds(args.artifact, args.data, args.read_speech)
+        return
     evidence = gather_evidence(KeywordModel(args.artifact), args.data, args.read_speech)
     decision = choose(evidence)
-    figures = val_figures(decision, evidence)
-    print(f"chosen {decision}; val figures {json.dumps(figures, indent=1)}")
-    if args.write:
-        path = args.artifact / METADATA_FILE
-        metadata = json.loads(path.read_text())
-        metadata["decision"] = {
-            **decision.as_metadata(),
-            "chosen_on": "val: clips, spoken answers, continuous speech (model.thresholds)",
-            "budgets_per_keyword": BUDGETS,
-            "val": figures,
-        }
-        path.write_text(json.dumps(metadata, indent=2) + "\n")
-        print(f"written to {path}")
+    print(f"chosen {decision}; val figures {json.dumps(val_figures(decision, evidence), indent=1)}")
 
 
 if __name__ == "__main__":

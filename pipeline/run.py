@@ -11,6 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from model.contract import DEFAULT_ARTIFACT, METADATA_FILE
+from model.decision import Decision
 from model.serving import resolve_runtime
 from pipeline import output
 from pipeline.loading import list_input
@@ -36,11 +37,16 @@ class RunSettings:
     runtime: str = "auto"  # model.serving.RUNTIMES
 
 
-def read_model_version(model_dir: str | None) -> str:
-    """The model's content hash, from its metadata, without loading TensorFlow."""
+def read_model_metadata(model_dir: str | None) -> dict:
+    """The model's metadata.json, read without loading TensorFlow."""
     metadata = FileSystems.join(str(model_dir or DEFAULT_ARTIFACT), METADATA_FILE)
     with FileSystems.open(metadata) as file:
-        return json.load(file)["model_version"]
+        return json.load(file)
+
+
+def read_model_version(model_dir: str | None) -> str:
+    """The model's content hash, from its metadata."""
+    return read_model_metadata(model_dir)["model_version"]
 
 
 def make_runner(options: PipelineOptions):
@@ -133,7 +139,8 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     staging = output.staging_dir(settings.output_dir, run_id)
     done = output.labelled_paths(settings.output_dir) if settings.skip_existing else set()
     to_label = [path for path in paths if path not in done]
-    model_version = read_model_version(settings.model_dir)
+    metadata = read_model_metadata(settings.model_dir)
+    model_version = metadata["model_version"]
     try:
         if settings.skip_existing:
             output.carry_over(settings.output_dir, staging)
@@ -160,6 +167,7 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         "errors_by_kind": dict(sorted(errors.items())),
         "model_version": model_version,
         "runtime": resolve_runtime(settings.model_dir, settings.runtime),
+        "decision": Decision.from_metadata(metadata).as_metadata(),
         "input": settings.input_path,
         "output": settings.output_dir,
         "runner": runner_name(options),

@@ -190,7 +190,7 @@ def test_skip_existing_labels_only_new_files_and_keeps_the_rest(recordings, tmp_
     assert summary["errors_by_kind"] == {"empty_file": 1}
 
 
-def test_the_summary_file_records_the_run(in_process_rows, recordings, tmp_path):
+def test_the_summary_file_records_the_run(in_process_rows, recordings, keyword_model, tmp_path):
     output = tmp_path / "out"
     assert main(["--input", str(recordings), "--output", str(output)]) == 0
     summary = json.loads((output / "_summary.json").read_text())
@@ -203,6 +203,7 @@ def test_the_summary_file_records_the_run(in_process_rows, recordings, tmp_path)
         "unreadable_audio": 2,
     }
     assert summary["model_version"] == read_model_version(None)
+    assert summary["decision"] == keyword_model.decision.as_metadata()
     assert summary["input"] == str(recordings)
     assert summary["runner"].startswith("DirectRunner")
     assert summary["started_at"] <= summary["ended_at"]
