@@ -605,8 +605,33 @@ def format_errors(data_dir: Path, split: str, probabilities: np.ndarray, labels:
     return "\n".join(lines)
 
 
-def save_plots(out_dir: Path, metrics: dict, probabilities: np.ndarray, labels: np.ndarray) -> None:
-    """reliability.png (top-score reliability diagram) and confusion.png in out_dir."""
+def precision_recall_curve(
+    probabilities: np.ndarray, labels: np.ndarray, keyword: str, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) of the keyword decision for `keyword` at each threshold: a clip is
+    that keyword when its probability is the larger of the two keywords' and reaches it."""
+    column = LABELS.index(keyword)
+    other = LABELS.index("no" if keyword == "yes" else "yes")
+    said = labels == column
+    precision, recall = [], []
+    for threshold in thresholds:
+        fired = (probabilities[:, column] >= threshold) & (
+            probabilities[:, column] >= probabilities[:, other]
+        )
+        precision.append((fired & said).sum() / max(fired.sum(), 1))
+        recall.append((fired & said).sum() / max(said.sum(), 1))
+    return np.asarray(precision), np.asarray(recall)
+
+
+def save_plots(
+    out_dir: Path,
+    metrics: dict,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    decision: Decision,
+) -> None:
+    """reliability.png (top-score reliability diagram), confusion.png and
+    precision_recall.png (the keyword decision at every threshold) in out_dir."""
     import matplotlib  # optional: only this command needs it
 
     matplotlib.use("Agg")
@@ -639,6 +664,22 @@ def save_plots(out_dir: Path, metrics: dict, probabilities: np.ndarray, labels: 
              title=f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}")  # fmt: skip
     figure.tight_layout()
     figure.savefig(out_dir / "confusion.png", dpi=120)
+    plt.close(figure)
+
+    thresholds = np.linspace(0.3, 0.999, 300)
+    figure, axis = plt.subplots(figsize=(4.8, 4.5))
+    for index, keyword in enumerate(KEYWORDS):
+        precision, recall = precision_recall_curve(probabilities, labels, keyword, thresholds)
+        axis.plot(recall, precision, color=f"C{index}", label=f"{keyword} (thresholds 0.3-0.999)")
+        chosen = getattr(decision, keyword)
+        point = precision_recall_curve(probabilities, labels, keyword, np.array([chosen]))
+        axis.plot(point[1], point[0], "o", color=f"C{index}",
+                  label=f"{keyword} at its threshold {chosen:.3f}")  # fmt: skip
+    axis.set(xlabel="recall", ylabel="precision", xlim=(0.8, 1.0), ylim=(0.8, 1.0),
+             title=f"{metrics['split']}: keyword decision")  # fmt: skip
+    axis.legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out_dir / "precision_recall.png", dpi=120)
     plt.close(figure)
 
 
@@ -688,8 +729,10 @@ def main() -> None:
         store_metrics(args.artifact, metrics)
         print(f"metrics written to {args.artifact / METADATA_FILE}")
     if args.plots:
-        save_plots(args.plots, metrics, probabilities, labels)
-        print(f"plots written to {args.plots}/reliability.png and {args.plots}/confusion.png")
+        save_plots(args.plots, metrics, probabilities, labels, KeywordModel(args.artifact).decision)
+        print(
+            f"plots written to {args.plots}: reliability.png, confusion.png, precision_recall.png"
+        )
     if args.errors:
         print(format_errors(args.data, args.split, probabilities, labels))
     if args.answers or args.continuous:

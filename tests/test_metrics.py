@@ -15,6 +15,7 @@ from model.evaluate import (
     fit_temperature,
     keyword_error_metrics,
     noise_sweep_clips,
+    precision_recall_curve,
     silence_check,
     softmax,
 )
@@ -77,3 +78,22 @@ def test_silence_check_counts_silence_and_keyword_answers():
 
     checked = silence_check(predict, np.zeros((6, 16_000), np.float32), Decision())
     assert checked == {"clips": 6, "silence": 3, "keyword": 2}
+
+
+def test_precision_recall_curve_of_the_keyword_decision():
+    #                          yes   no   unknown silence
+    probabilities = np.array(
+        [
+            [0.90, 0.05, 0.05, 0.00],  # yes, confident
+            [0.60, 0.10, 0.30, 0.00],  # yes, unsure
+            [0.70, 0.20, 0.10, 0.00],  # unknown heard as yes
+            [0.10, 0.80, 0.10, 0.00],  # no
+        ],
+        np.float32,
+    )
+    labels = np.array([0, 0, 2, 1])
+    precision, recall = precision_recall_curve(
+        probabilities, labels, "yes", np.array([0.5, 0.65, 0.95])
+    )
+    np.testing.assert_allclose(precision, [2 / 3, 1 / 2, 0.0])
+    np.testing.assert_allclose(recall, [1.0, 1 / 2, 0.0])
