@@ -22,6 +22,7 @@ from model.contract import (
     SAMPLE_RATE,
     SIGNATURE,
 )
+from model.decision import Decision
 from model.serving import ONNX_FILE
 
 LICENSE_FILE = "LICENSE"
@@ -81,13 +82,30 @@ def clear_artifact_dir(out_dir: Path) -> None:
 
 
 def model_version(out_dir: Path) -> str:
-    """Content hash of the SavedModel: sha256 over saved_model.pb and the variables files' bytes,
-    in sorted relative-path order. metadata.json is excluded, so adding metrics keeps it."""
-    files = [out_dir / "saved_model.pb", *(out_dir / "variables").rglob("*")]
+    """Content hash of what serving reads: sha256 over saved_model.pb, the variables files and
+    model.onnx (in sorted relative-path order), then the keyword thresholds stored in
+    metadata.json. The rest of metadata.json is excluded, so adding metrics keeps it."""
+    files = [out_dir / "saved_model.pb", *(out_dir / "variables").rglob("*"), out_dir / ONNX_FILE]
     digest = hashlib.sha256()
     for path in sorted((p for p in files if p.is_file()), key=lambda p: p.relative_to(out_dir)):
         digest.update(path.read_bytes())
+    metadata_path = out_dir / METADATA_FILE
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
+    thresholds = Decision.from_metadata(metadata).as_metadata()
+    digest.update(json.dumps(thresholds, sort_keys=True).encode())
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def store_decision(out_dir: Path, decision: dict) -> str:
+    """Put the keyword decision into metadata.json and the model version it changes; returns
+    the new version."""
+    metadata_path = out_dir / METADATA_FILE
+    metadata = json.loads(metadata_path.read_text())
+    metadata["decision"] = decision
+    write_metadata(out_dir, metadata)
+    metadata["model_version"] = model_version(out_dir)
+    write_metadata(out_dir, metadata)
+    return metadata["model_version"]
 
 
 def export_saved_model(members: list[Member], out_dir: Path, check_waveforms: np.ndarray) -> float:

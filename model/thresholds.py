@@ -7,7 +7,8 @@ BUDGETS holds on val: 1 s clips of other words and silence, each val word with a
 MIN_WORD_CLIPS clips, spoken non-answers, and continuous speech without keywords. Each budget is
 per keyword, so the two keywords together get twice it. `--write` stores the thresholds, the
 budgets and the val figures under `decision` in metadata.json, where the pipeline and
-`model.evaluate` read them. Only val is read: test stays for reporting.
+`model.evaluate` read them, and updates the model version, which covers the thresholds. Only val
+is read: test stays for reporting.
 """
 
 import argparse
@@ -29,6 +30,7 @@ from model.evaluate import (
     predict_in_batches,
     recording_windows,
 )
+from model.export import store_decision
 from model.serving import KeywordModel
 
 GRID = np.round(np.arange(0.5, 0.9951, 0.005), 3)
@@ -137,11 +139,9 @@ def choose_and_store_thresholds(artifact_dir: Path, data_dir: Path, read_speech_
         "budgets_per_keyword": BUDGETS,
         "val": val_figures(decision, evidence),
     }
-    path = artifact_dir / METADATA_FILE
-    metadata = json.loads(path.read_text())
-    metadata["decision"] = stored
-    path.write_text(json.dumps(metadata, indent=2) + "\n")
-    print(f"thresholds {decision} written to {path}; val figures {json.dumps(stored['val'])}")
+    version = store_decision(artifact_dir, stored)
+    print(f"thresholds {decision} stored in {artifact_dir / METADATA_FILE}, model version now")
+    print(f"{version}; val figures {json.dumps(stored['val'])}")
     return stored
 
 

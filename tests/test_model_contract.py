@@ -1,6 +1,7 @@
 """The shipped model keeps its contract: plain-TF loading, shapes, probabilities, label order."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -20,7 +21,9 @@ from model.contract import (
     SIGNATURE,
 )
 from model.data import load_split, silence_windows
-from model.export import model_version
+from model.decision import Decision
+from model.export import model_version, store_decision
+from model.serving import ONNX_FILE, KeywordModel
 
 
 def test_metadata_describes_the_artifact():
@@ -154,3 +157,16 @@ def test_an_ensemble_exports_the_mean_of_its_members(data_dir, tmp_path):
     assert np.max(np.abs(expected - single)) > 10 * TOLERANCE  # both members count
     graph = onnx.load(tmp_path / "model.onnx").graph
     assert sum("dft_stage1" in node.name for node in graph.node) == 1  # one shared front end
+
+
+def test_the_model_version_covers_every_file_serving_reads_and_the_thresholds(tmp_path):
+    artifact = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, artifact)
+    shipped = model_version(artifact)
+    changed = store_decision(artifact, Decision(yes=0.61, no=0.62).as_metadata())
+    assert changed != shipped
+    assert json.loads((artifact / METADATA_FILE).read_text())["model_version"] == changed
+    assert KeywordModel(artifact).decision == Decision(yes=0.61, no=0.62)
+    with open(artifact / ONNX_FILE, "ab") as onnx_file:
+        onnx_file.write(b"\0")
+    assert model_version(artifact) not in (shipped, changed)
