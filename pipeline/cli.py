@@ -12,6 +12,12 @@ from model.serving import RUNTIMES
 # Windows per model call. Small calls keep onnxruntime's intermediate tensors in the caches: on
 # 20,000 files, 32 took 0.71x the wall time and 0.39x the peak memory of 256 (bench/README.md).
 DEFAULT_BATCH_SIZE = 32
+# Exit codes (README, "Exit codes"): 0 committed; 1 the job failed (a traceback says why; the
+# output is left as it was); 2 bad arguments or input (argparse's own code too);
+# 3 more files failed than --max_error_rate allows, nothing committed.
+EXIT_BAD_INPUT = 2
+EXIT_TOO_MANY_ERRORS = 3
+DEFAULT_MAX_ERROR_RATE = 0.5
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -50,6 +56,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         help="keep the rows already in --output and label only files not in it",
     )
     parser.add_argument(
+        "--max_error_rate",
+        type=float,
+        default=DEFAULT_MAX_ERROR_RATE,
+        help="if more than this share of the files fail, commit nothing, keep the previous"
+        f" output and exit with code {EXIT_TOO_MANY_ERRORS} (default %(default)s)",
+    )
+    parser.add_argument(
         "--model",
         help="exported model directory (default: the model shipped inside the installed "
         "package, found by each worker in its own installation)",
@@ -66,6 +79,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         parser.error("--batch_size must be at least 1")
     if args.max_duration_s <= 0:
         parser.error("--max_duration_s must be positive")
+    if not 0 <= args.max_error_rate <= 1:
+        parser.error("--max_error_rate must be a fraction from 0 to 1")
     return args, beam_args
 
 
@@ -91,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.run import NoInputError, RunSettings, label_files
+    from pipeline.loading import ListingError
+    from pipeline.run import NoInputError, RunSettings, TooManyErrorsError, label_files
 
     settings = RunSettings(
         input_path=args.input,
@@ -101,12 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_duration_s=args.max_duration_s,
         skip_existing=args.skip_existing,
         runtime=args.runtime,
+        max_error_rate=args.max_error_rate,
     )
     try:
         summary = label_files(settings, PipelineOptions(beam_args))
-    except (NoInputError, FileExistsError) as error:
+    except (NoInputError, FileExistsError, ListingError) as error:
         print(f"yesno-label: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except TooManyErrorsError as error:
+        print(f"yesno-label: {error}", file=sys.stderr)
+        return EXIT_TOO_MANY_ERRORS
     print(format_summary(summary))
     return 0
 

@@ -35,6 +35,12 @@ class RecordingInfo:
     error: str | None = None
 
 
+def display_path(path: str) -> str:
+    """A path as the output stores it: a file name's bytes that are not UTF-8 (which Python keeps
+    as surrogates) written as `\\xNN` escapes, so every name can be stored and still be found."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def make_row(
     info: RecordingInfo,
     probabilities: np.ndarray | None,
@@ -44,7 +50,7 @@ def make_row(
     """One output row; `probabilities` is [windows, 4], or None for a file that failed. The
     label is the model's `decision` (its keyword thresholds) on the file's windows."""
     row = {
-        "path": info.path,
+        "path": display_path(info.path),
         "duration_s": info.duration_s,
         "sample_rate": info.sample_rate,
         "channels": info.channels,

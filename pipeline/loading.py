@@ -3,6 +3,7 @@
 Plain functions over Beam's FileSystems, so they read local paths, gs:// and s3:// alike.
 """
 
+import glob
 import os
 import stat
 from collections.abc import Iterator
@@ -30,21 +31,31 @@ def is_wav(path: str) -> bool:
     return path.lower().endswith(".wav")
 
 
+class ListingError(OSError):
+    """A folder under --input could not be listed, so its files cannot all be named."""
+
+
 def list_input(input_path: str) -> Iterator[str]:
-    """Every file an --input names: a glob as given, or a directory's `.wav` entries, recursively.
+    """Every file an --input names: an existing path as it is (a directory's `.wav` entries,
+    recursively, or one file), else a glob, else a bucket prefix's `.wav` objects.
 
     Local directories are walked here rather than through Beam's listing, which silently skips
-    entries it cannot stat: a broken symlink, or a directory named `x.wav`, gets a row too.
+    entries it cannot stat: a broken symlink, or a directory named `x.wav`, gets a row too. A
+    sub-folder that cannot be listed stops the run (ListingError) rather than vanish. Local globs
+    are matched by Python's `glob`, which also keeps entries that cannot be stat'ed.
     """
-    if any(char in input_path for char in GLOB_CHARACTERS):
+    is_local = FileSystems.get_scheme(input_path) is None
+    if is_local and os.path.isdir(input_path):
+        yield from walk_wav_files(input_path)
+    elif is_local and os.path.lexists(input_path):
+        yield input_path
+    elif is_local and any(char in input_path for char in GLOB_CHARACTERS):
+        for match in sorted(glob.glob(input_path, recursive=True)):
+            if not os.path.isdir(match) or is_wav(match):
+                yield match
+    elif any(char in input_path for char in GLOB_CHARACTERS):
         for match in FileSystems.match([input_path])[0].metadata_list:
             yield match.path
-    elif os.path.isdir(input_path):
-        for directory, subdirectories, files in os.walk(input_path):
-            subdirectories.sort()
-            for name in sorted(files + subdirectories):
-                if is_wav(name):
-                    yield os.path.join(directory, name)
     elif (
         not input_path.endswith("/")
         and not is_bucket_root(input_path)
@@ -56,6 +67,19 @@ def list_input(input_path: str) -> Iterator[str]:
         for match in FileSystems.match([prefix])[0].metadata_list:
             if is_wav(match.path):
                 yield match.path
+
+
+def walk_wav_files(directory: str) -> Iterator[str]:
+    """The `.wav` entries (any letter case; files or not) under a local directory, sorted."""
+
+    def fail(error: OSError) -> None:
+        raise ListingError(f"cannot list {error.filename}: {error.strerror}") from error
+
+    for folder, subfolders, files in os.walk(directory, onerror=fail):
+        subfolders.sort()
+        for name in sorted(files + subfolders):
+            if is_wav(name):
+                yield os.path.join(folder, name)
 
 
 def check_local_file(path: str) -> None:

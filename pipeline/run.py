@@ -4,6 +4,7 @@ import datetime
 import json
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -14,6 +15,7 @@ from model.contract import DEFAULT_ARTIFACT, METADATA_FILE
 from model.decision import Decision
 from model.serving import resolve_runtime
 from pipeline import output
+from pipeline.labels import display_path
 from pipeline.loading import list_input
 from pipeline.transforms import LabelGroups
 
@@ -26,6 +28,10 @@ class NoInputError(ValueError):
     """The input matched no file at all."""
 
 
+class TooManyErrorsError(RuntimeError):
+    """More of the run's files failed than --max_error_rate allows; nothing was committed."""
+
+
 @dataclass(frozen=True)
 class RunSettings:
     input_path: str
@@ -35,6 +41,7 @@ class RunSettings:
     max_duration_s: float
     skip_existing: bool = False
     runtime: str = "auto"  # model.serving.RUNTIMES
+    max_error_rate: float = 1.0  # share of failed files above which nothing is committed
 
 
 def read_model_metadata(model_dir: str | None) -> dict:
@@ -126,6 +133,33 @@ def run_pipeline(
         )
 
 
+def check_one_row_per_path(staging: str, run_id: str, paths: list[str]) -> None:
+    """Every listed path has exactly one row of this run, and no row names another path."""
+    written = Counter(
+        row["path"] for row in output.read_columns(staging, ["path"], output.run_prefix(run_id))
+    )
+    expected = Counter(display_path(path) for path in paths)
+    if written != expected:
+        missing = sorted((expected - written).elements())
+        extra = sorted((written - expected).elements())
+        raise RuntimeError(
+            f"the runner wrote {sum(written.values())} rows for {len(paths)} files"
+            f" ({len(missing)} paths missing or short of rows, e.g. {missing[:3]};"
+            f" {len(extra)} rows extra, e.g. {extra[:3]}); the output is left as it was"
+        )
+
+
+def check_error_rate(staging: str, run_id: str, files: int, max_error_rate: float) -> None:
+    """Refuse to commit a run in which more than max_error_rate of the files failed."""
+    _, errors = output.count_rows(staging, output.run_prefix(run_id))
+    if files and sum(errors.values()) / files > max_error_rate:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in errors.most_common(5))
+        raise TooManyErrorsError(
+            f"{sum(errors.values())} of {files} files failed ({kinds}), more than"
+            f" --max_error_rate {max_error_rate}: nothing was written, the output is left as it was"
+        )
+
+
 def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     """Label every file the input names into settings.output_dir; returns the run's summary."""
     FileSystems.set_options(options)
@@ -138,7 +172,7 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     run_id = started_at.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     staging = output.staging_dir(settings.output_dir, run_id)
     done = output.labelled_paths(settings.output_dir) if settings.skip_existing else set()
-    to_label = [path for path in paths if path not in done]
+    to_label = [path for path in paths if display_path(path) not in done]
     metadata = read_model_metadata(settings.model_dir)
     model_version = metadata["model_version"]
     try:
@@ -146,12 +180,8 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
             output.carry_over(settings.output_dir, staging)
         if to_label:
             run_pipeline(settings, options, to_label, staging, run_id, model_version)
-        written, _ = output.count_rows(staging, output.run_prefix(run_id))
-        if sum(written.values()) != len(to_label):
-            raise RuntimeError(
-                f"the runner wrote {sum(written.values())} rows for {len(to_label)} files; "
-                "the output is left as it was"
-            )
+        check_one_row_per_path(staging, run_id, to_label)
+        check_error_rate(staging, run_id, len(to_label), settings.max_error_rate)
     except BaseException:
         output.discard(staging)
         raise

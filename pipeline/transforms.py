@@ -41,12 +41,22 @@ class FileSystemsDoFn(beam.DoFn):
         FileSystems.set_options(PipelineOptions.from_dictionary(self._filesystem_options))
 
 
-class ReadPathList(FileSystemsDoFn):
-    """(group, path-list file) -> (group, paths)."""
+def path_to_bytes(path: str) -> bytes:
+    """A path as it travels between transforms: a local file name that is not UTF-8 (kept by
+    Python as surrogates) cannot pass a runner's string coder, bytes can."""
+    return path.encode("utf-8", "surrogateescape")
 
-    def process(self, element: tuple[int, str]) -> Iterator[tuple[int, list[str]]]:
+
+def path_from_bytes(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+class ReadPathList(FileSystemsDoFn):
+    """(group, path-list file) -> (group, paths as bytes)."""
+
+    def process(self, element: tuple[int, str]) -> Iterator[tuple[int, list[bytes]]]:
         group, path_list = element
-        yield group, list(read_path_list(path_list))
+        yield group, [path_to_bytes(path) for path in read_path_list(path_list)]
 
 
 def load_model(model_dir: str | None, runtime: str) -> KeywordModel:
@@ -90,8 +100,9 @@ class LabelGroup(FileSystemsDoFn):
     def teardown(self):
         self._scorer.shutdown()
 
-    def process(self, element: tuple[int, list[str]]) -> Iterator[tuple[int, list[dict]]]:
-        group, paths = element
+    def process(self, element: tuple[int, list[bytes]]) -> Iterator[tuple[int, list[dict]]]:
+        group, encoded_paths = element
+        paths = [path_from_bytes(path) for path in encoded_paths]
         rows: list[dict] = []
         scoring: deque[Future] = deque()
         for batch in self._batches(paths, rows):

@@ -17,7 +17,7 @@ from model.contract import DEFAULT_ARTIFACT
 from pipeline.cli import main
 from pipeline.loading import list_input
 from pipeline.run import read_model_version
-from pipeline.transforms import LabelGroup
+from pipeline.transforms import LabelGroup, path_to_bytes
 from tests.helpers import assert_same_rows, read_output, wav_files
 
 ERROR_KINDS = {
@@ -51,7 +51,10 @@ def test_listing_finds_wav_in_any_case_recursively_and_nothing_else(recordings):
 @pytest.mark.parametrize("num_groups", [1, 3])
 def test_label_group_gives_one_row_per_path(recordings, num_groups):
     paths = wav_files(recordings)
-    groups = [(group, paths[group::num_groups]) for group in range(num_groups)]
+    groups = [
+        (group, [path_to_bytes(path) for path in paths[group::num_groups]])
+        for group in range(num_groups)
+    ]
     label_group = LabelGroup(
         {},
         str(DEFAULT_ARTIFACT),
