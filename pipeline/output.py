@@ -6,6 +6,9 @@ reader skips names that start with `_` or `.`). A run writes into a sibling stag
 previous output as it was and a rerun replaces it completely.
 """
 
+import ctypes
+import errno
+import glob
 import io
 import json
 import os
@@ -23,6 +26,9 @@ from pipeline.storage import is_bucket_root
 PARQUET_PREFIX = "labels-"
 SUMMARY_FILE = "_summary.json"
 INPUTS_DIR = "_inputs"
+JOURNAL_FILE = "_commit.json"  # in staging, on buckets: written when a commit begins
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
 
 
 def staging_dir(output_dir: str, run_id: str) -> str:
@@ -150,25 +156,98 @@ def discard(staging: str) -> None:
 def commit(staging: str, output_dir: str) -> None:
     """Put the staged dataset in place of the output.
 
-    Local: two directory renames, so readers see the old or the new dataset, never a mix.
-    Buckets have no rename of a prefix: the new files are moved in, then the old ones removed,
-    and `_summary.json`, written last, marks a complete output.
+    Local: one atomic exchange of the staging and output directories (Linux renameat2), so a
+    reader sees the old or the new dataset, never a mix and never none; then the old one, now
+    in staging, is deleted. Where the system cannot exchange, two renames (a crash between them
+    leaves no output until the next run repairs it: `repair`).
+    Buckets have no rename of a prefix. The commit writes a journal in staging (the previous
+    summary's files that the new dataset does not reuse), removes the old `_summary.json`, moves
+    the new files in, deletes the journal's files (never a file no summary listed), and writes
+    the new `_summary.json` last: an output is complete exactly when it has a summary, and the
+    next run finishes a commit that was interrupted (`repair`).
     """
     delete_directory(FileSystems.join(staging, INPUTS_DIR))
     if FileSystems.get_scheme(output_dir) is None:
-        previous = f"{staging}.previous"
-        if os.path.exists(output_dir):
+        if not os.path.exists(output_dir):
+            os.rename(staging, output_dir)
+        elif exchange_paths(staging, output_dir):
+            shutil.rmtree(staging)
+        else:
+            previous = f"{staging}.previous"
             os.rename(output_dir, previous)
-        os.rename(staging, output_dir)
-        shutil.rmtree(previous, ignore_errors=True)
+            os.rename(staging, output_dir)
+            shutil.rmtree(previous, ignore_errors=True)
         return
+    new_names = {os.path.basename(path) for path in parquet_files(staging)}
+    previous = read_summary(output_dir)
+    stale = [name for name in (previous or {}).get("parquet_files", []) if name not in new_names]
+    with FileSystems.create(FileSystems.join(staging, JOURNAL_FILE)) as file:
+        file.write(json.dumps({"delete": stale}).encode())
+    finish_bucket_commit(staging, output_dir)
+
+
+def finish_bucket_commit(staging: str, output_dir: str) -> None:
+    """The steps of a bucket commit after its journal is written; each may be redone."""
+    with FileSystems.open(FileSystems.join(staging, JOURNAL_FILE)) as file:
+        stale = json.load(file)["delete"]
+    summary = FileSystems.join(output_dir, SUMMARY_FILE)
+    if FileSystems.exists(summary):
+        FileSystems.delete([summary])
     staged = parquet_files(staging)
-    new_names = {os.path.basename(path) for path in staged}
-    stale = [path for path in parquet_files(output_dir) if os.path.basename(path) not in new_names]
     FileSystems.rename(staged, [FileSystems.join(output_dir, os.path.basename(p)) for p in staged])
-    if stale:
-        FileSystems.delete(stale)
-    FileSystems.rename(
-        [FileSystems.join(staging, SUMMARY_FILE)], [FileSystems.join(output_dir, SUMMARY_FILE)]
-    )
+    stale_paths = [FileSystems.join(output_dir, name) for name in stale]
+    existing = [path for path in stale_paths if FileSystems.exists(path)]
+    if existing:
+        FileSystems.delete(existing)
+    FileSystems.rename([FileSystems.join(staging, SUMMARY_FILE)], [summary])
     delete_directory(staging)
+
+
+def exchange_paths(first: str, second: str) -> bool:
+    """Swap two local paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where
+    the system or the filesystem cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE):
+        error = ctypes.get_errno()
+        if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            return False
+        raise OSError(error, os.strerror(error), first, None, second)
+    return True
+
+
+def read_summary(output_dir: str) -> dict | None:
+    path = FileSystems.join(output_dir, SUMMARY_FILE)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as file:
+        return json.load(file)
+
+
+def repair(output_dir: str) -> None:
+    """Finish or clear what killed runs left beside the output, before a new run starts.
+
+    A bucket commit that began (its journal is in staging) is finished. Locally, an output lost
+    between the two renames of the fallback commit is restored from the newest complete staged
+    run. Every other staging directory of this output is deleted: one run per output at a time.
+    """
+    if FileSystems.get_scheme(output_dir) is None:
+        leftovers = sorted(glob.glob(glob.escape(output_dir.rstrip("/")) + ".staging-*"))
+        complete = [
+            path
+            for path in leftovers
+            if not path.endswith(".previous") and os.path.exists(os.path.join(path, SUMMARY_FILE))
+        ]
+        if complete and not os.path.exists(output_dir):
+            os.rename(complete[-1], output_dir)
+            leftovers.remove(complete[-1])
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+        return
+    pattern = staging_dir(output_dir, "*")
+    journals = FileSystems.match([FileSystems.join(pattern, JOURNAL_FILE)])[0].metadata_list
+    for journal in journals:
+        finish_bucket_commit(journal.path.rsplit("/", 1)[0], output_dir)
+    for match in FileSystems.match([FileSystems.join(pattern, "**")])[0].metadata_list:
+        FileSystems.delete([match.path])

@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -165,6 +166,7 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     FileSystems.set_options(options)
     started_at = datetime.datetime.now(datetime.UTC)
     started = time.monotonic()
+    output.repair(settings.output_dir)
     output.check_output_dir(settings.output_dir)
     paths = list(list_input(settings.input_path))
     if not paths:
@@ -205,6 +207,7 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         "ended_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(elapsed, 3),
         "files_per_s": round(len(to_label) / elapsed, 2),
+        "parquet_files": [os.path.basename(path) for path in output.parquet_files(staging)],
     }
     output.write_summary(staging, summary)
     output.commit(staging, settings.output_dir)

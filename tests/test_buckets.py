@@ -132,8 +132,12 @@ def check_output(keys: list[str], read, uri: str) -> list[dict]:
 
 def test_s3_input_and_output_through_the_cli(s3, s3_endpoint):
     uri = "s3://labels-out/labels"
-    stale = "labels/labels-earlier-00000.parquet"  # as if from an earlier run: replaced
-    s3.put_object(Bucket="labels-out", Key=stale, Body=b"not even Parquet")
+    stale = "labels/labels-earlier-00000.parquet"  # listed by the earlier summary: replaced
+    foreign = "labels/labels-by-someone-else.parquet"  # listed by no summary: left alone
+    for key in (stale, foreign):
+        s3.put_object(Bucket="labels-out", Key=key, Body=b"not even Parquet")
+    earlier_summary = {"parquet_files": ["labels-earlier-00000.parquet"]}
+    s3.put_object(Bucket="labels-out", Key="labels/_summary.json", Body=json.dumps(earlier_summary))
     keys = ["--s3_access_key_id", "testing", "--s3_secret_access_key", "testing"]
     argv = ["--input", "s3://audio-in/calls/", "--output", uri, *s3_options(s3_endpoint), *keys]
     assert main(argv) == 0
@@ -142,8 +146,9 @@ def test_s3_input_and_output_through_the_cli(s3, s3_endpoint):
         return s3.get_object(Bucket="labels-out", Key=key)["Body"].read()
 
     written = s3_keys(s3, "labels-out")
-    assert stale not in written
-    check_output(written, read, uri)
+    assert stale not in written and foreign in written
+    s3.delete_object(Bucket="labels-out", Key=foreign)
+    check_output(s3_keys(s3, "labels-out"), read, uri)
 
 
 def test_gcs_input_and_output_through_the_cli_and_a_rerun_replaces_it(gcs_client):
@@ -241,6 +246,9 @@ def test_commit_to_a_bucket_root_stages_inside_it(gcs_client):
     FileSystems.set_options(PipelineOptions([]))
     bucket = gcs_client.create_bucket("labels-root")
     bucket.blob("labels-old-00000.parquet").upload_from_string(b"stale")
+    bucket.blob("_summary.json").upload_from_string(
+        json.dumps({"parquet_files": ["labels-old-00000.parquet"]})
+    )
     staging = output.staging_dir("gs://labels-root", "new")
     assert staging == "gs://labels-root/.staging-new"
     output.write_path_lists(staging, [["gs://audio-in/calls/tone_16k.wav"]])
