@@ -187,9 +187,13 @@ def commit(staging: str, output_dir: str) -> None:
 
 
 def finish_bucket_commit(staging: str, output_dir: str) -> None:
-    """The steps of a bucket commit after its journal is written; each may be redone."""
+    """The steps of a bucket commit after its journal is written; each may be redone. Once the
+    staged summary has moved, the commit is done and only staging is left to delete."""
     with FileSystems.open(FileSystems.join(staging, JOURNAL_FILE)) as file:
         stale = json.load(file)["delete"]
+    if not FileSystems.exists(FileSystems.join(staging, SUMMARY_FILE)):
+        delete_directory(staging)
+        return
     summary = FileSystems.join(output_dir, SUMMARY_FILE)
     if FileSystems.exists(summary):
         FileSystems.delete([summary])
