@@ -53,7 +53,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument(
         "--skip_existing",
         action="store_true",
-        help="keep the rows already in --output and label only files not in it",
+        help="keep the rows already in --output that this model scored without an error, and"
+        " label only the other files",
+    )
+    parser.add_argument(
+        "--keep_error_rows",
+        action="store_true",
+        help="with --skip_existing: keep the earlier error rows too, instead of retrying them",
     )
     parser.add_argument(
         "--max_error_rate",
@@ -118,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip_existing=args.skip_existing,
         runtime=args.runtime,
         max_error_rate=args.max_error_rate,
+        keep_error_rows=args.keep_error_rows,
     )
     try:
         summary = label_files(settings, PipelineOptions(beam_args))

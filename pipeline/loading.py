@@ -36,8 +36,9 @@ class ListingError(OSError):
 
 
 def list_input(input_path: str) -> Iterator[str]:
-    """Every file an --input names: an existing path as it is (a directory's `.wav` entries,
-    recursively, or one file), else a glob, else a bucket prefix's `.wav` objects.
+    """Every file an --input names, as an absolute local path or a full URI: an existing path as
+    it is (a directory's `.wav` entries, recursively, or one file), else a glob, else a bucket
+    prefix's `.wav` objects.
 
     Local directories are walked here rather than through Beam's listing, which silently skips
     entries it cannot stat: a broken symlink, or a directory named `x.wav`, gets a row too. A
@@ -45,6 +46,8 @@ def list_input(input_path: str) -> Iterator[str]:
     are matched by Python's `glob`, which also keeps entries that cannot be stat'ed.
     """
     is_local = FileSystems.get_scheme(input_path) is None
+    if is_local:
+        input_path = os.path.abspath(input_path)  # one spelling per file, for --skip_existing
     if is_local and os.path.isdir(input_path):
         yield from walk_wav_files(input_path)
     elif is_local and os.path.lexists(input_path):

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -107,21 +108,27 @@ def read_columns(
             yield from pq.read_table(file, columns=columns).to_pylist()
 
 
-def labelled_paths(output_dir: str) -> set[str]:
-    """Paths an earlier run already wrote rows for; none if there is no earlier output."""
+def carry_over(output_dir: str, staging: str, model_version: str, keep_errors: bool) -> set[str]:
+    """Copy into staging the rows of an earlier output that a rerun keeps: those scored by this
+    model version, and without an error unless `keep_errors`. Returns their paths; the files of
+    every other row are labelled again."""
     if FileSystems.get_filesystem(output_dir).has_dirs() and not FileSystems.exists(output_dir):
         return set()
-    return {row["path"] for row in read_columns(output_dir, ["path"])}
-
-
-def carry_over(output_dir: str, staging: str) -> None:
-    """Copy an earlier run's Parquet files into staging, so the new output is their union."""
-    old = parquet_files(output_dir)
-    if not old:
-        return
-    if FileSystems.get_scheme(staging) is None:
-        os.makedirs(staging, exist_ok=True)  # a local copy does not create its folder
-    FileSystems.copy(old, [FileSystems.join(staging, os.path.basename(path)) for path in old])
+    kept_paths: set[str] = set()
+    for path in parquet_files(output_dir):
+        with FileSystems.open(path) as file:
+            table = pq.read_table(file)
+        keep = pc.equal(table["model_version"], model_version)
+        if not keep_errors:
+            keep = pc.and_(keep, pc.is_null(table["error"]))
+        kept = table.filter(keep)
+        if kept.num_rows:
+            buffer = io.BytesIO()
+            pq.write_table(kept, buffer)
+            with FileSystems.create(FileSystems.join(staging, os.path.basename(path))) as file:
+                file.write(buffer.getvalue())
+            kept_paths.update(kept["path"].to_pylist())
+    return kept_paths
 
 
 def count_rows(directory: str, name_prefix: str = PARQUET_PREFIX) -> tuple[Counter, Counter]:

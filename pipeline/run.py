@@ -43,6 +43,7 @@ class RunSettings:
     skip_existing: bool = False
     runtime: str = "auto"  # model.serving.RUNTIMES
     max_error_rate: float = 1.0  # share of failed files above which nothing is committed
+    keep_error_rows: bool = False  # with skip_existing: keep earlier error rows, do not retry
 
 
 def read_model_metadata(model_dir: str | None) -> dict:
@@ -150,9 +151,10 @@ def check_one_row_per_path(staging: str, run_id: str, paths: list[str]) -> None:
         )
 
 
-def check_error_rate(staging: str, run_id: str, files: int, max_error_rate: float) -> None:
-    """Refuse to commit a run in which more than max_error_rate of the files failed."""
-    _, errors = output.count_rows(staging, output.run_prefix(run_id))
+def check_error_rate(staging: str, files: int, max_error_rate: float) -> None:
+    """Refuse to commit an output in which more than max_error_rate of the files failed (rows
+    kept by --skip_existing count too, so retrying known-bad files alone does not trip it)."""
+    _, errors = output.count_rows(staging)
     if files and sum(errors.values()) / files > max_error_rate:
         kinds = ", ".join(f"{kind} {count}" for kind, count in errors.most_common(5))
         raise TooManyErrorsError(
@@ -173,17 +175,19 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         raise NoInputError(f"no WAV files match --input {settings.input_path}")
     run_id = started_at.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     staging = output.staging_dir(settings.output_dir, run_id)
-    done = output.labelled_paths(settings.output_dir) if settings.skip_existing else set()
-    to_label = [path for path in paths if display_path(path) not in done]
     metadata = read_model_metadata(settings.model_dir)
     model_version = metadata["model_version"]
     try:
-        if settings.skip_existing:
-            output.carry_over(settings.output_dir, staging)
+        done = (
+            output.carry_over(settings.output_dir, staging, model_version, settings.keep_error_rows)
+            if settings.skip_existing
+            else set()
+        )
+        to_label = [path for path in paths if display_path(path) not in done]
         if to_label:
             run_pipeline(settings, options, to_label, staging, run_id, model_version)
         check_one_row_per_path(staging, run_id, to_label)
-        check_error_rate(staging, run_id, len(to_label), settings.max_error_rate)
+        check_error_rate(staging, len(done) + len(to_label), settings.max_error_rate)
     except BaseException:
         output.discard(staging)
         raise

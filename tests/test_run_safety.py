@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -124,3 +125,38 @@ def test_the_launcher_refuses_rows_that_do_not_match_the_listed_paths(
     with pytest.raises(RuntimeError, match="1 paths missing or short of rows"):
         main(["--input", str(recordings), "--output", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_skip_existing_keeps_only_error_free_rows_of_this_model(recordings, tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    monkeypatch.chdir(recordings.parent)
+    relative = os.path.relpath(recordings)
+    assert main(["--input", relative, "--output", str(output)]) == 0
+    first = {row["path"]: row for row in pq.read_table(output).to_pylist()}
+    assert all(os.path.isabs(path) for path in first)
+    errors = sum(row["error"] is not None for row in first.values())
+
+    # The same folder by its absolute path: every file is the same file, and only the error
+    # rows are tried again.
+    assert main(["--input", str(recordings), "--output", str(output), "--skip_existing"]) == 0
+    summary = json.loads((output / "_summary.json").read_text())
+    assert summary["files"] == len(first)
+    assert summary["files_labelled_this_run"] == errors > 0
+
+    # --keep_error_rows keeps them as they are.
+    argv = ["--input", str(recordings), "--output", str(output), "--skip_existing"]
+    assert main([*argv, "--keep_error_rows"]) == 0
+    summary = json.loads((output / "_summary.json").read_text())
+    assert (summary["files"], summary["files_labelled_this_run"]) == (len(first), 0)
+
+    # Rows scored by another model are all labelled again.
+    for path in output.glob("labels-*.parquet"):
+        table = pq.read_table(path)
+        older = pa.array(["sha256:older"] * table.num_rows, pa.string())
+        column = table.schema.get_field_index("model_version")
+        pq.write_table(table.set_column(column, table.schema.field(column), older), path)
+    assert main([*argv, "--keep_error_rows"]) == 0
+    summary = json.loads((output / "_summary.json").read_text())
+    assert (summary["files"], summary["files_labelled_this_run"]) == (len(first), len(first))
+    rows = pq.read_table(output).to_pylist()
+    assert {row["model_version"] for row in rows} == {summary["model_version"]}
