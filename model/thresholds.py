@@ -30,7 +30,6 @@ from model.evaluate import (
     predict_in_batches,
     recording_windows,
 )
-from model.export import store_decision
 from model.serving import KeywordModel
 
 GRID = np.round(np.arange(0.5, 0.9951, 0.005), 3)
@@ -131,6 +130,8 @@ def val_figures(decision: Decision, evidence: dict) -> dict:
 
 def choose_and_store_thresholds(artifact_dir: Path, data_dir: Path, read_speech_dir: Path) -> dict:
     """Choose the artifact's thresholds on val and store them in its metadata.json."""
+    from model.export import store_decision  # imports TensorFlow: only when writing
+
     evidence = gather_evidence(KeywordModel(artifact_dir), data_dir, read_speech_dir)
     decision = choose(evidence)
     stored = {
