@@ -39,19 +39,21 @@ CHECK_WINDOWS = 64  # val windows on which the reloaded SavedModel must match th
 
 @dataclass(frozen=True)
 class MemberRecipe:
-    """How one member is trained: `model.train` with this architecture, epochs and babble share
-    (the share of noisy training clips mixed with babble instead of a noise recording)."""
+    """How one member is trained: `model.train` with this architecture, epochs, babble share
+    (the share of noisy training clips mixed with babble instead of a noise recording) and
+    whether it learns from synthetic answer windows (`--no-keyword-phrases` when not)."""
 
     architecture: str
     epochs: int
     babble_share: float
+    keyword_phrases: bool
 
 
 # A DS-CNN and a BC-ResNet on loudness-normalised input (model/README.md): the BC-ResNet is
 # robust to gain and babble; the DS-CNN keeps its failures on some noise out of the labels.
 MEMBERS = (
-    MemberRecipe("ds-cnn-m", epochs=20, babble_share=0.3),
-    MemberRecipe("bc-resnet-ln", epochs=30, babble_share=0.5),
+    MemberRecipe("ds-cnn-m", epochs=20, babble_share=0.3, keyword_phrases=False),
+    MemberRecipe("bc-resnet-ln", epochs=30, babble_share=0.5, keyword_phrases=True),
 )
 
 
@@ -61,7 +63,15 @@ def train_members(data_dir: Path, members_dir: Path, seed: int) -> list[Path]:
     for recipe in MEMBERS:
         path = members_dir / recipe.architecture
         augmentation = AUGMENTATION | {"babble_share": recipe.babble_share}
-        train(data_dir, path, seed, recipe.epochs, recipe.architecture, augmentation=augmentation)
+        train(
+            data_dir,
+            path,
+            seed,
+            recipe.epochs,
+            recipe.architecture,
+            augmentation=augmentation,
+            keyword_phrases=recipe.keyword_phrases,
+        )
         paths.append(path)
     return paths
 

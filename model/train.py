@@ -29,6 +29,7 @@ from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
 from model.data import (
     DEFAULT_READ_SPEECH,
     SILENCE_LABEL,
+    active_region,
     add_neighbours,
     fit_to_clip,
     load_noise,
@@ -65,6 +66,7 @@ from model.synth import (
     KEYWORDS,
     NON_KEYWORDS,
     TRAIN_VARIANTS,
+    Voice,
     random_voices,
     random_word_sequence,
     speak,
@@ -95,6 +97,11 @@ SYNTHETIC_KEYWORDS_PER_WORD = 500  # in the pool, for each of yes and no
 SYNTHETIC_NON_KEYWORDS = 1500
 SYNTHETIC_SENTENCES = 300
 SYNTHETIC_KEYWORDS_PER_EPOCH = 300  # each of yes and no
+# Synthetic answers spoken as one utterance, the keyword first ("yes, thank you") or last ("oh,
+# no"), cut into the 1 s window that starts just before the keyword or ends just after it: the
+# keyword run into its neighbours, as in a spoken answer. In the pool, for each keyword.
+SYNTHETIC_PHRASES_PER_WORD = 300
+PHRASE_WINDOW_MARGIN_S = (0.0, 0.25)
 SYNTHETIC_NON_KEYWORDS_PER_EPOCH = 600
 # Robustness modes that need no pipeline round trip: cheap enough to score after every epoch.
 FAST_ROBUSTNESS_MODES = tuple(m for m in ROBUSTNESS_MODES if not m.startswith("rate-"))
@@ -180,8 +187,9 @@ class TrainingSources:
     synthetic: SyntheticPool | None
 
 
-def make_synthetic_pool(rng: np.random.Generator) -> SyntheticPool:
-    """The synthetic words and sentences of one training run (about a minute of espeak-ng)."""
+def make_synthetic_pool(rng: np.random.Generator, keyword_phrases: bool = True) -> SyntheticPool:
+    """The synthetic words, sentences and (with `keyword_phrases`) answer windows of one training
+    run (a minute or two of espeak-ng)."""
     keyword_texts = [
         (str(text), LABELS.index(word))
         for word in KEYWORDS
@@ -192,14 +200,32 @@ def make_synthetic_pool(rng: np.random.Generator) -> SyntheticPool:
     other_texts = rng.choice(NON_KEYWORDS, SYNTHETIC_NON_KEYWORDS)
     texts = keyword_texts + [(str(text), LABELS.index("unknown")) for text in other_texts]
     voices = random_voices(len(texts) + SYNTHETIC_SENTENCES, rng, TRAIN_VARIANTS)
-    clips = np.stack(
-        [
-            place_word(speak(text, voice), rng)
-            for (text, _), voice in zip(texts, voices, strict=False)
-        ]
-    )
+    clips = [
+        place_word(speak(text, voice), rng) for (text, _), voice in zip(texts, voices, strict=False)
+    ]
     sentences = [speak(random_word_sequence(rng), voice) for voice in voices[len(texts) :]]
-    return SyntheticPool(clips, np.array([label for _, label in texts]), sentences)
+    labels = [label for _, label in texts]
+    phrases = len(KEYWORDS) * SYNTHETIC_PHRASES_PER_WORD if keyword_phrases else 0
+    phrase_voices = random_voices(phrases, rng, TRAIN_VARIANTS)
+    for index, voice in enumerate(phrase_voices):
+        word = KEYWORDS[index % len(KEYWORDS)]
+        clips.append(keyword_phrase_window(word, voice, rng))
+        labels.append(LABELS.index(word))
+    return SyntheticPool(np.stack(clips), np.array(labels), sentences)
+
+
+def keyword_phrase_window(word: str, voice: Voice, rng: np.random.Generator) -> np.ndarray:
+    """The 1 s window of a synthetic answer that holds its keyword: `word` spoken first or last
+    in one utterance with 1-3 other words, the window starting up to PHRASE_WINDOW_MARGIN_S
+    before the utterance (so before the keyword) or ending as far after it."""
+    others = random_word_sequence(rng, 1, 3)
+    first = rng.random() < 0.5
+    separator = str(rng.choice([" ", ", "]))
+    audio = speak(f"{word}{separator}{others}" if first else f"{others}{separator}{word}", voice)
+    start, end = active_region(audio)
+    margin = int(rng.uniform(*PHRASE_WINDOW_MARGIN_S) * SAMPLE_RATE)
+    window_start = max(start - margin, 0) if first else max(end + margin - CLIP_SAMPLES, 0)
+    return fit_to_clip(audio[window_start : window_start + CLIP_SAMPLES])
 
 
 def unknown_draws(
@@ -338,6 +364,7 @@ def train(
     selection_modes: tuple[str, ...] = (),
     read_speech_dir: Path | None = DEFAULT_READ_SPEECH,
     synthetic: bool = True,
+    keyword_phrases: bool = True,
 ) -> None:
     configure_tensorflow(seed)
     import keras
@@ -367,7 +394,7 @@ def train(
         [path.split("/")[0] for path in train_paths],
         load_noise(data_dir, "train"),
         load_read_speech(read_speech_dir, "train")[0] if read_speech_dir else [],
-        make_synthetic_pool(rng) if synthetic else None,
+        make_synthetic_pool(rng, keyword_phrases) if synthetic else None,
     )
     print(f"sources ready {time.monotonic() - started:.0f}s", flush=True)
     teachers = [KeywordModel(teacher) for teacher in teacher_dirs]
@@ -491,6 +518,9 @@ def train(
                         "read_speech_recordings": len(sources.read_speech),
                         "synthetic_words": len(sources.synthetic.labels) if synthetic else 0,
                         "synthetic_sentences": len(sources.synthetic.sentences) if synthetic else 0,
+                        "synthetic_answer_windows": SYNTHETIC_PHRASES_PER_WORD * len(KEYWORDS)
+                        if synthetic and keyword_phrases
+                        else 0,
                         "silence": f"{SILENCE_CLIPS_PER_EPOCH} new windows per epoch",
                     },
                     "val": class_counts(val_targets),
@@ -582,6 +612,11 @@ def main() -> None:
         help="the read-speech set: continuous-speech negatives to train on and select by",
     )
     parser.add_argument(
+        "--no-keyword-phrases",
+        action="store_true",
+        help="train without the synthetic answer windows (keywords run into other words)",
+    )
+    parser.add_argument(
         "--no-synthetic",
         action="store_true",
         help="train without espeak-ng speech (which needs `apt-get install espeak-ng`)",
@@ -625,6 +660,7 @@ def main() -> None:
         tuple(args.select_under),
         args.read_speech,
         not args.no_synthetic,
+        not args.no_keyword_phrases,
     )
 
 
