@@ -1,0 +1,47 @@
+"""Choosing the thresholds: the most recall within every false-keyword budget."""
+
+import numpy as np
+
+from model.decision import Decision
+from model.eval_sets import EvalRecording
+from model.thresholds import choose, false_figures
+
+#              yes   no    unknown silence
+YES_95 = [0.95, 0.01, 0.03, 0.01]
+NO_90 = [0.02, 0.90, 0.07, 0.01]
+UNKNOWN_AS_YES_70 = [0.70, 0.05, 0.24, 0.01]
+UNKNOWN_AS_NO_60 = [0.05, 0.60, 0.34, 0.01]
+SPEECH = [0.05, 0.05, 0.85, 0.05]
+
+
+def evidence() -> dict:
+    clips = [YES_95] * 50 + [NO_90] * 50 + [UNKNOWN_AS_YES_70] * 25 + [UNKNOWN_AS_NO_60] * 25
+    clips += [SPEECH] * 400
+    labels = [0] * 50 + [1] * 50 + [2] * 450
+    words = ["yes"] * 50 + ["no"] * 50 + ["down"] * 25 + ["go"] * 25 + ["cat"] * 400
+    answer = EvalRecording("a", np.zeros(16_000, np.float32), 16_000, "yes", "synthetic")
+    other = EvalRecording("b", np.zeros(16_000, np.float32), 16_000, "none", "synthetic")
+    ten_minutes = EvalRecording("c", np.zeros(9_600_000, np.float32), 16_000, "none", "chain")
+    return {
+        "clip_probabilities": np.array(clips, np.float32),
+        "clip_labels": np.array(labels),
+        "clip_words": words,
+        "answers": [answer, other],
+        "answer_windows": [np.array([SPEECH, YES_95], np.float32), np.array([SPEECH], np.float32)],
+        "continuous": [ten_minutes],
+        "continuous_windows": [np.array([SPEECH, UNKNOWN_AS_YES_70, SPEECH], np.float32)],
+    }
+
+
+def test_false_figures_count_both_keywords_on_every_kind_of_evidence():
+    figures = false_figures(Decision(0.5, 0.5), evidence())
+    assert figures["clips"] == 50 / 450
+    assert figures["worst_word"] == 1.0  # every down and go clip fires
+    assert figures["non_answers"] == 0.0
+    assert figures["continuous_per_10_min"] == 1.0
+
+
+def test_the_chosen_thresholds_sit_just_above_the_false_keywords():
+    chosen = choose(evidence())
+    assert 0.70 < chosen.yes <= 0.95 and 0.60 < chosen.no <= 0.90
+    assert false_figures(chosen, evidence())["clips"] == 0.0
