@@ -588,19 +588,21 @@ def format_report(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def format_errors(data_dir: Path, split: str, probabilities: np.ndarray, labels: np.ndarray) -> str:
-    """One line per misclassified clip: path (or silence window), speaker, level, true,
-    predicted and the top probability."""
+def format_errors(
+    data_dir: Path, split: str, probabilities: np.ndarray, labels: np.ndarray, decision: Decision
+) -> str:
+    """One line per clip the decision labels wrong: path, speaker, level, true label, label
+    given, and the probabilities of yes and no."""
     waveforms = load_eval_set(data_dir, split)[0]
     rows = [row for row in read_manifest(data_dir) if row.split == split]
     level_db = 20 * np.log10(np.maximum(rms(waveforms)[:, 0], 1e-10))
-    predicted = probabilities.argmax(axis=1)
-    lines = [f"misclassified on {split}: {int((predicted != labels).sum())}"]
+    predicted = decision.window_labels(probabilities)
+    lines = [f"labelled wrong on {split}: {int((predicted != labels).sum())}"]
     for i in np.flatnonzero(predicted != labels):
-        name, speaker = (rows[i].path, rows[i].speaker) if i < len(rows) else (f"silence#{i}", "-")
         lines.append(
-            f"{name:<28} speaker {speaker:<9} rms {level_db[i]:6.1f} dBFS"
-            f" {LABELS[labels[i]]:>7} -> {LABELS[predicted[i]]:<7} p {probabilities[i].max():.2f}"
+            f"{rows[i].path:<28} speaker {rows[i].speaker or '-':<9} rms {level_db[i]:6.1f} dBFS"
+            f" {LABELS[labels[i]]:>7} -> {LABELS[predicted[i]]:<7}"
+            f" p(yes) {probabilities[i, 0]:.2f} p(no) {probabilities[i, 1]:.2f}"
         )
     return "\n".join(lines)
 
@@ -734,7 +736,8 @@ def main() -> None:
             f"plots written to {args.plots}: reliability.png, confusion.png, precision_recall.png"
         )
     if args.errors:
-        print(format_errors(args.data, args.split, probabilities, labels))
+        decision = KeywordModel(args.artifact).decision
+        print(format_errors(args.data, args.split, probabilities, labels, decision))
     if args.answers or args.continuous:
         keyword_model = KeywordModel(args.artifact)
     if args.answers:

@@ -31,7 +31,10 @@ def test_metadata_describes_the_artifact():
     assert metadata["labels"] == list(LABELS) == ["yes", "no", "unknown", "silence"]
     assert (metadata["sample_rate"], metadata["clip_samples"]) == (SAMPLE_RATE, CLIP_SAMPLES)
     assert metadata["model_version"] == model_version(DEFAULT_ARTIFACT)
-    assert metadata["metrics"]["accuracy"] >= 0.95
+    assert metadata["metrics"]["accuracy"] >= 0.94
+    assert metadata["metrics"]["false_keyword_rate"] <= 0.01
+    # the test figures were measured with the thresholds the artifact ships
+    assert metadata["metrics"]["decision"]["thresholds"] == metadata["decision"]["thresholds"]
     assert (DEFAULT_ARTIFACT / "DATA_LICENSE").read_text().startswith("Attribution 4.0")
 
 
