@@ -12,6 +12,7 @@ import numpy as np
 
 from model.contract import LABELS
 
+KEYWORDS = ("yes", "no")
 YES, NO, UNKNOWN, SILENCE = (LABELS.index(label) for label in ("yes", "no", "unknown", "silence"))
 KEYWORD_IDS = (YES, NO)
 # Thresholds of an artifact that stores none: the plain argmax of two classes at most.

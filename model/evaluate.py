@@ -36,7 +36,7 @@ from model.data import (
     silence_windows,
     time_shift,
 )
-from model.decision import Decision, count_occurrences
+from model.decision import KEYWORD_IDS, KEYWORDS, Decision, count_occurrences
 from model.eval_sets import EvalRecording, continuous_speech, spoken_answers
 from model.serving import KeywordModel
 
@@ -50,8 +50,6 @@ NOISE_SWEEP_HOP = 4_000
 NOISE_SWEEP_LEVELS_DB = (-40.0, -30.0, -20.0)
 ECE_BINS = 15
 TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.2), np.log(5.0), 401))
-KEYWORDS = ("yes", "no")
-KEYWORD_IDS = [LABELS.index(word) for word in KEYWORDS]
 CONFUSABLE_WORD = "go"  # the unknown word most easily heard as "no"
 BATCH_SIZE = 256
 
@@ -724,6 +722,7 @@ def main() -> None:
     parser.add_argument("--read-speech", type=Path, default=DEFAULT_READ_SPEECH)
     args = parser.parse_args()
     metrics, probabilities, labels = evaluate_probabilities(args.artifact, args.data, args.split)
+    keyword_model = KeywordModel(args.artifact)
     print(format_report(metrics))
     if args.write_metadata:
         if args.split != "test":
@@ -731,15 +730,12 @@ def main() -> None:
         store_metrics(args.artifact, metrics)
         print(f"metrics written to {args.artifact / METADATA_FILE}")
     if args.plots:
-        save_plots(args.plots, metrics, probabilities, labels, KeywordModel(args.artifact).decision)
+        save_plots(args.plots, metrics, probabilities, labels, keyword_model.decision)
         print(
             f"plots written to {args.plots}: reliability.png, confusion.png, precision_recall.png"
         )
     if args.errors:
-        decision = KeywordModel(args.artifact).decision
-        print(format_errors(args.data, args.split, probabilities, labels, decision))
-    if args.answers or args.continuous:
-        keyword_model = KeywordModel(args.artifact)
+        print(format_errors(args.data, args.split, probabilities, labels, keyword_model.decision))
     if args.answers:
         answers = spoken_answers(args.data, args.split)
         windows = recording_windows(keyword_model, answers)

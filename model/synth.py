@@ -64,7 +64,6 @@ NON_KEYWORDS = (
     "correct", "wrong", "agree", "disagree", "absolutely", "definitely", "probably", "certainly",
     "nothing", "everything", "something", "anything", "idea", "reason", "problem", "answer",
 )  # fmt: skip
-KEYWORDS = ("yes", "no")
 
 
 @dataclass(frozen=True)

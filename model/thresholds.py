@@ -19,7 +19,7 @@ import numpy as np
 
 from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
 from model.data import DEFAULT_READ_SPEECH
-from model.decision import KEYWORD_IDS, Decision
+from model.decision import KEYWORD_IDS, KEYWORDS, Decision
 from model.eval_sets import continuous_speech, spoken_answers
 from model.evaluate import (
     DEFAULT_DATA,
@@ -63,7 +63,7 @@ def false_figures(decision: Decision, evidence: dict) -> dict:
     return {
         "clips": float(np.mean(fired[negatives])),
         "worst_word": max(word_rates),
-        "non_answers": float(np.mean([r.label in ("yes", "no") for r in others])),
+        "non_answers": float(np.mean([r.label in KEYWORDS for r in others])),
         "continuous_per_10_min": 10 * sum(r.occurrences for r in speech) / minutes,
     }
 

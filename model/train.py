@@ -44,10 +44,9 @@ from model.data import (
     speech_windows,
     time_shift,
 )
-from model.decision import Decision
+from model.decision import KEYWORD_IDS, KEYWORDS, Decision
 from model.evaluate import (
     DEFAULT_DATA,
-    KEYWORD_IDS,
     ROBUSTNESS_MODES,
     classification_metrics,
     evaluate_artifact,
@@ -63,7 +62,6 @@ from model.evaluate import (
 )
 from model.serving import KeywordModel
 from model.synth import (
-    KEYWORDS,
     NON_KEYWORDS,
     TRAIN_VARIANTS,
     Voice,

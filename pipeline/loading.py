@@ -46,17 +46,18 @@ def list_input(input_path: str) -> Iterator[str]:
     are matched by Python's `glob`, which also keeps entries that cannot be stat'ed.
     """
     is_local = FileSystems.get_scheme(input_path) is None
+    is_glob = any(char in input_path for char in GLOB_CHARACTERS)
     if is_local:
         input_path = os.path.abspath(input_path)  # one spelling per file, for --skip_existing
     if is_local and os.path.isdir(input_path):
         yield from walk_wav_files(input_path)
     elif is_local and os.path.lexists(input_path):
         yield input_path
-    elif is_local and any(char in input_path for char in GLOB_CHARACTERS):
+    elif is_local and is_glob:
         for match in sorted(glob.glob(input_path, recursive=True)):
             if not os.path.isdir(match) or is_wav(match):
                 yield match
-    elif any(char in input_path for char in GLOB_CHARACTERS):
+    elif is_glob:
         for match in FileSystems.match([input_path])[0].metadata_list:
             yield match.path
     elif (

@@ -151,10 +151,9 @@ def check_one_row_per_path(staging: str, run_id: str, paths: list[str]) -> None:
         )
 
 
-def check_error_rate(staging: str, files: int, max_error_rate: float) -> None:
+def check_error_rate(errors: Counter, files: int, max_error_rate: float) -> None:
     """Refuse to commit an output in which more than max_error_rate of the files failed (rows
     kept by --skip_existing count too, so retrying known-bad files alone does not trip it)."""
-    _, errors = output.count_rows(staging)
     if files and sum(errors.values()) / files > max_error_rate:
         kinds = ", ".join(f"{kind} {count}" for kind, count in errors.most_common(5))
         raise TooManyErrorsError(
@@ -187,11 +186,11 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         if to_label:
             run_pipeline(settings, options, to_label, staging, run_id, model_version)
         check_one_row_per_path(staging, run_id, to_label)
-        check_error_rate(staging, len(done) + len(to_label), settings.max_error_rate)
+        labels, errors = output.count_rows(staging)
+        check_error_rate(errors, len(done) + len(to_label), settings.max_error_rate)
     except BaseException:
         output.discard(staging)
         raise
-    labels, errors = output.count_rows(staging)
     elapsed = time.monotonic() - started
     summary = {
         "run_id": run_id,
