@@ -3,9 +3,11 @@
 Shared by the labelling pipeline and by evaluation, so that both see a recording the same way.
 """
 
+import contextlib
 import io
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -17,7 +19,7 @@ from model.contract import CLIP_SAMPLES, SAMPLE_RATE
 
 WINDOW_HOP = CLIP_SAMPLES // 2  # 0.5 s between the starts of consecutive windows
 BLOCK_FRAMES = 65_536  # frames decoded at a time: memory follows the output, not the input
-DEFAULT_MAX_DURATION_S = 1_200.0  # 20 min: at most 2,400 windows, about 150 MB of windows
+DEFAULT_MAX_DURATION_S = 86_400.0  # 24 h; a file is decoded and scored as a stream of blocks
 # Files up to this size are read whole and, if plain 16-bit PCM WAV, parsed with numpy: most
 # recordings to label are short, and libsndfile's per-file set-up costs more than the samples.
 FAST_WAV_MAX_BYTES = 256 * 1024
@@ -40,38 +42,101 @@ class Recording:
     duration_s: float
 
 
-def read_recording(
-    source: BinaryIO | str, max_duration_s: float = DEFAULT_MAX_DURATION_S
-) -> Recording:
-    """Decode a local path or a seekable file: downmix to mono and resample to 16 kHz, by blocks.
+class RecordingStream:
+    """A recording opened for decoding block by block, so a file of any length costs the memory
+    of a block: `blocks()` yields mono float32 at 16 kHz in [-1, 1]; once they are all read,
+    `frames` and `duration_s` count what the file really held.
 
-    Channels are averaged; resampling uses soxr's high-quality anti-aliasing filter. The file is
-    read in blocks until its data really ends, so a header that claims more frames than the file
-    holds costs nothing, and a recording longer than `max_duration_s` is refused before decoding.
-    A short plain 16-bit PCM WAV is parsed with numpy (`parse_pcm16_wav`), with the same result;
-    anything else is decoded by libsndfile, from the path itself when there is one.
+    Channels are averaged; resampling uses soxr's high-quality anti-aliasing filter, as one
+    stream, so the blocks join up exactly. The file is read until its data really ends, so a
+    header that claims more frames than the file holds costs nothing, and a recording longer
+    than `max_duration_s` is refused before decoding. A short plain 16-bit PCM WAV is parsed
+    with numpy (`parse_pcm16_wav`), with the same result; anything else is decoded by
+    libsndfile, from the path itself when there is one. Every failure is an AudioError.
     """
-    size = _size(source)
-    if size == 0:
-        raise AudioError("empty_file", "the file has 0 bytes")
+
+    def __init__(self, source: BinaryIO | str, max_duration_s: float = DEFAULT_MAX_DURATION_S):
+        self.frames = 0
+        self._file: soundfile.SoundFile | None = None
+        self._parsed: np.ndarray | None = None
+        size = _size(source)
+        if size == 0:
+            raise AudioError("empty_file", "the file has 0 bytes")
+        with _audio_errors():
+            parsed = parse_pcm16_wav(_read_all(source)) if size <= FAST_WAV_MAX_BYTES else None
+            if parsed is not None:
+                self._parsed, self.sample_rate = parsed
+                self.channels = self._parsed.shape[1]
+                _check_duration(len(self._parsed), self.sample_rate, max_duration_s)
+            else:
+                self._file = soundfile.SoundFile(source)
+                self.sample_rate, self.channels = self._file.samplerate, self._file.channels
+                _check_duration(self._file.frames, self.sample_rate, max_duration_s)
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The recording as consecutive 16 kHz mono blocks; AudioError("no_samples") when the
+        file holds no frames at all."""
+        resampler = None if self.sample_rate == SAMPLE_RATE else _resampler(self.sample_rate)
+        with _audio_errors():
+            for block, last in self._file_blocks():
+                self.frames += len(block)
+                mono = _to_mono(block)
+                if resampler is not None:
+                    mono = resampler.resample_chunk(mono, last=last)
+                yield np.clip(mono, -1.0, 1.0)
+        if self.frames == 0:
+            raise AudioError("no_samples", "the file holds no audio frames")
+
+    def _file_blocks(self) -> Iterator[tuple[np.ndarray, bool]]:
+        """(frames [n, channels], whether it is the last block) of the file."""
+        if self._parsed is not None:
+            yield self._parsed, True
+            return
+        # Integer PCM decodes to finite floats by construction; other encodings are checked.
+        may_be_non_finite = not self._file.subtype.startswith("PCM_")
+        while True:
+            block = self._file.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+            if may_be_non_finite and not np.isfinite(block).all():
+                raise AudioError("non_finite_samples", "the audio holds NaN or infinite samples")
+            last = len(block) < BLOCK_FRAMES  # libsndfile reads short only where the data ends
+            yield block, last
+            if last:
+                return
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> "RecordingStream":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _audio_errors() -> Iterator[None]:
+    """What a decoder raises, as AudioError("unreadable_audio") in libsndfile's own words."""
     try:
-        parsed = parse_pcm16_wav(_read_all(source)) if size <= FAST_WAV_MAX_BYTES else None
-        if parsed is not None:
-            samples, sample_rate = parsed
-            _check_duration(len(samples), sample_rate, max_duration_s)
-            return _recording(samples, sample_rate)
-        with soundfile.SoundFile(source) as file:
-            sample_rate, channels = file.samplerate, file.channels
-            _check_duration(file.frames, sample_rate, max_duration_s)
-            mono, frames = _decode_mono(file)
+        yield
     except AudioError:
         raise
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         reason = getattr(error, "error_string", error)  # libsndfile's words, without the file
         raise AudioError("unreadable_audio", f"not a readable audio file ({reason})") from error
-    if frames == 0:
-        raise AudioError("no_samples", "the file holds no audio frames")
-    return Recording(mono, sample_rate, channels, frames / sample_rate)
+
+
+def read_recording(
+    source: BinaryIO | str, max_duration_s: float = DEFAULT_MAX_DURATION_S
+) -> Recording:
+    """A whole recording decoded at once (RecordingStream): for clips and evaluation sets."""
+    with RecordingStream(source, max_duration_s) as stream:
+        mono = np.concatenate(list(stream.blocks()))
+    return Recording(mono, stream.sample_rate, stream.channels, stream.duration_s)
 
 
 def parse_pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
@@ -126,15 +191,6 @@ def _check_duration(frames: int, sample_rate: int, max_duration_s: float) -> Non
         )
 
 
-def _recording(samples: np.ndarray, sample_rate: int) -> Recording:
-    """A Recording from all of a file's samples [frames, channels], decoded in one block."""
-    channels = samples.shape[1]
-    mono = _to_mono(samples)
-    if sample_rate != SAMPLE_RATE:
-        mono = _resampler(sample_rate).resample_chunk(mono, last=True)
-    return Recording(np.clip(mono, -1.0, 1.0), sample_rate, channels, len(samples) / sample_rate)
-
-
 def _to_mono(block: np.ndarray) -> np.ndarray:
     return block[:, 0].copy() if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
 
@@ -151,25 +207,6 @@ def _size(source: BinaryIO | str) -> int:
     return size
 
 
-def _decode_mono(file: soundfile.SoundFile) -> tuple[np.ndarray, int]:
-    """All frames as mono float32 at SAMPLE_RATE; a file shorter than a block is one read."""
-    resampler = None if file.samplerate == SAMPLE_RATE else _resampler(file.samplerate)
-    # Integer PCM decodes to finite floats by construction; other encodings are checked.
-    may_be_non_finite = not file.subtype.startswith("PCM_")
-    pieces, frames = [], 0
-    while True:
-        block = file.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
-        last = len(block) < BLOCK_FRAMES  # libsndfile reads short only where the data ends
-        if may_be_non_finite and not np.isfinite(block).all():
-            raise AudioError("non_finite_samples", "the audio holds NaN or infinite samples")
-        frames += len(block)
-        mono = _to_mono(block)
-        pieces.append(mono if resampler is None else resampler.resample_chunk(mono, last=last))
-        if last:
-            break
-    return np.clip(np.concatenate(pieces), -1.0, 1.0), frames
-
-
 def pad_to_clip(mono: np.ndarray) -> np.ndarray:
     """A clip of at most CLIP_SAMPLES zero-padded evenly on both sides to exactly CLIP_SAMPLES.
 
@@ -180,15 +217,57 @@ def pad_to_clip(mono: np.ndarray) -> np.ndarray:
     return padded
 
 
-def split_windows(mono: np.ndarray) -> np.ndarray:
-    """Cut 16 kHz audio into 1 s windows [n, CLIP_SAMPLES] that together cover every sample.
-
-    Shorter than 1 s: one window, zero-padded evenly on both sides. Longer: windows every
-    0.5 s, the last one aligned to the end, so no part of the recording goes unscored.
+class WindowCutter:
+    """Cuts 16 kHz audio, given block by block, into the model's 1 s windows, which together
+    cover every sample: windows every WINDOW_HOP, the last one aligned to the end, and a
+    recording under 1 s as one window zero-padded evenly on both sides. Only the samples that
+    later windows need are kept, so memory does not grow with the recording.
     """
-    length = len(mono)
-    if length <= CLIP_SAMPLES:
-        return pad_to_clip(mono)[np.newaxis]
-    last_start = length - CLIP_SAMPLES
-    starts = [*range(0, last_start, WINDOW_HOP), last_start]
-    return np.stack([mono[start : start + CLIP_SAMPLES] for start in starts]).astype(np.float32)
+
+    def __init__(self) -> None:
+        self._buffer = np.zeros(0, np.float32)
+        self._buffer_start = 0  # sample position of self._buffer[0]
+        self._next_start = 0
+        self.length = 0  # samples given so far
+
+    def add(self, mono: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(windows [n, CLIP_SAMPLES], their start samples [n]) completed by this block."""
+        self._buffer = np.concatenate([self._buffer, mono.astype(np.float32, copy=False)])
+        self.length += len(mono)
+        # A window is cut here only when audio follows it; the one ending at the very end is
+        # the last, aligned window that finish() cuts.
+        count = max(0, -(-(self.length - CLIP_SAMPLES - self._next_start) // WINDOW_HOP))
+        starts = self._next_start + WINDOW_HOP * np.arange(count)
+        windows = self._slices(starts)
+        self._next_start += WINDOW_HOP * count
+        keep_from = min(self._next_start, max(self.length - CLIP_SAMPLES, 0))
+        self._buffer = self._buffer[keep_from - self._buffer_start :]
+        self._buffer_start = keep_from
+        return windows, starts
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """The last window (or a short recording's only one) and its start sample."""
+        if self.length <= CLIP_SAMPLES:
+            return pad_to_clip(self._buffer)[np.newaxis], np.zeros(1, np.int64)
+        last_start = self.length - CLIP_SAMPLES
+        return self._slices(np.array([last_start])), np.array([last_start])
+
+    def _slices(self, starts: np.ndarray) -> np.ndarray:
+        offsets = starts - self._buffer_start
+        windows = np.empty((len(starts), CLIP_SAMPLES), np.float32)
+        for row, offset in enumerate(offsets):
+            windows[row] = self._buffer[offset : offset + CLIP_SAMPLES]
+        return windows
+
+
+def split_windows(mono: np.ndarray) -> np.ndarray:
+    """All the windows of 16 kHz audio held whole [n, CLIP_SAMPLES] (WindowCutter's)."""
+    cutter = WindowCutter()
+    return np.concatenate([cutter.add(mono)[0], cutter.finish()[0]])
+
+
+def window_spans_s(starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) in seconds of the audio each window holds, for windows at `starts` of a
+    recording of `length` samples at 16 kHz: a short recording's padded window holds all of it."""
+    ends = np.minimum(starts + CLIP_SAMPLES, length)
+    return starts / SAMPLE_RATE, ends / SAMPLE_RATE

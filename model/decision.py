@@ -60,9 +60,38 @@ class Decision:
         return int(labels[window]), window
 
 
+@dataclass(frozen=True)
+class Occurrence:
+    """One keyword heard: a run of consecutive windows labelled the same keyword (overlapping
+    windows hear the same word); `score` is the highest keyword probability in the run."""
+
+    label: int
+    first_window: int
+    last_window: int
+    score: float
+
+
+def keyword_runs(window_labels: np.ndarray) -> list[tuple[int, int, int]]:
+    """(keyword, first window, last window) of each run of consecutive windows labelled the
+    same keyword: one occurrence, since overlapping windows hear the same word."""
+    boundaries = np.flatnonzero(np.diff(window_labels)) + 1
+    firsts = np.concatenate([[0], boundaries]).astype(int)
+    lasts = np.concatenate([boundaries, [len(window_labels)]]).astype(int) - 1
+    return [
+        (int(window_labels[first]), int(first), int(last))
+        for first, last in zip(firsts, lasts, strict=True)
+        if window_labels[first] in KEYWORD_IDS
+    ]
+
+
+def find_occurrences(window_labels: np.ndarray, probabilities: np.ndarray) -> list[Occurrence]:
+    """The keyword occurrences of a recording, from its window labels and probabilities [n, 4]."""
+    return [
+        Occurrence(label, first, last, float(probabilities[first : last + 1, label].max()))
+        for label, first, last in keyword_runs(window_labels)
+    ]
+
+
 def count_occurrences(window_labels: np.ndarray) -> int:
-    """Keyword occurrences in a recording's window labels: a run of consecutive windows with the
-    same keyword is one occurrence (overlapping windows hear the same word)."""
-    fired = np.isin(window_labels, KEYWORD_IDS)
-    starts = fired & np.concatenate([[True], window_labels[1:] != window_labels[:-1]])
-    return int(starts.sum())
+    """Keyword occurrences in a recording's window labels (keyword_runs)."""
+    return len(keyword_runs(window_labels))

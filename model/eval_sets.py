@@ -207,3 +207,103 @@ def continuous_speech(
             )
         )
     return recordings
+
+
+@dataclass(frozen=True)
+class PlacedKeyword:
+    """A keyword said in a long recording: `yes` or `no`, and the centre of the word."""
+
+    label: str
+    centre_s: float
+
+
+@dataclass(frozen=True)
+class LongRecording:
+    """A long evaluation file (`long_recordings`): its audio at `sample_rate`, and every keyword
+    in it with its time."""
+
+    name: str
+    audio: np.ndarray
+    sample_rate: int
+    keywords: tuple[PlacedKeyword, ...]
+
+
+def long_recording(
+    clips: dict[str, list[np.ndarray]],
+    noise: list[np.ndarray],
+    rng: np.random.Generator,
+    duration_s: float,
+    keyword_share: float,
+    name: str = "long",
+) -> tuple[np.ndarray, tuple[PlacedKeyword, ...]]:
+    """16 kHz audio of `duration_s`: a noise floor (a noise recording at -50 to -35 dBFS) with
+    words of `clips` (split_clips) placed 0.3-3 s apart at random levels, a `keyword_share` of
+    them `yes` or `no` and the rest other words; and the keywords with their centres."""
+    length = int(duration_s * SAMPLE_RATE)
+    segment = noise[rng.integers(len(noise))]
+    floor_db = rng.uniform(-50.0, -35.0)
+    background = np.resize(np.roll(segment, -int(rng.integers(len(segment)))), length)
+    audio = background * (10 ** (floor_db / 20) / max(float(rms(background)[0]), 1e-8))
+    keywords = []
+    position = int(rng.uniform(0.3, 2.0) * SAMPLE_RATE)
+    while True:
+        label = rng.choice(["yes", "no"]) if rng.random() < keyword_share else "unknown"
+        pool = clips[str(label)]
+        word = pool[rng.integers(len(pool))]
+        if position + len(word) > length:
+            break
+        level_db = rng.uniform(-30.0, -12.0)
+        audio[position : position + len(word)] += word * (
+            10 ** (level_db / 20) / max(float(rms(word)[0]), 1e-8)
+        )
+        if label != "unknown":
+            keywords.append(PlacedKeyword(str(label), (position + len(word) / 2) / SAMPLE_RATE))
+        position += len(word) + int(rng.uniform(0.3, 3.0) * SAMPLE_RATE)
+    return np.clip(audio, -1.0, 1.0).astype(np.float32), tuple(keywords)
+
+
+def long_recordings(
+    data_dir: Path,
+    split: str,
+    count: int,
+    minutes: tuple[float, float] = (1.0, 6.0),
+    keyword_share: float = 0.25,
+    rates: tuple[int, ...] = (8_000, 16_000, 44_100),
+) -> list[LongRecording]:
+    """`count` long recordings of the split's words at known times (long_recording), each
+    stored at the next of `rates`; with keyword_share 0, keyword-free audio to count false
+    alarms on."""
+    rng = np.random.default_rng(SEEDS[split] + 1)
+    clips, noise = split_clips(data_dir, split), load_noise(data_dir, split)
+    recordings = []
+    for index in range(count):
+        duration_s = 60 * rng.uniform(*minutes)
+        audio, keywords = long_recording(clips, noise, rng, duration_s, keyword_share)
+        rate = rates[index % len(rates)]
+        if rate != SAMPLE_RATE:
+            audio = soxr.resample(audio, SAMPLE_RATE, rate, quality="HQ").astype(np.float32)
+        name = f"{split}-{index:03d}-{rate // 1000}k"
+        recordings.append(LongRecording(name, audio, rate, keywords))
+    return recordings
+
+
+def match_events(
+    events: list[tuple[str, float, float]], keywords: tuple[PlacedKeyword, ...]
+) -> tuple[list[float], int, int]:
+    """Events (label, start_s, end_s) against the keywords said: an event finds the nearest
+    keyword of its label whose centre lies within it, each keyword found once. Returns the
+    centre errors (s) of the matches, the unmatched events (false alarms) and the keywords
+    missed."""
+    unfound = list(keywords)
+    errors = []
+    false_alarms = 0
+    for label, start_s, end_s in sorted(events, key=lambda event: event[1]):
+        centre = (start_s + end_s) / 2
+        inside = [k for k in unfound if k.label == label and start_s <= k.centre_s <= end_s]
+        if not inside:
+            false_alarms += 1
+            continue
+        nearest = min(inside, key=lambda keyword: abs(keyword.centre_s - centre))
+        unfound.remove(nearest)
+        errors.append(abs(nearest.centre_s - centre))
+    return errors, false_alarms, len(unfound)

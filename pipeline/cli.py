@@ -69,6 +69,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         f" output and exit with code {EXIT_TOO_MANY_ERRORS} (default %(default)s)",
     )
     parser.add_argument(
+        "--events",
+        help="also write one row per keyword occurrence (path, label, start_s, end_s, score,"
+        " model_version) as a Parquet dataset in this directory, committed with --output",
+    )
+    parser.add_argument(
         "--model",
         help="exported model directory (default: the model shipped inside the installed "
         "package, found by each worker in its own installation)",
@@ -100,6 +105,11 @@ def format_summary(summary: dict) -> str:
         + f"\n  labels: {labels or 'none'}"
         + f"\n  errors: {summary['errors']}"
         + (f" ({errors})" if errors else "")
+        + (
+            f"\n  keyword events: {summary['keyword_events']} -> {summary['events']['output']}"
+            if "events" in summary
+            else ""
+        )
         + f"\n  wall time: {summary['wall_time_s']:.1f} s, "
         + f"{summary['files_per_s']:.1f} files/s"
     )
@@ -125,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime=args.runtime,
         max_error_rate=args.max_error_rate,
         keep_error_rows=args.keep_error_rows,
+        events_dir=args.events,
     )
     try:
         summary = label_files(settings, PipelineOptions(beam_args))

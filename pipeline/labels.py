@@ -1,4 +1,5 @@
-"""From window probabilities to one output row per file: the Parquet contract lives here."""
+"""From window probabilities to a file's output row and its event rows: the Parquet contracts
+live here."""
 
 from dataclasses import dataclass
 
@@ -6,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from model.contract import LABELS
-from model.decision import Decision
+from model.decision import KEYWORD_IDS, NO, YES, Decision, find_occurrences
 
 SCORE_COLUMNS = tuple(f"score_{label}" for label in LABELS)
 
@@ -19,6 +20,23 @@ ROW_SCHEMA = pa.schema(
         pa.field("sample_rate", pa.int32()),
         pa.field("channels", pa.int32()),
         pa.field("error", pa.string()),
+        pa.field("model_version", pa.string(), nullable=False),
+        # Where the keyword that decided a yes or no label was heard, and the file's occurrences.
+        pa.field("keyword_start_s", pa.float32()),
+        pa.field("keyword_end_s", pa.float32()),
+        pa.field("yes_count", pa.int32()),
+        pa.field("no_count", pa.int32()),
+    ]
+)
+
+# One row per keyword occurrence (`--events`): where in the file it was heard.
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("start_s", pa.float32(), nullable=False),
+        pa.field("end_s", pa.float32(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
         pa.field("model_version", pa.string(), nullable=False),
     ]
 )
@@ -41,16 +59,27 @@ def display_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def make_row(
-    info: RecordingInfo,
-    probabilities: np.ndarray | None,
-    model_version: str,
-    decision: Decision,
-) -> dict:
-    """One output row; `probabilities` is [windows, 4], or None for a file that failed. The
-    label is the model's `decision` (its keyword thresholds) on the file's windows."""
+@dataclass(frozen=True)
+class WindowScores:
+    """A recording's window probabilities [n, 4] and the span of audio each window holds."""
+
+    probabilities: np.ndarray
+    starts_s: np.ndarray
+    ends_s: np.ndarray
+
+
+def make_rows(
+    info: RecordingInfo, scores: WindowScores | None, model_version: str, decision: Decision
+) -> tuple[dict, list[dict]]:
+    """A file's output row and its event rows; `scores` is None for a file that failed.
+
+    The label is the model's `decision` (its keyword thresholds) on the file's windows, and the
+    events are the runs of windows that decision labels a keyword, so a file's label and its
+    events never disagree: a `yes` file has a `yes` event where its deciding window is.
+    """
+    path = display_path(info.path)
     row = {
-        "path": display_path(info.path),
+        "path": path,
         "duration_s": info.duration_s,
         "sample_rate": info.sample_rate,
         "channels": info.channels,
@@ -58,12 +87,39 @@ def make_row(
         "model_version": model_version,
         "label": None,
         **dict.fromkeys(SCORE_COLUMNS),
+        "keyword_start_s": None,
+        "keyword_end_s": None,
+        "yes_count": None,
+        "no_count": None,
     }
-    if probabilities is not None:
-        label, window = decision.label_recording(probabilities)
-        scores = probabilities[window]
-        row["label"] = LABELS[label]
-        row.update(
-            {column: float(score) for column, score in zip(SCORE_COLUMNS, scores, strict=True)}
+    if scores is None:
+        return row, []
+    probabilities = scores.probabilities
+    label, window = decision.label_recording(probabilities)
+    occurrences = find_occurrences(decision.window_labels(probabilities), probabilities)
+    row["label"] = LABELS[label]
+    row.update(
+        {
+            column: float(score)
+            for column, score in zip(SCORE_COLUMNS, probabilities[window], strict=True)
+        }
+    )
+    row["yes_count"] = sum(occurrence.label == YES for occurrence in occurrences)
+    row["no_count"] = sum(occurrence.label == NO for occurrence in occurrences)
+    events = []
+    for occurrence in occurrences:
+        start_s = float(scores.starts_s[occurrence.first_window])
+        end_s = float(scores.ends_s[occurrence.last_window])
+        events.append(
+            {
+                "path": path,
+                "label": LABELS[occurrence.label],
+                "start_s": start_s,
+                "end_s": end_s,
+                "score": occurrence.score,
+                "model_version": model_version,
+            }
         )
-    return row
+        if label in KEYWORD_IDS and occurrence.first_window <= window <= occurrence.last_window:
+            row["keyword_start_s"], row["keyword_end_s"] = start_s, end_s
+    return row, events

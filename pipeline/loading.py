@@ -1,30 +1,23 @@
-"""Find the input files and load each into model windows; a failure becomes an error, not a loss.
+"""Find the input files and cut each into model windows as it is decoded; a failure becomes an
+error, not a loss.
 
 Plain functions over Beam's FileSystems, so they read local paths, gs:// and s3:// alike.
 """
 
+import contextlib
 import glob
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from model.audio import AudioError, read_recording, split_windows
-from model.contract import CLIP_SAMPLES
+from model.audio import AudioError, RecordingStream, WindowCutter, window_spans_s
 from pipeline.labels import RecordingInfo
 from pipeline.storage import is_bucket_root, open_input
 
 GLOB_CHARACTERS = "*?["
-NO_WINDOWS = np.zeros((0, CLIP_SAMPLES), np.float32)
-
-
-@dataclass(frozen=True)
-class LoadedRecording:
-    info: RecordingInfo
-    windows: np.ndarray  # float32 [n, CLIP_SAMPLES]; no windows when info.error is set
 
 
 def is_wav(path: str) -> bool:
@@ -101,24 +94,55 @@ def check_local_file(path: str) -> None:
         raise AudioError("unreadable_file", "permission denied")
 
 
-def load_recording(path: str, max_duration_s: float) -> LoadedRecording:
-    """Read, decode and window one file; any failure is returned as the recording's error."""
-    try:
-        if FileSystems.get_scheme(path) is None:
-            check_local_file(path)
-            recording = read_recording(path, max_duration_s)
-        else:
-            with open_input(path) as file:
-                recording = read_recording(file, max_duration_s)
-    except AudioError as error:
-        return LoadedRecording(RecordingInfo(path, error=str(error)), NO_WINDOWS)
-    except Exception as error:  # noqa: BLE001 - whatever a filesystem or decoder raises is a row
-        message = f"unreadable_file: {type(error).__name__}: {error}"
-        return LoadedRecording(RecordingInfo(path, error=message), NO_WINDOWS)
-    info = RecordingInfo(
-        path,
-        duration_s=recording.duration_s,
-        sample_rate=recording.sample_rate,
-        channels=recording.channels,
-    )
-    return LoadedRecording(info, split_windows(recording.mono))
+class WindowReader:
+    """One file's windows, cut block by block as it is decoded, so memory does not follow its
+    length. After `chunks()` ends, `info` says what the file held, or why it failed (any
+    failure, at the start or halfway, is the file's error, never the job's), and `spans_s()`
+    where each window lies."""
+
+    def __init__(self, path: str, max_duration_s: float):
+        self.path = path
+        self._max_duration_s = max_duration_s
+        self.info: RecordingInfo | None = None
+        self._starts: list[np.ndarray] = []
+        self._length = 0
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The windows [n, CLIP_SAMPLES] that each decoded block completes, in order."""
+        try:
+            with contextlib.ExitStack() as stack:
+                stream = stack.enter_context(self._open(stack))
+                cutter = WindowCutter()
+                for block in stream.blocks():
+                    yield from self._keep(*cutter.add(block))
+                yield from self._keep(*cutter.finish())
+                self._length = cutter.length
+        except AudioError as error:
+            self.info = RecordingInfo(self.path, error=str(error))
+            return
+        except Exception as error:  # noqa: BLE001 - whatever a filesystem or decoder raises is a row
+            message = f"unreadable_file: {type(error).__name__}: {error}"
+            self.info = RecordingInfo(self.path, error=message)
+            return
+        self.info = RecordingInfo(
+            self.path,
+            duration_s=stream.duration_s,
+            sample_rate=stream.sample_rate,
+            channels=stream.channels,
+        )
+
+    def spans_s(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start, end) in seconds of each window's audio, once the file is read."""
+        return window_spans_s(np.concatenate(self._starts), self._length)
+
+    def _open(self, stack: contextlib.ExitStack) -> RecordingStream:
+        if FileSystems.get_scheme(self.path) is None:
+            check_local_file(self.path)
+            return RecordingStream(self.path, self._max_duration_s)
+        file = stack.enter_context(open_input(self.path))
+        return RecordingStream(file, self._max_duration_s)
+
+    def _keep(self, windows: np.ndarray, starts: np.ndarray) -> Iterator[np.ndarray]:
+        if len(windows):
+            self._starts.append(starts)
+            yield windows

@@ -1,9 +1,10 @@
 """The output dataset: staged while the job runs, committed in place only when it succeeded.
 
 Layout of --output: `labels-<run>-<group>.parquet` files and `_summary.json` (pyarrow's dataset
-reader skips names that start with `_` or `.`). A run writes into a sibling staging directory,
-`<output>.staging-<run>`, and only a finished run replaces the output, so a failed run leaves the
-previous output as it was and a rerun replaces it completely.
+reader skips names that start with `_` or `.`); of --events: `events-<run>-<group>.parquet` and
+its own `_summary.json`. A run writes each into a sibling staging directory,
+`<output>.staging-<run>`, and only a finished run replaces them, both in one commit, so a failed
+run leaves the previous datasets as they were and a rerun replaces them completely.
 """
 
 import ctypes
@@ -15,16 +16,17 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.labels import ROW_SCHEMA
 from pipeline.storage import is_bucket_root
 
 PARQUET_PREFIX = "labels-"
+EVENTS_PREFIX = "events-"
 SUMMARY_FILE = "_summary.json"
 INPUTS_DIR = "_inputs"
 JOURNAL_FILE = "_commit.json"  # in staging, on buckets: written when a commit begins
@@ -39,16 +41,16 @@ def staging_dir(output_dir: str, run_id: str) -> str:
     return f"{output_dir.rstrip('/')}.staging-{run_id}"
 
 
-def run_prefix(run_id: str) -> str:
-    return f"{PARQUET_PREFIX}{run_id}-"
+def run_prefix(run_id: str, name_prefix: str = PARQUET_PREFIX) -> str:
+    return f"{name_prefix}{run_id}-"
 
 
-def group_file(staging: str, run_id: str, group: int) -> str:
+def group_file(staging: str, run_id: str, group: int, name_prefix: str = PARQUET_PREFIX) -> str:
     """One file per group; the name is fixed, so a retried group overwrites its own file."""
-    return FileSystems.join(staging, f"{run_prefix(run_id)}{group:05d}.parquet")
+    return FileSystems.join(staging, f"{run_prefix(run_id, name_prefix)}{group:05d}.parquet")
 
 
-def check_output_dir(output_dir: str) -> None:
+def check_output_dir(output_dir: str, name_prefix: str = PARQUET_PREFIX) -> None:
     """Refuse an existing local --output that holds anything but an earlier run's output,
     since committing a run replaces that directory."""
     if FileSystems.get_scheme(output_dir) is not None or not os.path.exists(output_dir):
@@ -58,8 +60,7 @@ def check_output_dir(output_dir: str) -> None:
     foreign = [
         name
         for name in os.listdir(output_dir)
-        if name != SUMMARY_FILE
-        and not (name.startswith(PARQUET_PREFIX) and name.endswith(".parquet"))
+        if name != SUMMARY_FILE and not (name.startswith(name_prefix) and name.endswith(".parquet"))
     ]
     if foreign:
         raise FileExistsError(
@@ -85,10 +86,10 @@ def read_path_list(path_list: str) -> Iterable[str]:
             yield json.loads(line)
 
 
-def write_parquet(path: str, rows: list[dict]) -> None:
+def write_parquet(path: str, rows: list[dict], schema: pa.Schema) -> None:
     """Write rows as one Parquet file, atomically: to a temporary name, then renamed."""
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), buffer)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
     temporary = f"{path}.tmp"
     with FileSystems.create(temporary) as file:
         file.write(buffer.getvalue())
@@ -108,27 +109,74 @@ def read_columns(
             yield from pq.read_table(file, columns=columns).to_pylist()
 
 
-def carry_over(output_dir: str, staging: str, model_version: str, keep_errors: bool) -> set[str]:
+def carry_over(
+    output_dir: str,
+    staging: str,
+    model_version: str,
+    keep_errors: bool,
+    events: "EventsDataset | None" = None,
+) -> set[str]:
     """Copy into staging the rows of an earlier output that a rerun keeps: those scored by this
-    model version, and without an error unless `keep_errors`. Returns their paths; the files of
-    every other row are labelled again."""
+    model version, with the per-file columns of this release, and without an error unless
+    `keep_errors`. Returns their paths; the files of every other row are labelled again.
+
+    With `events`, rows are kept only if the earlier output was committed together with that
+    events dataset, and the kept files' events are copied with them, so the two stay consistent.
+    """
     if FileSystems.get_filesystem(output_dir).has_dirs() and not FileSystems.exists(output_dir):
+        return set()
+    if events is not None and not events.committed_with(read_summary(output_dir)):
         return set()
     kept_paths: set[str] = set()
     for path in parquet_files(output_dir):
         with FileSystems.open(path) as file:
             table = pq.read_table(file)
+        if "yes_count" not in table.column_names:
+            continue  # written before the occurrence columns: labelled again
         keep = pc.equal(table["model_version"], model_version)
         if not keep_errors:
             keep = pc.and_(keep, pc.is_null(table["error"]))
         kept = table.filter(keep)
         if kept.num_rows:
-            buffer = io.BytesIO()
-            pq.write_table(kept, buffer)
-            with FileSystems.create(FileSystems.join(staging, os.path.basename(path))) as file:
-                file.write(buffer.getvalue())
+            _write_table(kept, FileSystems.join(staging, os.path.basename(path)))
             kept_paths.update(kept["path"].to_pylist())
+    if events is not None and kept_paths:
+        wanted = pa.array(sorted(kept_paths), pa.string())
+        for path in parquet_files(events.output_dir, EVENTS_PREFIX):
+            with FileSystems.open(path) as file:
+                table = pq.read_table(file)
+            kept = table.filter(pc.is_in(table["path"], value_set=wanted))
+            _write_table(kept, FileSystems.join(events.staging, os.path.basename(path)))
     return kept_paths
+
+
+def _write_table(table: pa.Table, path: str) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    with FileSystems.create(path) as file:
+        file.write(buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class EventsDataset:
+    """The --events dataset of a run: where it goes, where it is staged, and the run."""
+
+    output_dir: str
+    staging: str
+    run_id: str
+
+    def as_summary(self) -> dict:
+        """What the per-file output's summary says of it, for `repair` and `carry_over`."""
+        return {"output": self.output_dir, "staging": self.staging, "run_id": self.run_id}
+
+    def committed_with(self, output_summary: dict | None) -> bool:
+        """Whether the output of that summary was committed together with this events dataset
+        as it is now."""
+        named = (output_summary or {}).get("events") or {}
+        present = read_summary(self.output_dir) or {}
+        return named.get("output") == self.output_dir and named.get("run_id") == present.get(
+            "run_id"
+        )
 
 
 def count_rows(directory: str, name_prefix: str = PARQUET_PREFIX) -> tuple[Counter, Counter]:
@@ -160,51 +208,98 @@ def discard(staging: str) -> None:
     delete_directory(staging)
 
 
-def commit(staging: str, output_dir: str) -> None:
-    """Put the staged dataset in place of the output.
+def commit(staging: str, output_dir: str, events: EventsDataset | None = None) -> None:
+    """Put the staged dataset in place of the output, and the staged events dataset in place of
+    its own, both or neither.
 
     Local: one atomic exchange of the staging and output directories (Linux renameat2), so a
     reader sees the old or the new dataset, never a mix and never none; then the old one, now
     in staging, is deleted. Where the system cannot exchange, two renames (a crash between them
-    leaves no output until the next run repairs it: `repair`).
+    leaves no output until the next run repairs it: `repair`). Events go first; if the output
+    then fails to move, the old events are put back. A crash between the two leaves the
+    output's staged summary naming events that are already in place: `repair` finishes it.
     Buckets have no rename of a prefix. The commit writes a journal in staging (the previous
-    summary's files that the new dataset does not reuse), removes the old `_summary.json`, moves
+    summaries' files that the new datasets do not reuse), removes the old `_summary.json`, moves
     the new files in, deletes the journal's files (never a file no summary listed), and writes
-    the new `_summary.json` last: an output is complete exactly when it has a summary, and the
-    next run finishes a commit that was interrupted (`repair`).
+    the new `_summary.json` last, events first: an output is complete exactly when it has a
+    summary, and the next run finishes a commit that was interrupted (`repair`).
     """
     delete_directory(FileSystems.join(staging, INPUTS_DIR))
     if FileSystems.get_scheme(output_dir) is None:
-        if not os.path.exists(output_dir):
-            os.rename(staging, output_dir)
-        elif exchange_paths(staging, output_dir):
-            shutil.rmtree(staging)
-        else:
-            previous = f"{staging}.previous"
-            os.rename(output_dir, previous)
-            os.rename(staging, output_dir)
-            shutil.rmtree(previous, ignore_errors=True)
+        old_events = None
+        if events is not None:
+            old_events = _replace_local(events.staging, events.output_dir)
+        try:
+            old_output = _replace_local(staging, output_dir)
+        except BaseException:
+            if events is not None:
+                _put_back_local(old_events, events.output_dir)
+            raise
+        for old in (old_output, old_events):
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         return
-    new_names = {os.path.basename(path) for path in parquet_files(staging)}
-    previous = read_summary(output_dir)
-    stale = [name for name in (previous or {}).get("parquet_files", []) if name not in new_names]
+    journal = {"delete": _stale_files(staging, output_dir)}
+    if events is not None:
+        journal["events"] = {
+            **events.as_summary(),
+            "delete": _stale_files(events.staging, events.output_dir),
+        }
     with FileSystems.create(FileSystems.join(staging, JOURNAL_FILE)) as file:
-        file.write(json.dumps({"delete": stale}).encode())
+        file.write(json.dumps(journal).encode())
     finish_bucket_commit(staging, output_dir)
 
 
+def _replace_local(staging: str, output_dir: str) -> str | None:
+    """Move a staged local dataset in place of output_dir; returns where the dataset it
+    replaced now is (to delete, or to put back), None if there was none."""
+    if not os.path.exists(output_dir):
+        os.rename(staging, output_dir)
+        return None
+    if exchange_paths(staging, output_dir):
+        return staging
+    previous = f"{staging}.previous"
+    os.rename(output_dir, previous)
+    os.rename(staging, output_dir)
+    return previous
+
+
+def _put_back_local(old: str | None, output_dir: str) -> None:
+    """Undo _replace_local: the dataset at `old` goes back to output_dir (none: it is removed)."""
+    if old is None:
+        shutil.rmtree(output_dir)
+    elif not exchange_paths(old, output_dir):
+        shutil.rmtree(output_dir)
+        os.rename(old, output_dir)
+
+
+def _stale_files(staging: str, output_dir: str) -> list[str]:
+    """The files the output's summary lists that the staged dataset does not reuse."""
+    new_names = {os.path.basename(path) for path in parquet_files(staging, "")}
+    previous = read_summary(output_dir)
+    return [name for name in (previous or {}).get("parquet_files", []) if name not in new_names]
+
+
 def finish_bucket_commit(staging: str, output_dir: str) -> None:
-    """The steps of a bucket commit after its journal is written; each may be redone. Once the
-    staged summary has moved, the commit is done and only staging is left to delete."""
+    """The steps of a bucket commit after its journal is written; each may be redone. The events
+    dataset moves first; once the staged summary of the output has moved, the commit is done
+    and only staging is left to delete."""
     with FileSystems.open(FileSystems.join(staging, JOURNAL_FILE)) as file:
-        stale = json.load(file)["delete"]
+        journal = json.load(file)
+    if "events" in journal:
+        events = journal["events"]
+        _move_bucket_dataset(events["staging"], events["output"], events["delete"])
+    _move_bucket_dataset(staging, output_dir, journal["delete"])
+
+
+def _move_bucket_dataset(staging: str, output_dir: str, stale: list[str]) -> None:
     if not FileSystems.exists(FileSystems.join(staging, SUMMARY_FILE)):
         delete_directory(staging)
         return
     summary = FileSystems.join(output_dir, SUMMARY_FILE)
     if FileSystems.exists(summary):
         FileSystems.delete([summary])
-    staged = parquet_files(staging)
+    staged = parquet_files(staging, "")
     FileSystems.rename(staged, [FileSystems.join(output_dir, os.path.basename(p)) for p in staged])
     stale_paths = [FileSystems.join(output_dir, name) for name in stale]
     existing = [path for path in stale_paths if FileSystems.exists(path)]
@@ -241,7 +336,9 @@ def repair(output_dir: str) -> None:
 
     A bucket commit that began (its journal is in staging) is finished. Locally, an output lost
     between the two renames of the fallback commit is restored from the newest complete staged
-    run. Every other staging directory of this output is deleted: one run per output at a time.
+    run, and a staged output whose events dataset is already in place is moved in too. Every
+    other staging directory of this output is deleted: one run per output at a time. Call it
+    for the output before its events dataset: the output's commit finishes the events' first.
     """
     if FileSystems.get_scheme(output_dir) is None:
         leftovers = sorted(glob.glob(glob.escape(output_dir.rstrip("/")) + ".staging-*"))
@@ -250,9 +347,15 @@ def repair(output_dir: str) -> None:
             for path in leftovers
             if not path.endswith(".previous") and os.path.exists(os.path.join(path, SUMMARY_FILE))
         ]
-        if complete and not os.path.exists(output_dir):
-            os.rename(complete[-1], output_dir)
-            leftovers.remove(complete[-1])
+        finishing = [path for path in complete if _events_in_place(path)]
+        if finishing or (complete and not os.path.exists(output_dir)):
+            chosen = (finishing or complete)[-1]
+            if finishing:  # its staging now holds the events it replaced
+                shutil.rmtree(read_summary(chosen)["events"]["staging"], ignore_errors=True)
+            old = _replace_local(chosen, output_dir)
+            leftovers.remove(chosen)
+            if old is not None and old not in leftovers:
+                leftovers.append(old)
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
         return
@@ -262,3 +365,12 @@ def repair(output_dir: str) -> None:
         finish_bucket_commit(journal.path.rsplit("/", 1)[0], output_dir)
     for match in FileSystems.match([FileSystems.join(pattern, "**")])[0].metadata_list:
         FileSystems.delete([match.path])
+
+
+def _events_in_place(staging: str) -> bool:
+    """Whether a staged local output's events dataset was already committed: its commit stopped
+    between the two moves and is to be finished."""
+    events = (read_summary(staging) or {}).get("events")
+    if not events:
+        return False
+    return (read_summary(events["output"]) or {}).get("run_id") == events["run_id"]

@@ -44,6 +44,7 @@ class RunSettings:
     runtime: str = "auto"  # model.serving.RUNTIMES
     max_error_rate: float = 1.0  # share of failed files above which nothing is committed
     keep_error_rows: bool = False  # with skip_existing: keep earlier error rows, do not retry
+    events_dir: str | None = None  # where to write one row per keyword occurrence
 
 
 def read_model_metadata(model_dir: str | None) -> dict:
@@ -112,6 +113,7 @@ def run_pipeline(
     staging: str,
     run_id: str,
     model_version: str,
+    events: output.EventsDataset | None,
 ) -> None:
     groups = split_into_groups(paths)
     path_lists = output.write_path_lists(staging, groups)
@@ -131,6 +133,7 @@ def run_pipeline(
                 staging,
                 run_id,
                 settings.runtime,
+                events.staging if events else None,
             )
         )
 
@@ -169,27 +172,37 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     started = time.monotonic()
     output.repair(settings.output_dir)
     output.check_output_dir(settings.output_dir)
+    if settings.events_dir is not None:
+        check_events_dir(settings.events_dir, settings.output_dir)
     paths = list(list_input(settings.input_path))
     if not paths:
         raise NoInputError(f"no WAV files match --input {settings.input_path}")
     run_id = started_at.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     staging = output.staging_dir(settings.output_dir, run_id)
+    events = None
+    if settings.events_dir is not None:
+        events_staging = output.staging_dir(settings.events_dir, run_id)
+        events = output.EventsDataset(settings.events_dir, events_staging, run_id)
     metadata = read_model_metadata(settings.model_dir)
     model_version = metadata["model_version"]
     try:
         done = (
-            output.carry_over(settings.output_dir, staging, model_version, settings.keep_error_rows)
+            output.carry_over(
+                settings.output_dir, staging, model_version, settings.keep_error_rows, events
+            )
             if settings.skip_existing
             else set()
         )
         to_label = [path for path in paths if display_path(path) not in done]
         if to_label:
-            run_pipeline(settings, options, to_label, staging, run_id, model_version)
+            run_pipeline(settings, options, to_label, staging, run_id, model_version, events)
         check_one_row_per_path(staging, run_id, to_label)
         labels, errors = output.count_rows(staging)
         check_error_rate(errors, len(done) + len(to_label), settings.max_error_rate)
     except BaseException:
         output.discard(staging)
+        if events is not None:
+            output.discard(events.staging)
         raise
     elapsed = time.monotonic() - started
     summary = {
@@ -212,6 +225,40 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         "files_per_s": round(len(to_label) / elapsed, 2),
         "parquet_files": [os.path.basename(path) for path in output.parquet_files(staging)],
     }
+    if events is not None:
+        summary["events"] = events.as_summary()
+        summary["keyword_events"] = write_events_summary(events, summary)
     output.write_summary(staging, summary)
-    output.commit(staging, settings.output_dir)
+    output.commit(staging, settings.output_dir, events)
     return summary
+
+
+def check_events_dir(events_dir: str, output_dir: str) -> None:
+    """--events must be a dataset of its own: not the output, nor inside it."""
+    events, out = (path.rstrip("/") for path in (events_dir, output_dir))
+    if FileSystems.get_scheme(events) is None:
+        events, out = os.path.abspath(events), os.path.abspath(out)
+    if events == out or events.startswith(out + "/") or out.startswith(events + "/"):
+        raise FileExistsError(
+            f"--events {events_dir} must be a directory apart from --output {output_dir}"
+        )
+    output.repair(events_dir)
+    output.check_output_dir(events_dir, output.EVENTS_PREFIX)
+
+
+def write_events_summary(events: output.EventsDataset, summary: dict) -> int:
+    """The events dataset's own `_summary.json` (its run, files and row count); returns the
+    number of keyword events."""
+    files = output.parquet_files(events.staging, output.EVENTS_PREFIX)
+    count = sum(1 for _ in output.read_columns(events.staging, ["label"], output.EVENTS_PREFIX))
+    output.write_summary(
+        events.staging,
+        {
+            "run_id": events.run_id,
+            "keyword_events": count,
+            "files_output": summary["output"],
+            "model_version": summary["model_version"],
+            "parquet_files": [os.path.basename(path) for path in files],
+        },
+    )
+    return count

@@ -9,17 +9,19 @@ its windows there. Nothing is emitted from `finish_bundle` and no sink is used: 
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
 from model.serving import KeywordModel
-from pipeline.labels import make_row
-from pipeline.loading import LoadedRecording, load_recording
-from pipeline.output import group_file, read_path_list, write_parquet
+from pipeline.labels import EVENT_SCHEMA, ROW_SCHEMA, WindowScores, make_rows
+from pipeline.loading import WindowReader
+from pipeline.output import EVENTS_PREFIX, group_file, read_path_list, write_parquet
 
 # Batches scored at once, each by a one-thread onnxruntime call: on 2 cores this labels about 18%
 # more files/s than one batch at a time on two onnxruntime threads (bench/README.md).
@@ -63,13 +65,33 @@ def load_model(model_dir: str | None, runtime: str) -> KeywordModel:
     return KeywordModel(model_dir, runtime, onnx_threads=1)
 
 
-class LabelGroup(FileSystemsDoFn):
-    """Load a group's recordings and score their windows in full batches; one row per path.
+@dataclass
+class FileInProgress:
+    """A file whose windows are being read and scored: its probabilities arrive batch by batch,
+    in order; it is done when it is read to the end and no window of it awaits scoring."""
 
-    The model is loaded once per worker process through `Shared`, and shared by its threads.
-    Batches are scored in SCORING_THREADS threads while the next one is decoded: onnxruntime,
-    TensorFlow, libsndfile and soxr release the GIL, so every core works, and at most
-    SCORING_THREADS + 1 batches are held at once.
+    reader: WindowReader
+    probabilities: list[np.ndarray] = field(default_factory=list)
+    unscored: int = 0  # chunks of windows sent to scoring and not yet back
+
+    @property
+    def done(self) -> bool:
+        return self.reader.info is not None and self.unscored == 0
+
+
+# A batch to score: chunks of windows, each with the file it belongs to.
+Batch = list[tuple[FileInProgress, np.ndarray]]
+
+
+class LabelGroup(FileSystemsDoFn):
+    """Read a group's recordings as streams of windows, score them in full batches, and emit
+    the group's rows (one per path) and event rows (one per keyword occurrence).
+
+    A long file spans many batches and a batch holds windows of many short files, so memory
+    follows the batch size, not the length of a file. The model is loaded once per worker
+    process through `Shared`, and shared by its threads. Batches are scored in SCORING_THREADS
+    threads while the next one is decoded: onnxruntime, TensorFlow, libsndfile and soxr release
+    the GIL, so every core works, and at most SCORING_THREADS + 1 batches are held at once.
     """
 
     def __init__(
@@ -100,73 +122,107 @@ class LabelGroup(FileSystemsDoFn):
     def teardown(self):
         self._scorer.shutdown()
 
-    def process(self, element: tuple[int, list[bytes]]) -> Iterator[tuple[int, list[dict]]]:
+    def process(
+        self, element: tuple[int, list[bytes]]
+    ) -> Iterator[tuple[int, list[dict], list[dict]]]:
         group, encoded_paths = element
-        paths = [path_from_bytes(path) for path in encoded_paths]
         rows: list[dict] = []
-        scoring: deque[Future] = deque()
-        for batch in self._batches(paths, rows):
-            if len(scoring) == SCORING_THREADS:
-                rows.extend(scoring.popleft().result())
-            scoring.append(self._scorer.submit(self._score, batch))
-        for pending in scoring:
-            rows.extend(pending.result())
-        rows.sort(key=lambda row: row["path"])
-        yield group, rows
+        events: list[dict] = []
+        in_progress: deque[FileInProgress] = deque()
 
-    def _batches(self, paths: list[str], error_rows: list[dict]) -> Iterator[list[LoadedRecording]]:
-        """Recordings grouped until they hold at least batch_size windows; a recording that
-        cannot be loaded becomes its error row at once."""
-        pending: list[LoadedRecording] = []
+        def finish_done_files() -> None:
+            while in_progress and in_progress[0].done:
+                row, file_events = self._rows(in_progress.popleft())
+                rows.append(row)
+                events.extend(file_events)
+
+        scoring: deque[tuple[Future, Batch]] = deque()
+        for batch in self._batches(encoded_paths, in_progress):
+            if len(scoring) == SCORING_THREADS:
+                self._collect(*scoring.popleft())
+            finish_done_files()
+            windows = np.concatenate([chunk for _, chunk in batch])
+            scoring.append((self._scorer.submit(self._score, windows), batch))
+        while scoring:
+            self._collect(*scoring.popleft())
+        finish_done_files()
+        rows.sort(key=lambda row: row["path"])
+        events.sort(key=lambda event: (event["path"], event["start_s"]))
+        yield group, rows, events
+
+    def _batches(
+        self, encoded_paths: list[bytes], in_progress: deque[FileInProgress]
+    ) -> Iterator[Batch]:
+        """Chunks of the files' windows grouped until they hold at least batch_size windows;
+        each file joins `in_progress` as it is opened, in order."""
+        pending: Batch = []
         pending_windows = 0
-        for path in paths:
-            recording = load_recording(path, self._max_duration_s)
-            if recording.info.error is not None:
-                error_rows.append(
-                    make_row(recording.info, None, self._model_version, self._model.decision)
-                )
-                continue
-            pending.append(recording)
-            pending_windows += len(recording.windows)
-            if pending_windows >= self._batch_size:
-                yield pending
-                pending, pending_windows = [], 0
+        for encoded in encoded_paths:
+            file = FileInProgress(WindowReader(path_from_bytes(encoded), self._max_duration_s))
+            in_progress.append(file)
+            for chunk in file.reader.chunks():
+                file.unscored += 1
+                pending.append((file, chunk))
+                pending_windows += len(chunk)
+                if pending_windows >= self._batch_size:
+                    yield pending
+                    pending, pending_windows = [], 0
         if pending:
             yield pending
 
-    def _score(self, recordings: list[LoadedRecording]) -> list[dict]:
-        windows = np.concatenate([recording.windows for recording in recordings])
-        probabilities = np.concatenate(
+    def _score(self, windows: np.ndarray) -> np.ndarray:
+        return np.concatenate(
             [
                 self._model.predict(windows[start : start + self._batch_size])
                 for start in range(0, len(windows), self._batch_size)
             ]
         )
-        rows, offset = [], 0
-        for recording in recordings:
-            scores = probabilities[offset : offset + len(recording.windows)]
-            rows.append(make_row(recording.info, scores, self._model_version, self._model.decision))
-            offset += len(recording.windows)
-        return rows
+
+    @staticmethod
+    def _collect(future: Future, batch: Batch) -> None:
+        """Hand a scored batch's probabilities back to the files its windows came from."""
+        probabilities = future.result()
+        offset = 0
+        for file, chunk in batch:
+            file.probabilities.append(probabilities[offset : offset + len(chunk)])
+            file.unscored -= 1
+            offset += len(chunk)
+
+    def _rows(self, file: FileInProgress) -> tuple[dict, list[dict]]:
+        info = file.reader.info
+        scores = None
+        if info.error is None:
+            scores = WindowScores(np.concatenate(file.probabilities), *file.reader.spans_s())
+        return make_rows(info, scores, self._model_version, self._model.decision)
 
 
 class WriteGroup(FileSystemsDoFn):
-    """(group, rows) -> that group's Parquet file in staging; a retry overwrites the same file."""
+    """(group, rows, event rows) -> that group's Parquet file in staging, and its events file in
+    the events staging when there is one; a retry overwrites the same files."""
 
-    def __init__(self, filesystem_options: dict, staging: str, run_id: str):
+    def __init__(
+        self, filesystem_options: dict, staging: str, events_staging: str | None, run_id: str
+    ):
         super().__init__(filesystem_options)
         self._staging = staging
+        self._events_staging = events_staging
         self._run_id = run_id
+        self._events_written = Metrics.counter(self.__class__, "keyword_events")
 
-    def process(self, element: tuple[int, list[dict]]) -> Iterator[str]:
-        group, rows = element
+    def process(self, element: tuple[int, list[dict], list[dict]]) -> Iterator[str]:
+        group, rows, events = element
+        if self._events_staging is not None:
+            events_path = group_file(self._events_staging, self._run_id, group, EVENTS_PREFIX)
+            write_parquet(events_path, events, EVENT_SCHEMA)
+            self._events_written.inc(len(events))
         path = group_file(self._staging, self._run_id, group)
-        write_parquet(path, rows)
+        write_parquet(path, rows, ROW_SCHEMA)
         yield path
 
 
 class LabelGroups(beam.PTransform):
-    """(group, path-list file) in, one Parquet file per group out, under `staging`."""
+    """(group, path-list file) in, one Parquet file per group out, under `staging` (and one of
+    its keyword events under `events_staging`, if given)."""
 
     def __init__(
         self,
@@ -178,6 +234,7 @@ class LabelGroups(beam.PTransform):
         staging: str,
         run_id: str,
         runtime: str = "auto",
+        events_staging: str | None = None,
     ):
         super().__init__()
         filesystem_options = options.get_all_options(drop_default=True)
@@ -185,7 +242,7 @@ class LabelGroups(beam.PTransform):
         self._label = LabelGroup(
             filesystem_options, model_dir, model_version, batch_size, max_duration_s, runtime
         )
-        self._write = WriteGroup(filesystem_options, staging, run_id)
+        self._write = WriteGroup(filesystem_options, staging, events_staging, run_id)
 
     def expand(self, path_lists):
         return (

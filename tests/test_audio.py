@@ -14,12 +14,14 @@ from model.audio import (
     WINDOW_HOP,
     AudioError,
     Recording,
+    RecordingStream,
+    WindowCutter,
     parse_pcm16_wav,
     read_recording,
     split_windows,
 )
 from model.contract import CLIP_SAMPLES, SAMPLE_RATE
-from tests.helpers import tone
+from tests.helpers import tone, write_wav
 
 SUBTYPES = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"]
 RATES = [8_000, 11_025, 16_000, 22_050, 44_100, 48_000, 96_000]
@@ -269,3 +271,26 @@ def test_long_audio_slides_half_second_windows_that_cover_every_sample(length):
 
 def test_a_minute_costs_about_120_windows():
     assert len(split_windows(np.zeros(60 * SAMPLE_RATE, np.float32))) == 119
+
+
+@pytest.mark.parametrize("length", [100, CLIP_SAMPLES, CLIP_SAMPLES + 1, 24_000, 123_457])
+@pytest.mark.parametrize("block", [1, 7_999, 8_000, 65_536])
+def test_windows_cut_block_by_block_equal_those_of_the_whole(length, block):
+    mono = np.arange(length, dtype=np.float32)
+    cutter = WindowCutter()
+    pieces = [cutter.add(mono[start : start + block]) for start in range(0, length, block)]
+    pieces.append(cutter.finish())
+    windows = np.concatenate([windows for windows, _ in pieces])
+    starts = np.concatenate([starts for _, starts in pieces])
+    np.testing.assert_array_equal(windows, split_windows(mono))
+    if length > CLIP_SAMPLES:
+        np.testing.assert_array_equal(windows[:, 0], starts)  # each window starts where it says
+
+
+def test_a_stream_decodes_a_long_file_in_blocks_to_the_same_samples(tmp_path):
+    samples = tone(440, 10, 44_100)
+    path = write_wav(tmp_path / "long.wav", np.stack([samples, samples / 2], axis=1), 44_100)
+    with RecordingStream(str(path)) as stream:
+        blocks = list(stream.blocks())
+    assert len(blocks) > 1 and stream.duration_s == pytest.approx(10)
+    np.testing.assert_array_equal(np.concatenate(blocks), read_recording(str(path)).mono)

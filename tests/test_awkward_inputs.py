@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from model.audio import AudioError, read_recording
 from model.data import read_audio, read_manifest
 from pipeline.cli import main
-from pipeline.loading import load_recording
+from pipeline.loading import WindowReader
 from tests.helpers import tone, write_wav
 
 LOSSLESS = {"PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
@@ -144,9 +144,10 @@ def test_long_and_odd_files_report_their_true_format(corpus, corpus_rows):
 
 
 def test_a_recording_over_the_cap_is_an_error_row_that_names_the_cap(corpus):
-    recording = load_recording(str(corpus[0] / "ten_minutes.wav"), max_duration_s=60)
-    assert recording.info.error.startswith("too_long: ")
-    assert "--max_duration_s" in recording.info.error
+    reader = WindowReader(str(corpus[0] / "ten_minutes.wav"), max_duration_s=60)
+    assert list(reader.chunks()) == []
+    assert reader.info.error.startswith("too_long: ")
+    assert "--max_duration_s" in reader.info.error
 
 
 VALID_WAV = io.BytesIO()

@@ -21,7 +21,7 @@ from pipeline import output
 from pipeline import storage as input_storage
 from pipeline.cli import main
 from pipeline.labels import ROW_SCHEMA
-from pipeline.loading import list_input, load_recording
+from pipeline.loading import WindowReader, list_input
 from tests.helpers import tone
 from tests.servers import free_port, local_server, offline_cloud_environment
 
@@ -151,6 +151,29 @@ def test_s3_input_and_output_through_the_cli(s3, s3_endpoint):
     check_output(s3_keys(s3, "labels-out"), read, uri)
 
 
+def test_s3_events_are_committed_with_the_labels(s3, s3_endpoint):
+    prefix, events_prefix = "with-events", "with-events-events"
+    keys = ["--s3_access_key_id", "testing", "--s3_secret_access_key", "testing"]
+    argv = ["--input", "s3://audio-in/calls/", "--output", f"s3://labels-out/{prefix}"]
+    argv += ["--events", f"s3://labels-out/{events_prefix}", *s3_options(s3_endpoint), *keys]
+
+    def summary(of: str) -> dict:
+        body = s3.get_object(Bucket="labels-out", Key=f"{of}/{output.SUMMARY_FILE}")["Body"]
+        return json.loads(body.read())
+
+    for rerun in ([], ["--skip_existing"]):
+        assert main(argv + rerun) == 0
+        labels, events = summary(prefix), summary(events_prefix)
+        assert events["run_id"] == labels["run_id"] == labels["events"]["run_id"]
+        written = s3_keys(s3, "labels-out")
+        assert not [key for key in written if ".staging-" in key]
+        event_files = [
+            k for k in written if k.startswith(f"{events_prefix}/{output.EVENTS_PREFIX}")
+        ]
+        assert sorted(f"{events_prefix}/{name}" for name in events["parquet_files"]) == event_files
+    assert labels["files_kept_from_earlier_output"] == len(RECORDINGS) - 1  # all but the broken
+
+
 def test_gcs_input_and_output_through_the_cli_and_a_rerun_replaces_it(gcs_client):
     uri = "gs://labels-out/labels"
 
@@ -237,8 +260,9 @@ def test_large_objects_are_streamed_by_beam(s3, gcs_client, s3_endpoint, monkeyp
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
 def test_a_missing_object_is_an_error_row(s3, gcs_client, s3_endpoint, scheme):
     FileSystems.set_options(PipelineOptions(s3_options(s3_endpoint)))
-    recording = load_recording(f"{scheme}://audio-in/calls/gone.wav", max_duration_s=60)
-    assert recording.info.error.startswith("unreadable_file: ")
+    reader = WindowReader(f"{scheme}://audio-in/calls/gone.wav", max_duration_s=60)
+    assert list(reader.chunks()) == []
+    assert reader.info.error.startswith("unreadable_file: ")
 
 
 def test_commit_to_a_bucket_root_stages_inside_it(gcs_client):
@@ -252,7 +276,7 @@ def test_commit_to_a_bucket_root_stages_inside_it(gcs_client):
     staging = output.staging_dir("gs://labels-root", "new")
     assert staging == "gs://labels-root/.staging-new"
     output.write_path_lists(staging, [["gs://audio-in/calls/tone_16k.wav"]])
-    output.write_parquet(output.group_file(staging, "new", 0), [])
+    output.write_parquet(output.group_file(staging, "new", 0), [], ROW_SCHEMA)
     output.write_summary(staging, {"files": 0})
     output.commit(staging, "gs://labels-root/")
     names = sorted(blob.name for blob in gcs_client.list_blobs("labels-root"))

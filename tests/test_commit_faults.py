@@ -91,6 +91,45 @@ def test_a_local_commit_killed_at_any_step(recordings, data_dir, tmp_path):
     assert steps >= 2 and dataset() == new
 
 
+def test_a_local_commit_with_events_killed_at_any_step(recordings, data_dir, tmp_path):
+    """The labels and their events: after a crash and the next run's repair, both are the old
+    run's or both the new run's."""
+    out, events = tmp_path / "out", tmp_path / "events"
+    argv = ["--output", str(out), "--events", str(events)]
+    old_argv = ["--input", str(recordings), *argv]
+    new_argv = ["--input", str(recordings / "nested"), *argv]
+
+    def state() -> tuple[frozenset[str], bool]:
+        """The files the labels hold, and whether the events are of the same run."""
+        paths = frozenset(row["path"] for row in pq.read_table(out).to_pylist())
+        labels_run, events_run = (
+            output.read_summary(str(directory))["run_id"] for directory in (out, events)
+        )
+        return paths, labels_run == events_run
+
+    assert main(new_argv) == 0
+    new = state()
+    assert main(old_argv) == 0
+    old = state()
+    assert old[1] and new[1] and old != new
+    shutil.copytree(out, tmp_path / "old-out")
+    shutil.copytree(events, tmp_path / "old-events")
+
+    def restore_old() -> None:
+        for directory in (out, events):
+            shutil.rmtree(directory, ignore_errors=True)
+            shutil.copytree(tmp_path / f"old-{directory.name}", directory)
+
+    def check(step: int) -> None:
+        output.repair(str(out))  # what the next run does first: the output, then its events
+        output.repair(str(events))
+        assert state() in (old, new), step
+        assert not list(tmp_path.glob("*.staging-*")), step
+
+    steps = crash_at_every_step(new_argv, restore_old, check)
+    assert steps >= 3 and state() == new
+
+
 def test_an_s3_commit_killed_at_any_step(s3, s3_endpoint):  # noqa: F811
     uri = "s3://labels-out/faults"
     options = [*s3_options(s3_endpoint), "--s3_access_key_id", "testing"]

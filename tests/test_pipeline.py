@@ -67,7 +67,7 @@ def test_label_group_gives_one_row_per_path(recordings, num_groups):
             pipeline
             | beam.Create(groups)
             | beam.ParDo(label_group)
-            | beam.FlatMapTuple(lambda group, rows: rows)
+            | beam.FlatMapTuple(lambda group, rows, events: rows)
         )
         assert_that(rows, check_rows(paths))
 

@@ -1,0 +1,161 @@
+"""Long recordings benchmark: keyword events at known times, false alarms, speed and memory.
+
+    python bench/bench_long_recordings.py [--files 30] [--false-alarm-minutes 60]
+
+- Accuracy: `model.eval_sets.long_recordings` of the test split (1-6 min, words 0.3-3 s apart
+  over a noise floor, a quarter of them `yes` or `no`, stored at 8, 16 and 44.1 kHz), labelled
+  with `yesno-label --events`; each event is matched to the keyword whose centre it holds
+  (`match_events`): recall and precision of occurrences, and the error of their centres.
+- False alarms per hour: the same kind of recordings with no keyword at all.
+- Speed: a 1-hour 16 kHz mono file and a 1 s file, each labelled by a fresh `yesno-label`
+  process; real time factor = 3600 s / (wall time of the hour - wall time of the 1 s file,
+  which is the start-up).
+- Memory: peak RSS of a fresh `yesno-label` process labelling one 44.1 kHz stereo file of
+  1 min, 20 min and 2 h.
+
+Every figure is measured in this run; the machine's load is printed beside the timings.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import soundfile
+
+from model.eval_sets import long_recordings, match_events
+from model.evaluate import DEFAULT_DATA
+
+SPEED_SECONDS = 3_600
+MEMORY_MINUTES = (1, 20, 120)
+MEMORY_RATE = 44_100
+
+
+def label(folder: Path, out: Path, events: Path | None = None) -> tuple[float, int]:
+    """(wall seconds, peak RSS in MB) of one `yesno-label` process labelling `folder`."""
+    command = [sys.executable, "-m", "pipeline.cli", "--input", str(folder)]
+    command += ["--output", str(out)] + (["--events", str(events)] if events else [])
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed")
+    return elapsed, usage.ru_maxrss // 1024
+
+
+def write_recordings(folder: Path, recordings) -> dict[str, tuple]:
+    folder.mkdir(parents=True)
+    truth = {}
+    for recording in recordings:
+        path = folder / f"{recording.name}.wav"
+        soundfile.write(path, recording.audio, recording.sample_rate, "PCM_16")
+        truth[str(path)] = recording.keywords
+    return truth
+
+
+def accuracy(work: Path, files: int) -> None:
+    recordings = long_recordings(DEFAULT_DATA, "test", files)
+    truth = write_recordings(work / "accuracy", recordings)
+    minutes = sum(len(r.audio) / r.sample_rate for r in recordings) / 60
+    wall, _ = label(work / "accuracy", work / "accuracy-labels", work / "accuracy-events")
+    events = pq.read_table(work / "accuracy-events").to_pylist()
+    errors, false_alarms, missed = [], 0, 0
+    for path, keywords in truth.items():
+        found = [(e["label"], e["start_s"], e["end_s"]) for e in events if e["path"] == path]
+        file_errors, file_false, file_missed = match_events(found, keywords)
+        errors += file_errors
+        false_alarms += file_false
+        missed += file_missed
+    said = sum(len(keywords) for keywords in truth.values())
+    print(f"== Accuracy: {files} recordings, {minutes:.1f} min, {said} keywords (test split)")
+    print(f"  events {len(events)}, matched {len(errors)}, false {false_alarms}, missed {missed}")
+    print(f"  recall {len(errors) / said:.3f}, precision {len(errors) / max(len(events), 1):.3f}")
+    print(
+        f"  centre error: median {np.median(errors):.3f} s, 90th percentile"
+        f" {np.percentile(errors, 90):.3f} s, max {max(errors):.3f} s"
+    )
+    print(f"  labelled in {wall:.1f} s")
+
+
+def false_alarms(work: Path, minutes: float) -> None:
+    count = max(1, round(minutes / 5.5))
+    recordings = long_recordings(DEFAULT_DATA, "test", count, minutes=(5.0, 6.0), keyword_share=0)
+    write_recordings(work / "quiet", recordings)
+    total = sum(len(r.audio) / r.sample_rate for r in recordings) / 3600
+    label(work / "quiet", work / "quiet-labels", work / "quiet-events")
+    events = pq.read_table(work / "quiet-events").num_rows
+    print(f"== False alarms: {count} recordings, {60 * total:.1f} min without a keyword")
+    print(f"  {events} events = {events / total:.2f} per hour")
+
+
+def speed(work: Path) -> None:
+    hour, second = work / "hour", work / "second"
+    for folder, seconds in ((hour, SPEED_SECONDS), (second, 1)):
+        folder.mkdir()
+        (recording,) = long_recordings(
+            DEFAULT_DATA, "val", 1, minutes=(seconds / 60, seconds / 60), rates=(16_000,)
+        )
+        soundfile.write(folder / "a.wav", recording.audio, 16_000, "PCM_16")
+    start_up, _ = label(second, work / "second-labels")
+    wall, rss = label(hour, work / "hour-labels")
+    factor = SPEED_SECONDS / max(wall - start_up, 1e-3)
+    print(f"== Speed: one {SPEED_SECONDS / 3600:.0f} h 16 kHz mono file; load {load()}")
+    print(f"  wall {wall:.2f} s, start-up (a 1 s file) {start_up:.2f} s, peak RSS {rss} MB")
+    print(f"  {factor:,.0f}x real time after start-up")
+
+
+def memory(work: Path) -> None:
+    """Peak RSS for ever longer 44.1 kHz stereo files: one minute of audio written again and
+    again, so the file is long without building it in memory."""
+    (minute,) = long_recordings(DEFAULT_DATA, "val", 1, minutes=(1, 1), rates=(MEMORY_RATE,))
+    stereo = np.repeat(minute.audio[: 60 * MEMORY_RATE, np.newaxis], 2, axis=1)
+    print(f"== Memory: one {MEMORY_RATE / 1000:.1f} kHz stereo 16-bit file per run; load {load()}")
+    for minutes in MEMORY_MINUTES:
+        folder = work / f"memory-{minutes}"
+        folder.mkdir()
+        with soundfile.SoundFile(folder / "a.wav", "w", MEMORY_RATE, 2, "PCM_16") as file:
+            for _ in range(minutes):
+                file.write(stereo)
+        wall, rss = label(folder, work / f"memory-{minutes}-labels")
+        size_mb = (folder / "a.wav").stat().st_size / 2**20
+        print(f"  {minutes:>4} min ({size_mb:,.0f} MB): peak RSS {rss} MB, wall {wall:.1f} s")
+        (folder / "a.wav").unlink()
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.2f} (1 min)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=30, help="long recordings to match")
+    parser.add_argument("--false-alarm-minutes", type=float, default=60.0)
+    parser.add_argument(
+        "--only", choices=("accuracy", "false-alarms", "speed", "memory"), action="append"
+    )
+    args = parser.parse_args()
+    parts = args.only or ["accuracy", "false-alarms", "speed", "memory"]
+    model = json.loads(Path("model/artifacts/yesno/metadata.json").read_text())
+    print(f"model {model['model_version']}, thresholds {model['decision']['thresholds']}")
+    print(f"CPUs {os.cpu_count()}; bench process peak RSS excluded from every figure")
+    with tempfile.TemporaryDirectory() as temporary:
+        work = Path(temporary)
+        if "accuracy" in parts:
+            accuracy(work, args.files)
+        if "false-alarms" in parts:
+            false_alarms(work, args.false_alarm_minutes)
+        if "speed" in parts:
+            speed(work)
+        if "memory" in parts:
+            memory(work)
+
+
+if __name__ == "__main__":
+    main()
