@@ -74,6 +74,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         " model_version) as a Parquet dataset in this directory, committed with --output",
     )
     parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress while it runs (by default: a line redrawn every 2 s on a terminal, a"
+        " log line every 30 s otherwise)",
+    )
+    parser.add_argument(
         "--model",
         help="exported model directory (default: the model shipped inside the installed "
         "package, found by each worker in its own installation)",
@@ -118,6 +124,9 @@ def format_summary(summary: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The local multi-process runner relays its workers' start-up warnings, which no user can
+    # act on ("No semi_persistent_directory found", "Discarding unparseable args"); errors pass.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     args, beam_args = parse_args(argv)
 
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -136,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_error_rate=args.max_error_rate,
         keep_error_rows=args.keep_error_rows,
         events_dir=args.events,
+        progress=not args.quiet,
     )
     try:
         summary = label_files(settings, PipelineOptions(beam_args))

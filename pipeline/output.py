@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.progress import PROGRESS_DIR
 from pipeline.storage import is_bucket_root
 
 PARQUET_PREFIX = "labels-"
@@ -224,7 +225,8 @@ def commit(staging: str, output_dir: str, events: EventsDataset | None = None) -
     the new `_summary.json` last, events first: an output is complete exactly when it has a
     summary, and the next run finishes a commit that was interrupted (`repair`).
     """
-    delete_directory(FileSystems.join(staging, INPUTS_DIR))
+    for scratch in (INPUTS_DIR, PROGRESS_DIR):
+        delete_directory(FileSystems.join(staging, scratch))
     if FileSystems.get_scheme(output_dir) is None:
         old_events = None
         if events is not None:

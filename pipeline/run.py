@@ -1,5 +1,6 @@
 """One labelling run: list the input, run the Beam job into staging, commit, summarise."""
 
+import contextlib
 import datetime
 import json
 import os
@@ -18,6 +19,7 @@ from model.serving import resolve_runtime
 from pipeline import output
 from pipeline.labels import display_path
 from pipeline.loading import list_input
+from pipeline.progress import ProgressReporter, read_progress
 from pipeline.transforms import LabelGroups
 
 LOCAL_RUNNER_NAMES = {None, "directrunner", "direct"}
@@ -45,6 +47,7 @@ class RunSettings:
     max_error_rate: float = 1.0  # share of failed files above which nothing is committed
     keep_error_rows: bool = False  # with skip_existing: keep earlier error rows, do not retry
     events_dir: str | None = None  # where to write one row per keyword occurrence
+    progress: bool = True  # report progress on stderr while the job runs (pipeline.progress)
 
 
 def read_model_metadata(model_dir: str | None) -> dict:
@@ -195,7 +198,13 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         )
         to_label = [path for path in paths if display_path(path) not in done]
         if to_label:
-            run_pipeline(settings, options, to_label, staging, run_id, model_version, events)
+            reporter = (
+                ProgressReporter(len(to_label), lambda: read_progress(staging))
+                if settings.progress
+                else contextlib.nullcontext()
+            )
+            with reporter:
+                run_pipeline(settings, options, to_label, staging, run_id, model_version, events)
         check_one_row_per_path(staging, run_id, to_label)
         labels, errors = output.count_rows(staging)
         check_error_rate(errors, len(done) + len(to_label), settings.max_error_rate)

@@ -22,6 +22,7 @@ from model.serving import KeywordModel
 from pipeline.labels import EVENT_SCHEMA, ROW_SCHEMA, WindowScores, make_rows
 from pipeline.loading import WindowReader
 from pipeline.output import EVENTS_PREFIX, group_file, read_path_list, write_parquet
+from pipeline.progress import ProgressRecorder
 
 # Batches scored at once, each by a one-thread onnxruntime call: on 2 cores this labels about 18%
 # more files/s than one batch at a time on two onnxruntime threads (bench/README.md).
@@ -102,6 +103,7 @@ class LabelGroup(FileSystemsDoFn):
         batch_size: int,
         max_duration_s: float,
         runtime: str = "auto",
+        staging: str | None = None,
     ):
         super().__init__(filesystem_options)
         self._model_dir = model_dir
@@ -109,6 +111,7 @@ class LabelGroup(FileSystemsDoFn):
         self._model_version = model_version
         self._batch_size = batch_size
         self._max_duration_s = max_duration_s
+        self._staging = staging  # where to record progress (pipeline.progress), if anywhere
         self._shared_model = Shared()
 
     def setup(self):
@@ -129,12 +132,18 @@ class LabelGroup(FileSystemsDoFn):
         rows: list[dict] = []
         events: list[dict] = []
         in_progress: deque[FileInProgress] = deque()
+        recorder = ProgressRecorder(self._staging, group) if self._staging else None
+        errors = 0
 
-        def finish_done_files() -> None:
+        def finish_done_files(final: bool = False) -> None:
+            nonlocal errors
             while in_progress and in_progress[0].done:
                 row, file_events = self._rows(in_progress.popleft())
                 rows.append(row)
                 events.extend(file_events)
+                errors += row["error"] is not None
+            if recorder is not None:
+                recorder.update(len(rows), errors, final)
 
         scoring: deque[tuple[Future, Batch]] = deque()
         for batch in self._batches(encoded_paths, in_progress):
@@ -145,7 +154,8 @@ class LabelGroup(FileSystemsDoFn):
             scoring.append((self._scorer.submit(self._score, windows), batch))
         while scoring:
             self._collect(*scoring.popleft())
-        finish_done_files()
+            finish_done_files()
+        finish_done_files(final=True)
         rows.sort(key=lambda row: row["path"])
         events.sort(key=lambda event: (event["path"], event["start_s"]))
         yield group, rows, events
@@ -240,7 +250,13 @@ class LabelGroups(beam.PTransform):
         filesystem_options = options.get_all_options(drop_default=True)
         self._read = ReadPathList(filesystem_options)
         self._label = LabelGroup(
-            filesystem_options, model_dir, model_version, batch_size, max_duration_s, runtime
+            filesystem_options,
+            model_dir,
+            model_version,
+            batch_size,
+            max_duration_s,
+            runtime,
+            staging,
         )
         self._write = WriteGroup(filesystem_options, staging, events_staging, run_id)
 
