@@ -82,12 +82,12 @@ class ProgressReporter:
         self,
         total: int,
         read: Callable[[], tuple[int, int]],
-        stream: TextIO = sys.stderr,
+        stream: TextIO | None = None,
     ):
         self._total = total
         self._read = read
-        self._stream = stream
-        self._terminal = stream.isatty()
+        self._stream = stream or sys.stderr
+        self._terminal = self._stream.isatty()
         self._interval = REPORT_INTERVAL_S["terminal" if self._terminal else "log"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import progress
 from pipeline.cli import main
 from tests.helpers import assert_same_rows, read_output, tone, wav_files, write_wav
 from tests.servers import START_TIMEOUT_S, free_port, local_server, start, stop, wait_for_port
@@ -102,7 +103,8 @@ def test_dask_with_two_worker_processes_gives_the_same_rows(
     assert_same_rows(read_output(output), reference_rows)
 
 
-def test_killing_a_dask_worker_mid_run_loses_no_row(dask_cluster, tmp_path):
+def test_killing_a_dask_worker_mid_run_loses_no_row(dask_cluster, tmp_path, capfd, monkeypatch):
+    monkeypatch.setitem(progress.REPORT_INTERVAL_S, "log", 0.2)
     folder = tmp_path / "many"
     for index in range(1_200):  # five groups of at least 256 files
         write_wav(folder / f"tone_{index:04d}.wav", tone(200 + index, 1.0, 16_000), 16_000)
@@ -127,3 +129,7 @@ def test_killing_a_dask_worker_mid_run_loses_no_row(dask_cluster, tmp_path):
     rows = read_output(output)
     assert [row["path"] for row in rows] == wav_files(folder)  # each file exactly once
     assert all(row["error"] is None for row in rows)
+    # Progress came from the Dask workers' records while they ran.
+    captured = capfd.readouterr().err
+    reported = [line for line in captured.splitlines() if "of 1,200 files" in line]
+    assert max(int(line.split()[1].replace(",", "")) for line in reported) > 0, captured[-3000:]
