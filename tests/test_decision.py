@@ -1,9 +1,10 @@
 """The keyword decision: thresholds per keyword, the deciding window, occurrences."""
 
 import numpy as np
+import pytest
 
 from model.contract import LABELS
-from model.decision import Decision, count_occurrences
+from model.decision import Decision, Occurrence, count_occurrences, find_occurrences
 
 #                 yes   no    unknown silence
 SILENCE = [0.01, 0.01, 0.08, 0.90]
@@ -36,6 +37,18 @@ def test_consecutive_windows_of_one_keyword_are_one_occurrence():
     labels = np.array([UNKNOWN, YES, YES, UNKNOWN, YES, NO, NO, SILENT, NO])
     assert count_occurrences(labels) == 4
     assert count_occurrences(np.array([UNKNOWN, SILENT])) == 0
+
+
+def test_an_occurrence_spans_its_run_of_windows_and_keeps_its_best_score():
+    probabilities = np.array([SPEECH, YES_80, YES_80, NO_90, SILENCE, NO_90], np.float32)
+    probabilities[2, YES] = 0.85
+    labels = Decision().window_labels(probabilities)
+    assert find_occurrences(labels, probabilities) == [
+        Occurrence(YES, 1, 2, pytest.approx(0.85)),
+        Occurrence(NO, 3, 3, pytest.approx(0.90)),  # right after a yes: another word
+        Occurrence(NO, 5, 5, pytest.approx(0.90)),  # apart from the first no: a second one
+    ]
+    assert find_occurrences(np.array([UNKNOWN, SILENT]), probabilities[:2]) == []
 
 
 def test_the_thresholds_round_trip_through_metadata():
