@@ -54,6 +54,7 @@ setup(
             "ruff>=0.6",
             "moto[server]>=5",
             "gcp-storage-emulator>=2024.8",
+            "websockets>=13",  # the DevTools protocol, to check the HTML report in chromium
         ],
     },
     entry_points={"console_scripts": ["yesno-label=pipeline.cli:main"]},

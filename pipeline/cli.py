@@ -121,7 +121,27 @@ def format_summary(summary: dict) -> str:
     )
 
 
+def rebuild_report(argv: Sequence[str]) -> int:
+    """`yesno-label report <output>`: write `<output>/_report.html` again."""
+    parser = argparse.ArgumentParser(
+        prog="yesno-label report", description="Rebuild the HTML report of an existing output."
+    )
+    parser.add_argument("output", help="an output directory (or bucket prefix) of yesno-label")
+    args = parser.parse_args(argv)
+    from pipeline.report import rebuild_report as rebuild
+
+    try:
+        print(f"yesno-label: wrote {rebuild(args.output)}")
+    except FileNotFoundError as error:
+        print(f"yesno-label: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return rebuild_report(argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The local multi-process runner relays its workers' start-up warnings, which no user can

@@ -26,6 +26,8 @@ ROW_SCHEMA = pa.schema(
         pa.field("keyword_end_s", pa.float32()),
         pa.field("yes_count", pa.int32()),
         pa.field("no_count", pa.int32()),
+        # Start of the window whose scores the row carries: where to listen (the report does).
+        pa.field("window_start_s", pa.float32()),
     ]
 )
 
@@ -91,6 +93,7 @@ def make_rows(
         "keyword_end_s": None,
         "yes_count": None,
         "no_count": None,
+        "window_start_s": None,
     }
     if scores is None:
         return row, []
@@ -104,6 +107,7 @@ def make_rows(
             for column, score in zip(SCORE_COLUMNS, probabilities[window], strict=True)
         }
     )
+    row["window_start_s"] = float(scores.starts_s[window])
     row["yes_count"] = sum(occurrence.label == YES for occurrence in occurrences)
     row["no_count"] = sum(occurrence.label == NO for occurrence in occurrences)
     events = []

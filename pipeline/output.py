@@ -23,12 +23,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.labels import ROW_SCHEMA
 from pipeline.progress import PROGRESS_DIR
 from pipeline.storage import is_bucket_root
 
 PARQUET_PREFIX = "labels-"
 EVENTS_PREFIX = "events-"
 SUMMARY_FILE = "_summary.json"
+REPORT_FILE = "_report.html"  # pipeline.report
 INPUTS_DIR = "_inputs"
 JOURNAL_FILE = "_commit.json"  # in staging, on buckets: written when a commit begins
 AT_FDCWD = -100
@@ -61,7 +63,8 @@ def check_output_dir(output_dir: str, name_prefix: str = PARQUET_PREFIX) -> None
     foreign = [
         name
         for name in os.listdir(output_dir)
-        if name != SUMMARY_FILE and not (name.startswith(name_prefix) and name.endswith(".parquet"))
+        if name not in (SUMMARY_FILE, REPORT_FILE)
+        and not (name.startswith(name_prefix) and name.endswith(".parquet"))
     ]
     if foreign:
         raise FileExistsError(
@@ -132,8 +135,8 @@ def carry_over(
     for path in parquet_files(output_dir):
         with FileSystems.open(path) as file:
             table = pq.read_table(file)
-        if "yes_count" not in table.column_names:
-            continue  # written before the occurrence columns: labelled again
+        if table.schema.names != ROW_SCHEMA.names:
+            continue  # written with other columns, by another release: labelled again
         keep = pc.equal(table["model_version"], model_version)
         if not keep_errors:
             keep = pc.and_(keep, pc.is_null(table["error"]))
@@ -302,6 +305,9 @@ def _move_bucket_dataset(staging: str, output_dir: str, stale: list[str]) -> Non
     if FileSystems.exists(summary):
         FileSystems.delete([summary])
     staged = parquet_files(staging, "")
+    report = FileSystems.join(staging, REPORT_FILE)
+    if FileSystems.exists(report):
+        staged.append(report)
     FileSystems.rename(staged, [FileSystems.join(output_dir, os.path.basename(p)) for p in staged])
     stale_paths = [FileSystems.join(output_dir, name) for name in stale]
     existing = [path for path in stale_paths if FileSystems.exists(path)]

@@ -20,6 +20,7 @@ from pipeline import output
 from pipeline.labels import display_path
 from pipeline.loading import list_input
 from pipeline.progress import ProgressReporter, read_progress
+from pipeline.report import write_report
 from pipeline.transforms import LabelGroups
 
 LOCAL_RUNNER_NAMES = {None, "directrunner", "direct"}
@@ -238,6 +239,7 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         summary["events"] = events.as_summary()
         summary["keyword_events"] = write_events_summary(events, summary)
     output.write_summary(staging, summary)
+    write_report(staging, summary, events.staging if events else None)
     output.commit(staging, settings.output_dir, events)
     return summary
 

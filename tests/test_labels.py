@@ -43,6 +43,7 @@ def test_the_schema_is_the_published_contract():
         ("keyword_end_s", pa.float32()),
         ("yes_count", pa.int32()),
         ("no_count", pa.int32()),
+        ("window_start_s", pa.float32()),
     ]
     assert [(field.name, field.type) for field in EVENT_SCHEMA] == [
         ("path", pa.string()),
@@ -103,6 +104,7 @@ def test_events_are_runs_of_keyword_windows_and_agree_with_the_label():
     assert events[0]["score"] == np.float32(0.97)
     assert (row["label"], row["yes_count"], row["no_count"]) == ("yes", 1, 1)
     assert (row["keyword_start_s"], row["keyword_end_s"]) == (0.5, 2.0)
+    assert row["window_start_s"] == 1.0  # the deciding window, 0.97
     pa.Table.from_pylist(events, schema=EVENT_SCHEMA)  # the events fit their schema
 
 

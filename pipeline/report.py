@@ -1,0 +1,343 @@
+"""`_report.html`: one self-contained page that shows a run's output, written with every run and
+rebuilt by `yesno-label report <output>`.
+
+Everything is inline (styles, SVG charts, PNG spectrograms and WAV players as data URIs), so the
+page opens offline and can be mailed. What it shows is computed by plain functions over the
+output's rows (`histogram`, `files_to_listen_to`, ...), which the tests check on their own.
+"""
+
+import base64
+import html
+import io
+import struct
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+import soundfile
+import soxr
+from apache_beam.io.filesystems import FileSystems
+
+from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
+from pipeline import output
+from pipeline.labels import SCORE_COLUMNS
+from pipeline.output import REPORT_FILE
+from pipeline.storage import open_input
+
+LISTEN_LEAST_CONFIDENT = 12
+LISTEN_PER_LABEL = 3
+ERROR_EXAMPLES = 3
+TIMELINE_FILES = 20
+HISTOGRAM_BINS = 20
+SPECTROGRAM_BINS = 64
+LABEL_COLOURS = {"yes": "#1b9e77", "no": "#d95f02", "unknown": "#7570b3", "silence": "#999999"}
+REPORT_COLUMNS = ["path", "label", *SCORE_COLUMNS, "duration_s", "sample_rate", "error"]
+REPORT_COLUMNS += ["window_start_s"]
+
+
+@dataclass(frozen=True)
+class Listening:
+    """A file worth a listen: why, its row, and the window that decided its label."""
+
+    reason: str
+    row: dict
+
+
+def read_rows(output_dir: str) -> list[dict]:
+    """The rows of a dataset directory (committed or staged), the report's columns only."""
+    return list(output.read_columns(output_dir, REPORT_COLUMNS))
+
+
+def read_events(events_dir: str) -> list[dict]:
+    return list(
+        output.read_columns(events_dir, ["path", "label", "start_s", "end_s"], output.EVENTS_PREFIX)
+    )
+
+
+def histogram(
+    values: list[float], low: float, high: float, bins: int = HISTOGRAM_BINS
+) -> list[int]:
+    """Counts of `values` in `bins` equal bins from low to high (the ends included)."""
+    if not values:
+        return [0] * bins
+    counts, _ = np.histogram(np.clip(values, low, high), bins=bins, range=(low, high))
+    return [int(count) for count in counts]
+
+
+def label_confidence(row: dict) -> float:
+    """How sure the row's label is: the score of the class it names."""
+    return row[f"score_{row['label']}"]
+
+
+def files_to_listen_to(rows: list[dict]) -> list[Listening]:
+    """The least confident labels, then the most confident few of each label."""
+    labelled = [row for row in rows if row["label"] is not None]
+    by_confidence = sorted(labelled, key=lambda row: (label_confidence(row), row["path"]))
+    chosen = [Listening("least confident", row) for row in by_confidence[:LISTEN_LEAST_CONFIDENT]]
+    seen = {listening.row["path"] for listening in chosen}
+    for label in LABELS:
+        examples = [row for row in reversed(by_confidence) if row["label"] == label]
+        for row in [row for row in examples if row["path"] not in seen][:LISTEN_PER_LABEL]:
+            chosen.append(Listening(f"a sure {label}", row))
+    return chosen
+
+
+def errors_by_kind(rows: list[dict]) -> dict[str, list[str]]:
+    """Example paths of each error kind (the error text up to its first colon), most common
+    kind first."""
+    kinds = Counter(row["error"].split(":", 1)[0] for row in rows if row["error"] is not None)
+    examples: dict[str, list[str]] = {kind: [] for kind, _ in kinds.most_common()}
+    for row in rows:
+        if row["error"] is not None:
+            kind = row["error"].split(":", 1)[0]
+            if len(examples[kind]) < ERROR_EXAMPLES:
+                examples[kind].append(row["path"])
+    return examples
+
+
+def deciding_window(row: dict) -> np.ndarray:
+    """The 1 s (or shorter file's) 16 kHz mono audio of the window that decided a row's label,
+    read from the file again; empty if it cannot be read now."""
+    try:
+        with open_input(row["path"]) as file, soundfile.SoundFile(file) as sound:
+            start = round(row["window_start_s"] * sound.samplerate)
+            sound.seek(min(start, max(sound.frames - 1, 0)))
+            frames = sound.read(sound.samplerate, dtype="float32", always_2d=True)
+            rate = sound.samplerate
+    except Exception:  # noqa: BLE001 - the file may have moved since: the page says so
+        return np.zeros(0, np.float32)
+    mono = frames.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE)
+    return np.clip(mono[:CLIP_SAMPLES], -1, 1).astype(np.float32)
+
+
+def wav_data_uri(audio: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, SAMPLE_RATE, "PCM_16", format="WAV")
+    return "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def spectrogram_png_uri(audio: np.ndarray) -> str:
+    """A log-magnitude spectrogram (25 ms frames every 10 ms, 0-8 kHz), as a grey PNG."""
+    frame, hop = 400, 160
+    if len(audio) < frame:
+        audio = np.pad(audio, (0, frame - len(audio)))
+    count = 1 + (len(audio) - frame) // hop
+    frames = np.stack([audio[i * hop : i * hop + frame] for i in range(count)])
+    power = np.abs(np.fft.rfft(frames * np.hanning(frame), axis=1)) ** 2
+    edges = np.linspace(0, power.shape[1], SPECTROGRAM_BINS + 1).astype(int)
+    bands = np.stack([power[:, a:b].mean(axis=1) for a, b in pairwise(edges)], axis=1)
+    decibels = 10 * np.log10(bands + 1e-10)
+    scaled = np.clip((decibels - (decibels.max() - 80)) / 80, 0, 1)
+    pixels = (255 * (1 - scaled.T[::-1])).astype(np.uint8)  # low frequencies at the bottom
+    return "data:image/png;base64," + base64.b64encode(grey_png(pixels)).decode()
+
+
+def grey_png(pixels: np.ndarray) -> bytes:
+    """A greyscale PNG of a uint8 image [height, width], with zlib alone."""
+    height, width = pixels.shape
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = b"".join(b"\x00" + pixels[row].tobytes() for row in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    image = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + image
+
+
+def bar_chart_svg(counts: list[int], labels: list[str], colour: str = "#4477aa") -> str:
+    width, height, bar = 360, 120, 360 / max(len(counts), 1)
+    top = max(max(counts, default=0), 1)
+    bars = "".join(
+        f'<rect x="{i * bar:.1f}" y="{height - count / top * height:.1f}" width="{bar - 1:.1f}"'
+        f' height="{count / top * height:.1f}" fill="{colour}"><title>{html.escape(name)}:'
+        f" {count:,}</title></rect>"
+        for i, (count, name) in enumerate(zip(counts, labels, strict=True))
+    )
+    return (
+        f'<svg width="{width}" height="{height + 16}" role="img">{bars}'
+        f'<text x="0" y="{height + 14}" font-size="11">{html.escape(labels[0])}</text>'
+        f'<text x="{width}" y="{height + 14}" font-size="11" text-anchor="end">'
+        f"{html.escape(labels[-1])}</text></svg>"
+    )
+
+
+def score_histograms(rows: list[dict]) -> str:
+    parts = []
+    edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
+    names = [f"{a:.2f}-{b:.2f}" for a, b in pairwise(edges)]
+    for label, column in zip(LABELS, SCORE_COLUMNS, strict=True):
+        values = [row[column] for row in rows if row[column] is not None]
+        counts = histogram(values, 0.0, 1.0)
+        parts.append(
+            f"<figure><figcaption>{column}</figcaption>"
+            f"{bar_chart_svg(counts, names, LABEL_COLOURS[label])}</figure>"
+        )
+    return "".join(parts)
+
+
+def duration_and_rate_charts(rows: list[dict]) -> str:
+    durations = [row["duration_s"] for row in rows if row["duration_s"] is not None]
+    high = max(max(durations, default=1.0), 1.0)
+    edges = np.linspace(0, high, HISTOGRAM_BINS + 1)
+    names = [f"{a:.1f}-{b:.1f} s" for a, b in pairwise(edges)]
+    rates = Counter(row["sample_rate"] for row in rows if row["sample_rate"] is not None)
+    rate_names = [f"{rate:,} Hz" for rate in sorted(rates)]
+    return (
+        f"<figure><figcaption>duration</figcaption>"
+        f"{bar_chart_svg(histogram(durations, 0.0, high), names)}</figure>"
+        f"<figure><figcaption>sample rate</figcaption>"
+        f"{bar_chart_svg([rates[rate] for rate in sorted(rates)] or [0], rate_names or ['none'])}"
+        "</figure>"
+    )
+
+
+def timeline_svg(events: list[dict], duration_s: float) -> str:
+    width, height = 600, 18
+    scale = width / max(duration_s, 1e-3)
+    marks = []
+    for event in events:
+        x, span = event["start_s"] * scale, max((event["end_s"] - event["start_s"]) * scale, 2)
+        marks.append(
+            f'<rect x="{x:.1f}" y="2" width="{span:.1f}" height="{height - 4}"'
+            f' fill="{LABEL_COLOURS[event["label"]]}"><title>{event["label"]}'
+            f" {event['start_s']:.2f}-{event['end_s']:.2f} s</title></rect>"
+        )
+    return (
+        f'<svg width="{width}" height="{height}" role="img"><rect width="{width}"'
+        f' height="{height}" fill="#f3f3f3"/>{"".join(marks)}</svg>'
+    )
+
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1em; }
+td, th { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
+td.n { text-align: right; }
+figure { display: inline-block; margin: 0 1em 1em 0; }
+img { display: block; height: 64px; width: 200px; image-rendering: pixelated; }
+"""
+
+
+def run_section(summary: dict) -> str:
+    thresholds = summary["decision"]["thresholds"]
+    fields = [
+        ("input", summary["input"]),
+        ("output", summary["output"]),
+        ("model", f"{summary['model_version']} ({summary['runtime']})"),
+        ("thresholds", ", ".join(f"{label} {value:.3f}" for label, value in thresholds.items())),
+        ("runner", summary["runner"]),
+        ("started, ended", f"{summary['started_at']}, {summary['ended_at']}"),
+        ("wall time", f"{summary['wall_time_s']:.1f} s, {summary['files_per_s']:,.1f} files/s"),
+        ("files", f"{summary['files']:,}, of which kept from the earlier output"
+                  f" {summary['files_kept_from_earlier_output']:,}"),
+    ]  # fmt: skip
+    cells = "".join(
+        f"<tr><th>{name}</th><td>{html.escape(str(value))}</td></tr>" for name, value in fields
+    )
+    return f"<h2>The run</h2><table>{cells}</table>"
+
+
+def counts_section(rows: list[dict]) -> str:
+    labels = Counter(row["label"] for row in rows if row["label"] is not None)
+    errors = sum(row["error"] is not None for row in rows)
+    cells = "".join(
+        f'<tr><td>{label}</td><td class="n" data-label="{label}">{labels[label]:,}</td></tr>'
+        for label in LABELS
+    )
+    cells += f'<tr><td>errors</td><td class="n" data-label="error">{errors:,}</td></tr>'
+    kinds = errors_by_kind(rows)
+    kind_counts = Counter(row["error"].split(":", 1)[0] for row in rows if row["error"] is not None)
+    kind_cells = "".join(
+        f'<tr><td>{html.escape(kind)}</td><td class="n">{kind_counts[kind]:,}</td>'
+        f"<td>{'<br>'.join(html.escape(path) for path in paths)}</td></tr>"
+        for kind, paths in kinds.items()
+    )
+    errors_table = (
+        f"<table><tr><th>kind</th><th>files</th><th>examples</th></tr>{kind_cells}</table>"
+        if kinds
+        else "<p>none</p>"
+    )
+    return f"<h2>Labels</h2><table>{cells}</table><h2>Errors by kind</h2>{errors_table}"
+
+
+def listening_section(rows: list[dict]) -> str:
+    lines = []
+    for item in files_to_listen_to(rows):
+        row = item.row
+        audio = deciding_window(row)
+        player = (
+            f'<audio controls preload="none" src="{wav_data_uri(audio)}"></audio>'
+            f'<img alt="spectrogram" src="{spectrogram_png_uri(audio)}">'
+            if len(audio)
+            else "<em>the file cannot be read now</em>"
+        )
+        scores = " ".join(f"{label} {row[f'score_{label}']:.3f}" for label in LABELS)
+        lines.append(
+            f"<tr><td>{html.escape(item.reason)}</td><td>{html.escape(row['path'])}</td>"
+            f"<td>{row['label']}</td><td>{scores}<br>window at {row['window_start_s']:.1f} s</td>"
+            f"<td>{player}</td></tr>"
+        )
+    return (
+        "<h2>Files worth a listen</h2><p>Each player holds the window that decided the label."
+        "</p><table><tr><th>why</th><th>file</th><th>label</th><th>scores</th><th>listen</th>"
+        f"</tr>{''.join(lines)}</table>"
+    )
+
+
+def events_section(rows: list[dict], events: list[dict]) -> str:
+    durations = {row["path"]: row["duration_s"] or 0.0 for row in rows}
+    by_file: dict[str, list[dict]] = {}
+    for event in events:
+        by_file.setdefault(event["path"], []).append(event)
+    busiest = sorted(by_file, key=lambda path: (-len(by_file[path]), path))[:TIMELINE_FILES]
+    lines = "".join(
+        f'<tr><td>{html.escape(path)}</td><td class="n">{len(by_file[path])}</td>'
+        f"<td>{timeline_svg(by_file[path], durations.get(path, 0.0))}</td></tr>"
+        for path in busiest
+    )
+    return (
+        f"<h2>Keyword events</h2><p>{len(events):,} events in {len(by_file):,} files; the"
+        f" {len(busiest)} files with the most:</p><table><tr><th>file</th><th>events</th>"
+        f"<th>timeline (yes green, no orange)</th></tr>{lines}</table>"
+    )
+
+
+def render(summary: dict, rows: list[dict], events: list[dict] | None) -> str:
+    """The page, from the run's summary, its rows and (with --events) its events."""
+    sections = [
+        run_section(summary),
+        counts_section(rows),
+        f"<h2>Scores</h2>{score_histograms(rows)}",
+        f"<h2>Recordings</h2>{duration_and_rate_charts(rows)}",
+        listening_section(rows),
+        events_section(rows, events) if events is not None else "",
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>yesno-label report</title><style>{STYLE}</style></head><body>"
+        f"<h1>yesno-label report</h1>{''.join(sections)}</body></html>\n"
+    )
+
+
+def write_report(dataset_dir: str, summary: dict, events_dir: str | None) -> None:
+    """Write `_report.html` into a dataset directory (the staging one, before its commit)."""
+    rows = read_rows(dataset_dir)
+    events = read_events(events_dir) if events_dir else None
+    with FileSystems.create(FileSystems.join(dataset_dir, REPORT_FILE)) as file:
+        file.write(render(summary, rows, events).encode())
+
+
+def rebuild_report(output_dir: str) -> str:
+    """Write `<output>/_report.html` again from a committed output; returns its path."""
+    summary = output.read_summary(output_dir)
+    if summary is None:
+        raise FileNotFoundError(f"{output_dir} has no {output.SUMMARY_FILE}: not an output")
+    events_dir = (summary.get("events") or {}).get("output")
+    write_report(output_dir, summary, events_dir)
+    return FileSystems.join(output_dir, REPORT_FILE)
