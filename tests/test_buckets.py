@@ -174,6 +174,24 @@ def test_s3_events_are_committed_with_the_labels(s3, s3_endpoint):
     assert labels["files_kept_from_earlier_output"] == len(RECORDINGS) - 1  # all but the broken
 
 
+def test_credentials_never_reach_the_output_or_the_logs(s3, s3_endpoint, capfd):
+    """Keys given as options are used (moto accepts any) and written nowhere: not in the summary,
+    the report, the events dataset, any Parquet file, nor what the run prints."""
+    key_id, secret = "AKIDSECRETPROBE12345", "probe-secret-Zq9v/Xw8+u7T6"
+    argv = ["--input", "s3://audio-in/calls/", "--output", "s3://labels-out/private"]
+    argv += ["--events", "s3://labels-out/private-events", *s3_options(s3_endpoint)]
+    argv += ["--s3_access_key_id", key_id, "--s3_secret_access_key", secret]
+    assert main(argv) == 0
+    printed = capfd.readouterr()
+    written = [k for k in s3_keys(s3, "labels-out") if k.startswith("private")]
+    assert any(k.endswith(output.REPORT_FILE) for k in written) and len(written) >= 4
+    for text in [printed.out, printed.err] + [
+        s3.get_object(Bucket="labels-out", Key=key)["Body"].read().decode("latin-1")
+        for key in written
+    ]:
+        assert key_id not in text and secret not in text
+
+
 def test_gcs_input_and_output_through_the_cli_and_a_rerun_replaces_it(gcs_client):
     uri = "gs://labels-out/labels"
 
