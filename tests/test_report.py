@@ -181,3 +181,16 @@ def test_report_rebuilds_the_page_of_an_existing_output(run_with_report, capsys)
     assert main(["report", str(run_with_report)]) == 0
     assert page.read_text() == before
     assert main(["report", str(run_with_report.parent / "nothing-here")]) == 2
+
+
+def test_the_page_stays_small_for_many_files(run_with_report):
+    """100,000 rows (their files listed but gone, so no players: those are capped apart)."""
+    summary = json.loads((run_with_report / output.SUMMARY_FILE).read_text())
+    rng = np.random.default_rng(0)
+    rows = [
+        row(f"/gone/{i:06d}.wav", ["yes", "no", "unknown", "silence"][i % 4], rng.uniform())
+        | {"duration_s": 1.0, "sample_rate": 16_000}
+        for i in range(100_000)
+    ]
+    page = report.render(summary, rows, events=[])
+    assert len(page) < 1_000_000 and page.count("cannot be read now") == 24
