@@ -52,8 +52,8 @@ class MemberRecipe:
 # A DS-CNN and a BC-ResNet on loudness-normalised input (model/README.md): the BC-ResNet is
 # robust to gain and babble; the DS-CNN keeps its failures on some noise out of the labels.
 MEMBERS = (
-    MemberRecipe("ds-cnn-m", epochs=20, babble_share=0.3, keyword_phrases=False),
-    MemberRecipe("bc-resnet-ln", epochs=30, babble_share=0.5, keyword_phrases=True),
+    MemberRecipe("ds-cnn-m", epochs=30, babble_share=0.3, keyword_phrases=True),
+    MemberRecipe("bc-resnet-ln", epochs=40, babble_share=0.5, keyword_phrases=True),
 )
 
 

@@ -13,9 +13,9 @@ SEED = 2026
 # The labels users get, on the test split (the official test set's mix of words, and its
 # `_silence_` clips). Precision and false keywords: the targets (model/README.md), which the
 # shipped model meets. Recall and accuracy: a few clips under the shipped model's own figures
-# (yes 146/160, no 108/150, accuracy 0.949), which are below their targets (98.5%, 98%).
-ACCURACY_FLOOR = 0.94
-KEYWORD_RECALL_FLOOR = {"yes": 0.89, "no": 0.69}
+# (yes 154/160, no 108/150, accuracy 0.955), which are below their targets (98.5%, 98%).
+ACCURACY_FLOOR = 0.945
+KEYWORD_RECALL_FLOOR = {"yes": 0.94, "no": 0.69}
 KEYWORD_PRECISION_FLOOR = 0.97
 FALSE_KEYWORD_CEILING = 0.01
 WORD_FALSE_KEYWORD_CEILING = 0.03  # for every word with at least WORD_MIN_CLIPS clips
