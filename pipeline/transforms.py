@@ -24,8 +24,8 @@ from pipeline.loading import WindowReader
 from pipeline.output import EVENTS_PREFIX, group_file, read_path_list, write_parquet
 from pipeline.progress import ProgressRecorder
 
-# Batches scored at once, each by a one-thread onnxruntime call: on 2 cores this labels about 18%
-# more files/s than one batch at a time on two onnxruntime threads (bench/README.md).
+# Batches scored at once, each by a one-thread onnxruntime call: on 2 cores this keeps both busy
+# with less synchronisation than one batch at a time on two onnxruntime threads.
 SCORING_THREADS = 2
 
 
