@@ -20,6 +20,15 @@ EXIT_TOO_MANY_ERRORS = 3
 DEFAULT_MAX_ERROR_RATE = 0.5
 
 
+# Warnings Beam logs that no user of this tool can act on. Without the optional GCP extra, Beam
+# logs the first at every start, when its BigQuery client module is imported.
+UNACTIONABLE_WARNINGS = ("apitools not found, and bigquery client libraries are not available",)
+
+
+def drop_unactionable_warnings(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(UNACTIONABLE_WARNINGS)
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="yesno-label",
@@ -144,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rebuild_report(argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(drop_unactionable_warnings)
     # The local multi-process runner relays its workers' start-up warnings, which no user can
     # act on ("No semi_persistent_directory found", "Discarding unparseable args"); errors pass.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
