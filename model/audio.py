@@ -139,6 +139,17 @@ def read_recording(
     return Recording(mono, stream.sample_rate, stream.channels, stream.duration_s)
 
 
+def read_window(source: BinaryIO | str, start_s: float, seconds: float) -> np.ndarray:
+    """`seconds` of a recording from `start_s`, mono at 16 kHz in [-1, 1], read without
+    decoding what comes before it: to listen again to one window of a long file."""
+    with _audio_errors(), soundfile.SoundFile(source) as file:
+        file.seek(min(round(start_s * file.samplerate), max(file.frames - 1, 0)))
+        mono = _to_mono(file.read(round(seconds * file.samplerate), "float32", always_2d=True))
+        if file.samplerate != SAMPLE_RATE:
+            mono = _resampler(file.samplerate).resample_chunk(mono, last=True)
+    return np.clip(mono, -1.0, 1.0)
+
+
 def parse_pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
     """(samples float32 [frames, channels] in [-1, 1), sample rate) of a whole, well-formed
     16-bit PCM RIFF/WAVE file of fewer than BLOCK_FRAMES frames; None for anything else.

@@ -55,6 +55,11 @@ class RecordingInfo:
     error: str | None = None
 
 
+def error_kind(error: str) -> str:
+    """The short stable tag of an error row's `error` (`<kind>: <what went wrong>`)."""
+    return error.split(":", 1)[0]
+
+
 def display_path(path: str) -> str:
     """A path as the output stores it: a file name's bytes that are not UTF-8 (which Python keeps
     as surrogates) written as `\\xNN` escapes, so every name can be stored and still be found."""

@@ -23,9 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.labels import ROW_SCHEMA
+from pipeline.labels import ROW_SCHEMA, error_kind
 from pipeline.progress import PROGRESS_DIR
-from pipeline.storage import is_bucket_root
+from pipeline.storage import is_bucket_root, write_atomically
 
 PARQUET_PREFIX = "labels-"
 EVENTS_PREFIX = "events-"
@@ -91,13 +91,14 @@ def read_path_list(path_list: str) -> Iterable[str]:
 
 
 def write_parquet(path: str, rows: list[dict], schema: pa.Schema) -> None:
-    """Write rows as one Parquet file, atomically: to a temporary name, then renamed."""
+    """Write rows as one Parquet file, atomically."""
+    write_atomically(path, parquet_bytes(pa.Table.from_pylist(rows, schema=schema)))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
-    temporary = f"{path}.tmp"
-    with FileSystems.create(temporary) as file:
-        file.write(buffer.getvalue())
-    FileSystems.rename([temporary], [path])
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
 
 
 def parquet_files(directory: str, name_prefix: str = PARQUET_PREFIX) -> list[str]:
@@ -155,10 +156,8 @@ def carry_over(
 
 
 def _write_table(table: pa.Table, path: str) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
     with FileSystems.create(path) as file:
-        file.write(buffer.getvalue())
+        file.write(parquet_bytes(table))
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ def count_rows(directory: str, name_prefix: str = PARQUET_PREFIX) -> tuple[Count
     for row in read_columns(directory, ["label", "error"], name_prefix):
         labels[row["label"]] += 1
         if row["error"] is not None:
-            errors[row["error"].split(":", 1)[0]] += 1
+            errors[error_kind(row["error"])] += 1
     return labels, errors
 
 

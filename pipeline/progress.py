@@ -15,6 +15,8 @@ from typing import TextIO
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.storage import write_atomically
+
 PROGRESS_DIR = "_progress"
 # How often a group records its counts: cheap locally; each is a write on a bucket.
 RECORD_INTERVAL_S = {"local": 1.0, "bucket": 10.0}
@@ -34,10 +36,7 @@ class ProgressRecorder:
     def update(self, files: int, errors: int, final: bool = False) -> None:
         now = time.monotonic()
         if final or now - self._written_at >= self._interval:
-            temporary = f"{self._path}.tmp"  # renamed in place: a reader never sees half a file
-            with FileSystems.create(temporary) as file:
-                file.write(json.dumps({"files": files, "errors": errors}).encode())
-            FileSystems.rename([temporary], [self._path])
+            write_atomically(self._path, json.dumps({"files": files, "errors": errors}).encode())
             self._written_at = now
 
 

@@ -17,12 +17,12 @@ from itertools import pairwise
 
 import numpy as np
 import soundfile
-import soxr
 from apache_beam.io.filesystems import FileSystems
 
+from model.audio import read_window
 from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
 from pipeline import output
-from pipeline.labels import SCORE_COLUMNS
+from pipeline.labels import SCORE_COLUMNS, error_kind
 from pipeline.output import REPORT_FILE
 from pipeline.storage import open_input
 
@@ -33,8 +33,9 @@ TIMELINE_FILES = 20
 HISTOGRAM_BINS = 20
 SPECTROGRAM_BINS = 64
 LABEL_COLOURS = {"yes": "#1b9e77", "no": "#d95f02", "unknown": "#7570b3", "silence": "#999999"}
-REPORT_COLUMNS = ["path", "label", *SCORE_COLUMNS, "duration_s", "sample_rate", "error"]
-REPORT_COLUMNS += ["window_start_s"]
+REPORT_COLUMNS = [
+    "path", "label", *SCORE_COLUMNS, "duration_s", "sample_rate", "error", "window_start_s",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,16 +85,19 @@ def files_to_listen_to(rows: list[dict]) -> list[Listening]:
     return chosen
 
 
+def error_counts(rows: list[dict]) -> Counter:
+    """Error rows per kind (`pipeline.labels.error_kind`)."""
+    return Counter(error_kind(row["error"]) for row in rows if row["error"] is not None)
+
+
 def errors_by_kind(rows: list[dict]) -> dict[str, list[str]]:
-    """Example paths of each error kind (the error text up to its first colon), most common
-    kind first."""
-    kinds = Counter(row["error"].split(":", 1)[0] for row in rows if row["error"] is not None)
-    examples: dict[str, list[str]] = {kind: [] for kind, _ in kinds.most_common()}
+    """Example paths of each error kind, most common kind first."""
+    examples: dict[str, list[str]] = {kind: [] for kind, _ in error_counts(rows).most_common()}
     for row in rows:
         if row["error"] is not None:
-            kind = row["error"].split(":", 1)[0]
-            if len(examples[kind]) < ERROR_EXAMPLES:
-                examples[kind].append(row["path"])
+            paths = examples[error_kind(row["error"])]
+            if len(paths) < ERROR_EXAMPLES:
+                paths.append(row["path"])
     return examples
 
 
@@ -101,17 +105,10 @@ def deciding_window(row: dict) -> np.ndarray:
     """The 1 s (or shorter file's) 16 kHz mono audio of the window that decided a row's label,
     read from the file again; empty if it cannot be read now."""
     try:
-        with open_input(row["path"]) as file, soundfile.SoundFile(file) as sound:
-            start = round(row["window_start_s"] * sound.samplerate)
-            sound.seek(min(start, max(sound.frames - 1, 0)))
-            frames = sound.read(sound.samplerate, dtype="float32", always_2d=True)
-            rate = sound.samplerate
+        with open_input(row["path"]) as file:
+            return read_window(file, row["window_start_s"], CLIP_SAMPLES / SAMPLE_RATE)
     except Exception:  # noqa: BLE001 - the file may have moved since: the page says so
         return np.zeros(0, np.float32)
-    mono = frames.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE)
-    return np.clip(mono[:CLIP_SAMPLES], -1, 1).astype(np.float32)
 
 
 def wav_data_uri(audio: np.ndarray) -> str:
@@ -252,7 +249,7 @@ def counts_section(rows: list[dict]) -> str:
     )
     cells += f'<tr><td>errors</td><td class="n" data-label="error">{errors:,}</td></tr>'
     kinds = errors_by_kind(rows)
-    kind_counts = Counter(row["error"].split(":", 1)[0] for row in rows if row["error"] is not None)
+    kind_counts = error_counts(rows)
     kind_cells = "".join(
         f'<tr><td>{html.escape(kind)}</td><td class="n">{kind_counts[kind]:,}</td>'
         f"<td>{'<br>'.join(html.escape(path) for path in paths)}</td></tr>"

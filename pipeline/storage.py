@@ -170,3 +170,12 @@ def _open_gcs(path: str) -> BinaryIO:
     if blob.size > WHOLE_OBJECT_LIMIT:
         return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     return io.BytesIO(blob.download_as_bytes())
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write a file under a temporary name, then rename it into place: a reader (or a retry)
+    never sees half a file, locally or on a bucket."""
+    temporary = f"{path}.tmp"
+    with FileSystems.create(temporary) as file:
+        file.write(data)
+    FileSystems.rename([temporary], [path])
