@@ -183,9 +183,16 @@ class TrainingSources:
     noise_segments: list[np.ndarray]
     read_speech: list[np.ndarray]  # whole train recordings of read sentences
     synthetic: SyntheticPool | None
+    # Continuous-speech windows drawn each epoch: (read sentences, synthetic word sequences).
+    continuous_windows: tuple[int, int] = (
+        READ_SPEECH_WINDOWS_PER_EPOCH,
+        SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH,
+    )
 
 
-def make_synthetic_pool(rng: np.random.Generator, keyword_phrases: bool = True) -> SyntheticPool:
+def make_synthetic_pool(
+    rng: np.random.Generator, keyword_phrases: bool = True, sentences: int = SYNTHETIC_SENTENCES
+) -> SyntheticPool:
     """The synthetic words, sentences and (with `keyword_phrases`) answer windows of one training
     run (a minute or two of espeak-ng)."""
     keyword_texts = [
@@ -197,11 +204,11 @@ def make_synthetic_pool(rng: np.random.Generator, keyword_phrases: bool = True) 
     ]
     other_texts = rng.choice(NON_KEYWORDS, SYNTHETIC_NON_KEYWORDS)
     texts = keyword_texts + [(str(text), LABELS.index("unknown")) for text in other_texts]
-    voices = random_voices(len(texts) + SYNTHETIC_SENTENCES, rng, TRAIN_VARIANTS)
+    voices = random_voices(len(texts) + sentences, rng, TRAIN_VARIANTS)
     clips = [
         place_word(speak(text, voice), rng) for (text, _), voice in zip(texts, voices, strict=False)
     ]
-    sentences = [speak(random_word_sequence(rng), voice) for voice in voices[len(texts) :]]
+    spoken = [speak(random_word_sequence(rng), voice) for voice in voices[len(texts) :]]
     labels = [label for _, label in texts]
     phrases = len(KEYWORDS) * SYNTHETIC_PHRASES_PER_WORD if keyword_phrases else 0
     phrase_voices = random_voices(phrases, rng, TRAIN_VARIANTS)
@@ -209,7 +216,7 @@ def make_synthetic_pool(rng: np.random.Generator, keyword_phrases: bool = True) 
         word = KEYWORDS[index % len(KEYWORDS)]
         clips.append(keyword_phrase_window(word, voice, rng))
         labels.append(LABELS.index(word))
-    return SyntheticPool(np.stack(clips), np.array(labels), sentences)
+    return SyntheticPool(np.stack(clips), np.array(labels), spoken)
 
 
 def keyword_phrase_window(word: str, voice: Voice, rng: np.random.Generator) -> np.ndarray:
@@ -296,7 +303,7 @@ def epoch_examples(
     parts = [(sources.speech[indices], labels[indices])]
     talkers = sources.speech[labels == unknown_id]
     if sources.read_speech:
-        windows = speech_windows(sources.read_speech, READ_SPEECH_WINDOWS_PER_EPOCH, rng)
+        windows = speech_windows(sources.read_speech, sources.continuous_windows[0], rng)
         parts.append((windows, np.full(len(windows), unknown_id)))
     if sources.synthetic is not None:
         pool = sources.synthetic
@@ -310,7 +317,7 @@ def epoch_examples(
                 )
             ]
         )
-        windows = speech_windows(pool.sentences, SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH, rng)
+        windows = speech_windows(pool.sentences, sources.continuous_windows[1], rng)
         parts.append((pool.clips[picked], pool.labels[picked]))
         parts.append((windows, np.full(len(windows), unknown_id)))
         talkers = np.concatenate([talkers, pool.clips[pool.labels == unknown_id]])
@@ -363,6 +370,7 @@ def train(
     read_speech_dir: Path | None = DEFAULT_READ_SPEECH,
     synthetic: bool = True,
     keyword_phrases: bool = True,
+    continuous_scale: float = 1.0,
 ) -> None:
     configure_tensorflow(seed)
     import keras
@@ -392,7 +400,13 @@ def train(
         [path.split("/")[0] for path in train_paths],
         load_noise(data_dir, "train"),
         load_read_speech(read_speech_dir, "train")[0] if read_speech_dir else [],
-        make_synthetic_pool(rng, keyword_phrases) if synthetic else None,
+        make_synthetic_pool(rng, keyword_phrases, round(SYNTHETIC_SENTENCES * continuous_scale))
+        if synthetic
+        else None,
+        (
+            round(READ_SPEECH_WINDOWS_PER_EPOCH * continuous_scale),
+            round(SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH * continuous_scale),
+        ),
     )
     print(f"sources ready {time.monotonic() - started:.0f}s", flush=True)
     teachers = [KeywordModel(teacher) for teacher in teacher_dirs]
@@ -529,8 +543,8 @@ def train(
                     "unknown": f"every word's clips, at least {MIN_DRAWS_PER_WORD} draws per"
                     f" word, twice that for {', '.join(hard_negatives)}",
                     "continuous_speech_windows": {
-                        "read_speech": READ_SPEECH_WINDOWS_PER_EPOCH if read_speech_dir else 0,
-                        "synthetic": SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH if synthetic else 0,
+                        "read_speech": sources.continuous_windows[0] if read_speech_dir else 0,
+                        "synthetic": sources.continuous_windows[1] if synthetic else 0,
                     },
                     "synthetic_words": {
                         "yes": SYNTHETIC_KEYWORDS_PER_EPOCH,
@@ -640,6 +654,15 @@ def main() -> None:
         metavar="SHARE",
         help="share of silence windows cut to 0.25-0.95 s and zero-padded like a short file",
     )
+    parser.add_argument(
+        "--continuous-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="draw X times the default continuous-speech windows each epoch (read sentences"
+        f" {READ_SPEECH_WINDOWS_PER_EPOCH}, synthetic word sequences"
+        f" {SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH} from a pool of {SYNTHETIC_SENTENCES})",
+    )
     args = parser.parse_args()
     train(
         args.data,
@@ -659,6 +682,7 @@ def main() -> None:
         args.read_speech,
         not args.no_synthetic,
         not args.no_keyword_phrases,
+        args.continuous_scale,
     )
 
 

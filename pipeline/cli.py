@@ -40,7 +40,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "--input",
         required=True,
         help="a directory (searched recursively for .wav in any letter case), a glob, "
-        "or a bucket prefix",
+        "a bucket prefix, or a manifest of paths: a .txt file (one path per line), or a .csv or "
+        ".parquet file with a `path` column, local or in a bucket (relative paths are relative "
+        "to the manifest's folder)",
     )
     parser.add_argument(
         "--output",
@@ -162,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.loading import ListingError
     from pipeline.run import NoInputError, RunSettings, TooManyErrorsError, label_files
+    from pipeline.sources import ListingError, ManifestError
 
     settings = RunSettings(
         input_path=args.input,
@@ -180,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         summary = label_files(settings, PipelineOptions(beam_args))
-    except (NoInputError, FileExistsError, ListingError) as error:
+    except (NoInputError, FileExistsError, ListingError, ManifestError) as error:
         print(f"yesno-label: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TooManyErrorsError as error:

@@ -1,11 +1,10 @@
-"""Find the input files and cut each into model windows as it is decoded; a failure becomes an
-error, not a loss.
+"""Cut each input file into model windows as it is decoded; a failure becomes an error, not a
+loss.
 
 Plain functions over Beam's FileSystems, so they read local paths, gs:// and s3:// alike.
 """
 
 import contextlib
-import glob
 import os
 import stat
 from collections.abc import Iterator
@@ -15,68 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from model.audio import AudioError, RecordingStream, WindowCutter, window_spans_s
 from pipeline.labels import RecordingInfo
-from pipeline.storage import is_bucket_root, open_input
-
-GLOB_CHARACTERS = "*?["
-
-
-def is_wav(path: str) -> bool:
-    return path.lower().endswith(".wav")
-
-
-class ListingError(OSError):
-    """A folder under --input could not be listed, so its files cannot all be named."""
-
-
-def list_input(input_path: str) -> Iterator[str]:
-    """Every file an --input names, as an absolute local path or a full URI: an existing path as
-    it is (a directory's `.wav` entries, recursively, or one file), else a glob, else a bucket
-    prefix's `.wav` objects.
-
-    Local directories are walked here rather than through Beam's listing, which silently skips
-    entries it cannot stat: a broken symlink, or a directory named `x.wav`, gets a row too. A
-    sub-folder that cannot be listed stops the run (ListingError) rather than vanish. Local globs
-    are matched by Python's `glob`, which also keeps entries that cannot be stat'ed.
-    """
-    is_local = FileSystems.get_scheme(input_path) is None
-    is_glob = any(char in input_path for char in GLOB_CHARACTERS)
-    if is_local:
-        input_path = os.path.abspath(input_path)  # one spelling per file, for --skip_existing
-    if is_local and os.path.isdir(input_path):
-        yield from walk_wav_files(input_path)
-    elif is_local and os.path.lexists(input_path):
-        yield input_path
-    elif is_local and is_glob:
-        for match in sorted(glob.glob(input_path, recursive=True)):
-            if not os.path.isdir(match) or is_wav(match):
-                yield match
-    elif is_glob:
-        for match in FileSystems.match([input_path])[0].metadata_list:
-            yield match.path
-    elif (
-        not input_path.endswith("/")
-        and not is_bucket_root(input_path)
-        and FileSystems.exists(input_path)
-    ):
-        yield input_path
-    else:
-        prefix = input_path.rstrip("/") + "/**"
-        for match in FileSystems.match([prefix])[0].metadata_list:
-            if is_wav(match.path):
-                yield match.path
-
-
-def walk_wav_files(directory: str) -> Iterator[str]:
-    """The `.wav` entries (any letter case; files or not) under a local directory, sorted."""
-
-    def fail(error: OSError) -> None:
-        raise ListingError(f"cannot list {error.filename}: {error.strerror}") from error
-
-    for folder, subfolders, files in os.walk(directory, onerror=fail):
-        subfolders.sort()
-        for name in sorted(files + subfolders):
-            if is_wav(name):
-                yield os.path.join(folder, name)
+from pipeline.storage import open_input
 
 
 def check_local_file(path: str) -> None:

@@ -14,16 +14,12 @@ import io
 import json
 import os
 import shutil
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.labels import ROW_SCHEMA, error_kind
 from pipeline.progress import PROGRESS_DIR
 from pipeline.storage import is_bucket_root, write_atomically
 
@@ -31,7 +27,8 @@ PARQUET_PREFIX = "labels-"
 EVENTS_PREFIX = "events-"
 SUMMARY_FILE = "_summary.json"
 REPORT_FILE = "_report.html"  # pipeline.report
-INPUTS_DIR = "_inputs"
+INPUTS_DIR = "_inputs"  # in staging: the listing of --input (pipeline.sources)
+TALLY_FILE = "_tally.json"  # in staging: the run's figures, written by the job
 JOURNAL_FILE = "_commit.json"  # in staging, on buckets: written when a commit begins
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
@@ -48,9 +45,9 @@ def run_prefix(run_id: str, name_prefix: str = PARQUET_PREFIX) -> str:
     return f"{name_prefix}{run_id}-"
 
 
-def group_file(staging: str, run_id: str, group: int, name_prefix: str = PARQUET_PREFIX) -> str:
+def group_file(staging: str, run_id: str, group: str, name_prefix: str = PARQUET_PREFIX) -> str:
     """One file per group; the name is fixed, so a retried group overwrites its own file."""
-    return FileSystems.join(staging, f"{run_prefix(run_id, name_prefix)}{group:05d}.parquet")
+    return FileSystems.join(staging, f"{run_prefix(run_id, name_prefix)}{group}.parquet")
 
 
 def check_output_dir(output_dir: str, name_prefix: str = PARQUET_PREFIX) -> None:
@@ -73,23 +70,6 @@ def check_output_dir(output_dir: str, name_prefix: str = PARQUET_PREFIX) -> None
         )
 
 
-def write_path_lists(staging: str, groups: list[list[str]]) -> list[str]:
-    """Store each group's paths as JSON lines in staging, so the pipeline graph stays small."""
-    path_lists = []
-    for group, paths in enumerate(groups):
-        path_list = FileSystems.join(staging, INPUTS_DIR, f"group-{group:05d}.jsonl")
-        with FileSystems.create(path_list) as file:
-            file.write(b"".join(json.dumps(path).encode() + b"\n" for path in paths))
-        path_lists.append(path_list)
-    return path_lists
-
-
-def read_path_list(path_list: str) -> Iterable[str]:
-    with FileSystems.open(path_list) as file:
-        for line in io.TextIOWrapper(file, encoding="utf-8"):
-            yield json.loads(line)
-
-
 def write_parquet(path: str, rows: list[dict], schema: pa.Schema) -> None:
     """Write rows as one Parquet file, atomically."""
     write_atomically(path, parquet_bytes(pa.Table.from_pylist(rows, schema=schema)))
@@ -106,58 +86,14 @@ def parquet_files(directory: str, name_prefix: str = PARQUET_PREFIX) -> list[str
     return sorted(match.path for match in FileSystems.match([pattern])[0].metadata_list)
 
 
-def read_columns(
-    directory: str, columns: list[str], name_prefix: str = PARQUET_PREFIX
-) -> Iterable[dict]:
-    for path in parquet_files(directory, name_prefix):
-        with FileSystems.open(path) as file:
-            yield from pq.read_table(file, columns=columns).to_pylist()
+def read_file_columns(path: str, columns: list[str]) -> list[dict]:
+    """The rows of one Parquet file, these columns only."""
+    with FileSystems.open(path) as file:
+        return pq.read_table(file, columns=columns).to_pylist()
 
 
-def carry_over(
-    output_dir: str,
-    staging: str,
-    model_version: str,
-    keep_errors: bool,
-    events: "EventsDataset | None" = None,
-) -> set[str]:
-    """Copy into staging the rows of an earlier output that a rerun keeps: those scored by this
-    model version, with the per-file columns of this release, and without an error unless
-    `keep_errors`. Returns their paths; the files of every other row are labelled again.
-
-    With `events`, rows are kept only if the earlier output was committed together with that
-    events dataset, and the kept files' events are copied with them, so the two stay consistent.
-    """
-    if FileSystems.get_filesystem(output_dir).has_dirs() and not FileSystems.exists(output_dir):
-        return set()
-    if events is not None and not events.committed_with(read_summary(output_dir)):
-        return set()
-    kept_paths: set[str] = set()
-    for path in parquet_files(output_dir):
-        with FileSystems.open(path) as file:
-            table = pq.read_table(file)
-        if table.schema.names != ROW_SCHEMA.names:
-            continue  # written with other columns, by another release: labelled again
-        keep = pc.equal(table["model_version"], model_version)
-        if not keep_errors:
-            keep = pc.and_(keep, pc.is_null(table["error"]))
-        kept = table.filter(keep)
-        if kept.num_rows:
-            _write_table(kept, FileSystems.join(staging, os.path.basename(path)))
-            kept_paths.update(kept["path"].to_pylist())
-    if events is not None and kept_paths:
-        wanted = pa.array(sorted(kept_paths), pa.string())
-        for path in parquet_files(events.output_dir, EVENTS_PREFIX):
-            with FileSystems.open(path) as file:
-                table = pq.read_table(file)
-            kept = table.filter(pc.is_in(table["path"], value_set=wanted))
-            _write_table(kept, FileSystems.join(events.staging, os.path.basename(path)))
-    return kept_paths
-
-
-def _write_table(table: pa.Table, path: str) -> None:
-    with FileSystems.create(path) as file:
-        file.write(parquet_bytes(table))
+def parquet_names(directory: str, name_prefix: str = PARQUET_PREFIX) -> list[str]:
+    return [os.path.basename(path) for path in parquet_files(directory, name_prefix)]
 
 
 @dataclass(frozen=True)
@@ -169,7 +105,7 @@ class EventsDataset:
     run_id: str
 
     def as_summary(self) -> dict:
-        """What the per-file output's summary says of it, for `repair` and `carry_over`."""
+        """What the per-file output's summary says of it, for `repair` and --skip_existing."""
         return {"output": self.output_dir, "staging": self.staging, "run_id": self.run_id}
 
     def committed_with(self, output_summary: dict | None) -> bool:
@@ -180,17 +116,6 @@ class EventsDataset:
         return named.get("output") == self.output_dir and named.get("run_id") == present.get(
             "run_id"
         )
-
-
-def count_rows(directory: str, name_prefix: str = PARQUET_PREFIX) -> tuple[Counter, Counter]:
-    """Files per label, and errors per kind (the error text up to its first colon)."""
-    labels: Counter = Counter()
-    errors: Counter = Counter()
-    for row in read_columns(directory, ["label", "error"], name_prefix):
-        labels[row["label"]] += 1
-        if row["error"] is not None:
-            errors[error_kind(row["error"])] += 1
-    return labels, errors
 
 
 def write_summary(staging: str, summary: dict) -> None:
@@ -229,6 +154,9 @@ def commit(staging: str, output_dir: str, events: EventsDataset | None = None) -
     """
     for scratch in (INPUTS_DIR, PROGRESS_DIR):
         delete_directory(FileSystems.join(staging, scratch))
+    tally = FileSystems.join(staging, TALLY_FILE)
+    if FileSystems.exists(tally):
+        FileSystems.delete([tally])
     if FileSystems.get_scheme(output_dir) is None:
         old_events = None
         if events is not None:

@@ -27,8 +27,8 @@ REPORT_INTERVAL_S = {"terminal": 2.0, "log": 30.0}
 class ProgressRecorder:
     """A group's files done and errors so far, written at most every RECORD_INTERVAL_S."""
 
-    def __init__(self, staging: str, group: int):
-        self._path = FileSystems.join(staging, PROGRESS_DIR, f"group-{group:05d}.json")
+    def __init__(self, staging: str, group: str):
+        self._path = FileSystems.join(staging, PROGRESS_DIR, f"group-{group}.json")
         is_local = FileSystems.get_scheme(staging) is None
         self._interval = RECORD_INTERVAL_S["local" if is_local else "bucket"]
         self._written_at = time.monotonic()
@@ -55,12 +55,17 @@ def read_progress(staging: str) -> tuple[int, int]:
     return files, errors
 
 
-def format_progress(files: int, total: int, errors: int, elapsed_s: float) -> str:
+def format_progress(
+    files: int, total: int, errors: int, elapsed_s: float, exact: bool = True
+) -> str:
+    """One progress line; `exact` False when the total is estimated (a text manifest's size)."""
     rate = files / elapsed_s if elapsed_s > 0 else 0.0
-    left = f"about {format_duration((total - files) / rate)} left" if rate > 0 else "starting"
+    left = max(total - files, 0)
+    time_left = f"about {format_duration(left / rate)} left" if rate > 0 else "starting"
+    of = f"{total:,}" if exact else f"about {total:,}"
     return (
-        f"{files:,} of {total:,} files ({files / max(total, 1):.0%}), {rate:,.1f} files/s,"
-        f" {errors:,} errors, {left}"
+        f"{files:,} of {of} files ({min(files / max(total, 1), 1):.0%}), {rate:,.1f} files/s,"
+        f" {errors:,} errors, {time_left}"
     )
 
 
@@ -82,8 +87,10 @@ class ProgressReporter:
         total: int,
         read: Callable[[], tuple[int, int]],
         stream: TextIO | None = None,
+        exact: bool = True,
     ):
         self._total = total
+        self._exact = exact
         self._read = read
         self._stream = stream or sys.stderr
         self._terminal = self._stream.isatty()
@@ -106,7 +113,8 @@ class ProgressReporter:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             files, errors = self._read()
-            line = format_progress(files, self._total, errors, time.monotonic() - self._started)
+            elapsed_s = time.monotonic() - self._started
+            line = format_progress(files, self._total, errors, elapsed_s, self._exact)
             if self._terminal:
                 self._stream.write(f"\r\x1b[K{line}")
             else:

@@ -2,8 +2,9 @@
 rebuilt by `yesno-label report <output>`.
 
 Everything is inline (styles, SVG charts, PNG spectrograms and WAV players as data URIs), so the
-page opens offline and can be mailed. What it shows is computed by plain functions over the
-output's rows (`histogram`, `files_to_listen_to`, ...), which the tests check on their own.
+page opens offline and can be mailed. What it shows comes from the run's `Tally` (added up inside
+the job, or rebuilt from the dataset's files a group at a time), so the page costs the same for
+a hundred files or a hundred million.
 """
 
 import base64
@@ -11,7 +12,6 @@ import html
 import io
 import struct
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -22,20 +22,20 @@ from apache_beam.io.filesystems import FileSystems
 from model.audio import read_window
 from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
 from pipeline import output
-from pipeline.labels import SCORE_COLUMNS, error_kind
+from pipeline.labels import SCORE_COLUMNS
 from pipeline.output import REPORT_FILE
 from pipeline.storage import open_input
+from pipeline.tally import (
+    DURATION_EDGES_S,
+    EVENT_COLUMNS,
+    HISTOGRAM_BINS,
+    LISTEN_PER_LABEL,
+    ROW_COLUMNS,
+    Tally,
+)
 
-LISTEN_LEAST_CONFIDENT = 12
-LISTEN_PER_LABEL = 3
-ERROR_EXAMPLES = 3
-TIMELINE_FILES = 20
-HISTOGRAM_BINS = 20
 SPECTROGRAM_BINS = 64
 LABEL_COLOURS = {"yes": "#1b9e77", "no": "#d95f02", "unknown": "#7570b3", "silence": "#999999"}
-REPORT_COLUMNS = [
-    "path", "label", *SCORE_COLUMNS, "duration_s", "sample_rate", "error", "window_start_s",
-]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,59 +46,20 @@ class Listening:
     row: dict
 
 
-def read_rows(output_dir: str) -> list[dict]:
-    """The rows of a dataset directory (committed or staged), the report's columns only."""
-    return list(output.read_columns(output_dir, REPORT_COLUMNS))
-
-
-def read_events(events_dir: str) -> list[dict]:
-    return list(
-        output.read_columns(events_dir, ["path", "label", "start_s", "end_s"], output.EVENTS_PREFIX)
-    )
-
-
-def histogram(
-    values: list[float], low: float, high: float, bins: int = HISTOGRAM_BINS
-) -> list[int]:
-    """Counts of `values` in `bins` equal bins from low to high (the ends included)."""
-    if not values:
-        return [0] * bins
-    counts, _ = np.histogram(np.clip(values, low, high), bins=bins, range=(low, high))
-    return [int(count) for count in counts]
-
-
-def label_confidence(row: dict) -> float:
-    """How sure the row's label is: the score of the class it names."""
-    return row[f"score_{row['label']}"]
-
-
-def files_to_listen_to(rows: list[dict]) -> list[Listening]:
+def files_to_listen_to(tally: Tally) -> list[Listening]:
     """The least confident labels, then the most confident few of each label."""
-    labelled = [row for row in rows if row["label"] is not None]
-    by_confidence = sorted(labelled, key=lambda row: (label_confidence(row), row["path"]))
-    chosen = [Listening("least confident", row) for row in by_confidence[:LISTEN_LEAST_CONFIDENT]]
+    chosen = [Listening("least confident", row) for row in tally.least_confident]
     seen = {listening.row["path"] for listening in chosen}
     for label in LABELS:
-        examples = [row for row in reversed(by_confidence) if row["label"] == label]
-        for row in [row for row in examples if row["path"] not in seen][:LISTEN_PER_LABEL]:
-            chosen.append(Listening(f"a sure {label}", row))
+        surest = [row for row in tally.surest.get(label, []) if row["path"] not in seen]
+        chosen.extend(Listening(f"a sure {label}", row) for row in surest[:LISTEN_PER_LABEL])
     return chosen
 
 
-def error_counts(rows: list[dict]) -> Counter:
-    """Error rows per kind (`pipeline.labels.error_kind`)."""
-    return Counter(error_kind(row["error"]) for row in rows if row["error"] is not None)
-
-
-def errors_by_kind(rows: list[dict]) -> dict[str, list[str]]:
-    """Example paths of each error kind, most common kind first."""
-    examples: dict[str, list[str]] = {kind: [] for kind, _ in error_counts(rows).most_common()}
-    for row in rows:
-        if row["error"] is not None:
-            paths = examples[error_kind(row["error"])]
-            if len(paths) < ERROR_EXAMPLES:
-                paths.append(row["path"])
-    return examples
+def errors_by_kind(tally: Tally) -> dict[str, list[str]]:
+    """Example paths of each error kind, most common kind first (then by name)."""
+    kinds = sorted(tally.errors, key=lambda kind: (-tally.errors[kind], kind))
+    return {kind: tally.error_examples[kind] for kind in kinds}
 
 
 def deciding_window(row: dict) -> np.ndarray:
@@ -164,32 +125,37 @@ def bar_chart_svg(counts: list[int], labels: list[str], colour: str = "#4477aa")
     )
 
 
-def score_histograms(rows: list[dict]) -> str:
+def score_histograms(tally: Tally) -> str:
     parts = []
     edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
     names = [f"{a:.2f}-{b:.2f}" for a, b in pairwise(edges)]
     for label, column in zip(LABELS, SCORE_COLUMNS, strict=True):
-        values = [row[column] for row in rows if row[column] is not None]
-        counts = histogram(values, 0.0, 1.0)
         parts.append(
             f"<figure><figcaption>{column}</figcaption>"
-            f"{bar_chart_svg(counts, names, LABEL_COLOURS[label])}</figure>"
+            f"{bar_chart_svg(tally.score_bins[column], names, LABEL_COLOURS[label])}</figure>"
         )
     return "".join(parts)
 
 
-def duration_and_rate_charts(rows: list[dict]) -> str:
-    durations = [row["duration_s"] for row in rows if row["duration_s"] is not None]
-    high = max(max(durations, default=1.0), 1.0)
-    edges = np.linspace(0, high, HISTOGRAM_BINS + 1)
-    names = [f"{a:.1f}-{b:.1f} s" for a, b in pairwise(edges)]
-    rates = Counter(row["sample_rate"] for row in rows if row["sample_rate"] is not None)
-    rate_names = [f"{rate:,} Hz" for rate in sorted(rates)]
+def format_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:g} min"
+    return f"{seconds / 3600:g} h"
+
+
+def duration_and_rate_charts(tally: Tally) -> str:
+    edges = [format_seconds(edge) for edge in DURATION_EDGES_S]
+    names = [f"{a}-{b}" for a, b in pairwise(edges)] + [f"{edges[-1]} or more"]
+    rates = sorted(tally.sample_rates)
+    rate_counts = [tally.sample_rates[rate] for rate in rates] or [0]
+    rate_names = [f"{rate:,} Hz" for rate in rates] or ["none"]
     return (
         f"<figure><figcaption>duration</figcaption>"
-        f"{bar_chart_svg(histogram(durations, 0.0, high), names)}</figure>"
+        f"{bar_chart_svg(tally.duration_bins, names)}</figure>"
         f"<figure><figcaption>sample rate</figcaption>"
-        f"{bar_chart_svg([rates[rate] for rate in sorted(rates)] or [0], rate_names or ['none'])}"
+        f"{bar_chart_svg(rate_counts, rate_names)}"
         "</figure>"
     )
 
@@ -240,32 +206,29 @@ def run_section(summary: dict) -> str:
     return f"<h2>The run</h2><table>{cells}</table>"
 
 
-def counts_section(rows: list[dict]) -> str:
-    labels = Counter(row["label"] for row in rows if row["label"] is not None)
-    errors = sum(row["error"] is not None for row in rows)
+def counts_section(tally: Tally) -> str:
     cells = "".join(
-        f'<tr><td>{label}</td><td class="n" data-label="{label}">{labels[label]:,}</td></tr>'
+        f'<tr><td>{label}</td><td class="n" data-label="{label}">{tally.labels[label]:,}</td></tr>'
         for label in LABELS
     )
+    errors = sum(tally.errors.values())
     cells += f'<tr><td>errors</td><td class="n" data-label="error">{errors:,}</td></tr>'
-    kinds = errors_by_kind(rows)
-    kind_counts = error_counts(rows)
     kind_cells = "".join(
-        f'<tr><td>{html.escape(kind)}</td><td class="n">{kind_counts[kind]:,}</td>'
+        f'<tr><td>{html.escape(kind)}</td><td class="n">{tally.errors[kind]:,}</td>'
         f"<td>{'<br>'.join(html.escape(path) for path in paths)}</td></tr>"
-        for kind, paths in kinds.items()
+        for kind, paths in errors_by_kind(tally).items()
     )
     errors_table = (
         f"<table><tr><th>kind</th><th>files</th><th>examples</th></tr>{kind_cells}</table>"
-        if kinds
+        if kind_cells
         else "<p>none</p>"
     )
     return f"<h2>Labels</h2><table>{cells}</table><h2>Errors by kind</h2>{errors_table}"
 
 
-def listening_section(rows: list[dict]) -> str:
+def listening_section(tally: Tally) -> str:
     lines = []
-    for item in files_to_listen_to(rows):
+    for item in files_to_listen_to(tally):
         row = item.row
         audio = deciding_window(row)
         player = (
@@ -287,33 +250,28 @@ def listening_section(rows: list[dict]) -> str:
     )
 
 
-def events_section(rows: list[dict], events: list[dict]) -> str:
-    durations = {row["path"]: row["duration_s"] or 0.0 for row in rows}
-    by_file: dict[str, list[dict]] = {}
-    for event in events:
-        by_file.setdefault(event["path"], []).append(event)
-    busiest = sorted(by_file, key=lambda path: (-len(by_file[path]), path))[:TIMELINE_FILES]
+def events_section(tally: Tally) -> str:
     lines = "".join(
-        f'<tr><td>{html.escape(path)}</td><td class="n">{len(by_file[path])}</td>'
-        f"<td>{timeline_svg(by_file[path], durations.get(path, 0.0))}</td></tr>"
-        for path in busiest
+        f'<tr><td>{html.escape(file["path"])}</td><td class="n">{len(file["events"])}</td>'
+        f"<td>{timeline_svg(file['events'], file['duration_s'] or 0.0)}</td></tr>"
+        for file in tally.busiest
     )
     return (
-        f"<h2>Keyword events</h2><p>{len(events):,} events in {len(by_file):,} files; the"
-        f" {len(busiest)} files with the most:</p><table><tr><th>file</th><th>events</th>"
-        f"<th>timeline (yes green, no orange)</th></tr>{lines}</table>"
+        f"<h2>Keyword events</h2><p>{tally.events:,} events in {tally.files_with_events:,}"
+        f" files; the {len(tally.busiest)} files with the most:</p><table><tr><th>file</th>"
+        f"<th>events</th><th>timeline (yes green, no orange)</th></tr>{lines}</table>"
     )
 
 
-def render(summary: dict, rows: list[dict], events: list[dict] | None) -> str:
-    """The page, from the run's summary, its rows and (with --events) its events."""
+def render(summary: dict, tally: Tally, with_events: bool) -> str:
+    """The page, from the run's summary and its tally (with --events, their timelines too)."""
     sections = [
         run_section(summary),
-        counts_section(rows),
-        f"<h2>Scores</h2>{score_histograms(rows)}",
-        f"<h2>Recordings</h2>{duration_and_rate_charts(rows)}",
-        listening_section(rows),
-        events_section(rows, events) if events is not None else "",
+        counts_section(tally),
+        f"<h2>Scores</h2>{score_histograms(tally)}",
+        f"<h2>Recordings</h2>{duration_and_rate_charts(tally)}",
+        listening_section(tally),
+        events_section(tally) if with_events else "",
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -322,12 +280,27 @@ def render(summary: dict, rows: list[dict], events: list[dict] | None) -> str:
     )
 
 
-def write_report(dataset_dir: str, summary: dict, events_dir: str | None) -> None:
+def write_report(dataset_dir: str, summary: dict, tally: Tally, with_events: bool) -> None:
     """Write `_report.html` into a dataset directory (the staging one, before its commit)."""
-    rows = read_rows(dataset_dir)
-    events = read_events(events_dir) if events_dir else None
     with FileSystems.create(FileSystems.join(dataset_dir, REPORT_FILE)) as file:
-        file.write(render(summary, rows, events).encode())
+        file.write(render(summary, tally, with_events).encode())
+
+
+def tally_dataset(output_dir: str, events_dir: str | None) -> Tally:
+    """The tally of a committed dataset, read a group at a time: each labels file, and with
+    events the events file of the same group."""
+    tally = Tally()
+    for path in output.parquet_files(output_dir):
+        rows = output.read_file_columns(path, ROW_COLUMNS)
+        tally.add_rows(rows)
+        if events_dir is None:
+            continue
+        name = path.rsplit("/", 1)[-1].replace(output.PARQUET_PREFIX, output.EVENTS_PREFIX, 1)
+        events_file = FileSystems.join(events_dir, name)
+        if FileSystems.exists(events_file):
+            durations = {row["path"]: row["duration_s"] for row in rows}
+            tally.add_events(output.read_file_columns(events_file, EVENT_COLUMNS), durations)
+    return tally
 
 
 def rebuild_report(output_dir: str) -> str:
@@ -336,5 +309,5 @@ def rebuild_report(output_dir: str) -> str:
     if summary is None:
         raise FileNotFoundError(f"{output_dir} has no {output.SUMMARY_FILE}: not an output")
     events_dir = (summary.get("events") or {}).get("output")
-    write_report(output_dir, summary, events_dir)
+    write_report(output_dir, summary, tally_dataset(output_dir, events_dir), events_dir is not None)
     return FileSystems.join(output_dir, REPORT_FILE)

@@ -1,8 +1,14 @@
-"""One labelling run: list the input, run the Beam job into staging, commit, summarise."""
+"""One labelling run: plan the input, run the Beam job into staging, check it, commit, summarise.
+
+Nothing here grows with the number of files but the lists of slices and of Parquet files (one
+per few thousand files): the job reads the input itself, labels, writes and adds up the figures
+(`pipeline.transforms`), and the launcher checks and commits what the job's tally says.
+"""
 
 import contextlib
 import datetime
 import json
+import math
 import os
 import time
 import uuid
@@ -17,15 +23,19 @@ from model.contract import DEFAULT_ARTIFACT, METADATA_FILE
 from model.decision import Decision
 from model.serving import resolve_runtime
 from pipeline import output
-from pipeline.labels import display_path
-from pipeline.loading import list_input
 from pipeline.progress import ProgressReporter, read_progress
 from pipeline.report import write_report
-from pipeline.transforms import LabelGroups
+from pipeline.sources import (
+    GROUP_SIZE,
+    SMALL_INPUT,
+    InputPlan,
+    plan_input,
+    small_input_groups,
+)
+from pipeline.tally import Tally
+from pipeline.transforms import LabelGroups, SkipExisting
 
 LOCAL_RUNNER_NAMES = {None, "directrunner", "direct"}
-FILES_PER_GROUP_RANGE = (256, 4_096)  # a group is a few full batches at least
-TARGET_GROUPS = 16  # enough groups to keep a few workers busy when there is enough work
 
 
 class NoInputError(ValueError):
@@ -92,12 +102,11 @@ def runner_name(options: PipelineOptions) -> str:
     return options.view_as(StandardOptions).runner or "DirectRunner (in-process FnApiRunner)"
 
 
-def split_into_groups(paths: list[str]) -> list[list[str]]:
-    """Consecutive runs of the sorted paths: few groups for small inputs, more for large ones."""
-    low, high = FILES_PER_GROUP_RANGE
-    size = min(max(len(paths) // TARGET_GROUPS, low), high)
-    ordered = sorted(paths)
-    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+def join_buckets(files: int) -> int:
+    """Buckets (groups) of a --skip_existing join over about `files` paths and earlier rows:
+    groups of MIN_GROUP_SIZE to GROUP_SIZE files, as a listing makes them."""
+    size = small_input_groups(files) if files < SMALL_INPUT else GROUP_SIZE
+    return max(1, math.ceil(files / size))
 
 
 def spread_groups_on_dask(options: PipelineOptions, num_groups: int) -> None:
@@ -113,20 +122,19 @@ def spread_groups_on_dask(options: PipelineOptions, num_groups: int) -> None:
 def run_pipeline(
     settings: RunSettings,
     options: PipelineOptions,
-    paths: list[str],
+    plan: InputPlan,
     staging: str,
     run_id: str,
     model_version: str,
     events: output.EventsDataset | None,
+    skip_existing: SkipExisting | None,
 ) -> None:
-    groups = split_into_groups(paths)
-    path_lists = output.write_path_lists(staging, groups)
     if runner_name(options).lower().startswith("dask"):
-        spread_groups_on_dask(options, len(groups))
+        spread_groups_on_dask(options, len(plan.sources))
     with beam.Pipeline(runner=make_runner(options), options=options) as pipeline:
         _ = (
             pipeline
-            | "PathLists" >> beam.Create(list(enumerate(path_lists)))
+            | "Slices" >> beam.Create(list(enumerate(plan.sources)))
             | "LabelGroups"
             >> LabelGroups(
                 options,
@@ -138,23 +146,33 @@ def run_pipeline(
                 run_id,
                 settings.runtime,
                 events.staging if events else None,
+                skip_existing,
             )
         )
 
 
-def check_one_row_per_path(staging: str, run_id: str, paths: list[str]) -> None:
-    """Every listed path has exactly one row of this run, and no row names another path."""
-    written = Counter(
-        row["path"] for row in output.read_columns(staging, ["path"], output.run_prefix(run_id))
-    )
-    expected = Counter(display_path(path) for path in paths)
-    if written != expected:
-        missing = sorted((expected - written).elements())
-        extra = sorted((written - expected).elements())
+def read_tally(staging: str) -> Tally:
+    path = FileSystems.join(staging, output.TALLY_FILE)
+    if not FileSystems.exists(path):
+        raise RuntimeError("the job ended without its tally; the output is left as it was")
+    with FileSystems.open(path) as file:
+        return Tally.from_json(file.read().decode())
+
+
+def check_job_complete(tally: Tally, plan: InputPlan, staged_files: int) -> None:
+    """Every slice of the input was read to its end, every path it listed reached a written
+    group, and every group the tally counts is a file in staging (each group checked its own
+    rows against its paths): no runner lost or repeated a part of the run."""
+    problems = []
+    if tally.slices_done != len(plan.sources):
+        problems.append(f"{tally.slices_done} of {len(plan.sources)} input slices read")
+    if tally.received != tally.listed:
+        problems.append(f"{tally.received} of {tally.listed} listed paths labelled or kept")
+    if staged_files != tally.groups:
+        problems.append(f"{staged_files} Parquet files for {tally.groups} groups")
+    if problems:
         raise RuntimeError(
-            f"the runner wrote {sum(written.values())} rows for {len(paths)} files"
-            f" ({len(missing)} paths missing or short of rows, e.g. {missing[:3]};"
-            f" {len(extra)} rows extra, e.g. {extra[:3]}); the output is left as it was"
+            f"the runner lost part of the run ({'; '.join(problems)}); the output is left as it was"
         )
 
 
@@ -169,6 +187,29 @@ def check_error_rate(errors: Counter, files: int, max_error_rate: float) -> None
         )
 
 
+def plan_skip_existing(
+    settings: RunSettings, plan: InputPlan, model_version: str, events: output.EventsDataset | None
+) -> SkipExisting:
+    """The earlier output's files to join with, or none when nothing of it can be kept (no
+    output yet, or not committed with these events)."""
+    earlier = output.read_summary(settings.output_dir)
+    label_files = output.parquet_files(settings.output_dir) if earlier is not None else []
+    event_files = []
+    if events is not None:
+        if events.committed_with(earlier):
+            event_files = output.parquet_files(events.output_dir, output.EVENTS_PREFIX)
+        else:
+            label_files = []
+    earlier_rows = (earlier or {}).get("files", 0) if label_files else 0
+    return SkipExisting(
+        label_files,
+        event_files,
+        join_buckets(plan.files + earlier_rows),
+        model_version,
+        settings.keep_error_rows,
+    )
+
+
 def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     """Label every file the input names into settings.output_dir; returns the run's summary."""
     FileSystems.set_options(options)
@@ -178,9 +219,6 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     output.check_output_dir(settings.output_dir)
     if settings.events_dir is not None:
         check_events_dir(settings.events_dir, settings.output_dir)
-    paths = list(list_input(settings.input_path))
-    if not paths:
-        raise NoInputError(f"no WAV files match --input {settings.input_path}")
     run_id = started_at.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     staging = output.staging_dir(settings.output_dir, run_id)
     events = None
@@ -190,25 +228,27 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     metadata = read_model_metadata(settings.model_dir)
     model_version = metadata["model_version"]
     try:
-        done = (
-            output.carry_over(
-                settings.output_dir, staging, model_version, settings.keep_error_rows, events
-            )
+        plan = plan_input(settings.input_path, staging)
+        if plan.exact and not plan.files:
+            raise NoInputError(f"no WAV files match --input {settings.input_path}")
+        skip = (
+            plan_skip_existing(settings, plan, model_version, events)
             if settings.skip_existing
-            else set()
+            else None
         )
-        to_label = [path for path in paths if display_path(path) not in done]
-        if to_label:
-            reporter = (
-                ProgressReporter(len(to_label), lambda: read_progress(staging))
-                if settings.progress
-                else contextlib.nullcontext()
-            )
-            with reporter:
-                run_pipeline(settings, options, to_label, staging, run_id, model_version, events)
-        check_one_row_per_path(staging, run_id, to_label)
-        labels, errors = output.count_rows(staging)
-        check_error_rate(errors, len(done) + len(to_label), settings.max_error_rate)
+        reporter = (
+            ProgressReporter(plan.files, lambda: read_progress(staging), exact=plan.exact)
+            if settings.progress
+            else contextlib.nullcontext()
+        )
+        with reporter:
+            run_pipeline(settings, options, plan, staging, run_id, model_version, events, skip)
+        tally = read_tally(staging)
+        parquet_files = output.parquet_names(staging)
+        check_job_complete(tally, plan, len(parquet_files))
+        if not tally.listed:
+            raise NoInputError(f"the manifest {settings.input_path} lists no file")
+        check_error_rate(tally.errors, tally.rows, settings.max_error_rate)
     except BaseException:
         output.discard(staging)
         if events is not None:
@@ -217,12 +257,12 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     elapsed = time.monotonic() - started
     summary = {
         "run_id": run_id,
-        "files": sum(labels.values()),
-        "files_labelled_this_run": len(to_label),
-        "files_kept_from_earlier_output": sum(labels.values()) - len(to_label),
-        "labels": {label: count for label, count in sorted(labels.items(), key=str) if label},
-        "errors": sum(errors.values()),
-        "errors_by_kind": dict(sorted(errors.items())),
+        "files": tally.rows,
+        "files_labelled_this_run": tally.labelled,
+        "files_kept_from_earlier_output": tally.kept,
+        "labels": {label: count for label, count in sorted(tally.labels.items())},
+        "errors": sum(tally.errors.values()),
+        "errors_by_kind": dict(sorted(tally.errors.items())),
         "model_version": model_version,
         "runtime": resolve_runtime(settings.model_dir, settings.runtime),
         "decision": Decision.from_metadata(metadata).as_metadata(),
@@ -232,14 +272,15 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         "started_at": started_at.isoformat(timespec="seconds"),
         "ended_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(elapsed, 3),
-        "files_per_s": round(len(to_label) / elapsed, 2),
-        "parquet_files": [os.path.basename(path) for path in output.parquet_files(staging)],
+        "files_per_s": round(tally.labelled / elapsed, 2),
+        "parquet_files": parquet_files,
     }
     if events is not None:
         summary["events"] = events.as_summary()
-        summary["keyword_events"] = write_events_summary(events, summary)
+        summary["keyword_events"] = tally.events
+        write_events_summary(events, summary)
     output.write_summary(staging, summary)
-    write_report(staging, summary, events.staging if events else None)
+    write_report(staging, summary, tally, events is not None)
     output.commit(staging, settings.output_dir, events)
     return summary
 
@@ -257,19 +298,15 @@ def check_events_dir(events_dir: str, output_dir: str) -> None:
     output.check_output_dir(events_dir, output.EVENTS_PREFIX)
 
 
-def write_events_summary(events: output.EventsDataset, summary: dict) -> int:
-    """The events dataset's own `_summary.json` (its run, files and row count); returns the
-    number of keyword events."""
-    files = output.parquet_files(events.staging, output.EVENTS_PREFIX)
-    count = sum(1 for _ in output.read_columns(events.staging, ["label"], output.EVENTS_PREFIX))
+def write_events_summary(events: output.EventsDataset, summary: dict) -> None:
+    """The events dataset's own `_summary.json`: its run, files and row count."""
     output.write_summary(
         events.staging,
         {
             "run_id": events.run_id,
-            "keyword_events": count,
+            "keyword_events": summary["keyword_events"],
             "files_output": summary["output"],
             "model_version": summary["model_version"],
-            "parquet_files": [os.path.basename(path) for path in files],
+            "parquet_files": output.parquet_names(events.staging, output.EVENTS_PREFIX),
         },
     )
-    return count

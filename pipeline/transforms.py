@@ -1,28 +1,41 @@
-"""The labelling job as a few named Beam transforms: read a group's paths, label, write.
+"""The labelling job as a few named Beam transforms: read the input's slices into groups of
+files, label each group, write it, and add up what was written.
 
-The launcher splits the input into groups and stores each group's paths in a file; the job
-spreads the groups over the workers and labels each group inside one `process` call, batching
-its windows there. Nothing is emitted from `finish_bundle` and no sink is used: some runners
-(Beam 2.77's DaskRunner) drop what `finish_bundle` emits, and this shape is correct on all.
+The launcher plans the input as slices of path lists (`pipeline.sources`); the job reads them
+itself, so no process holds every path. Plain runs need no shuffle: a slice's paths are labelled
+as they are read, in groups of at most GROUP_SIZE. With --skip_existing the listed paths and the
+earlier output's rows meet in a join: both are keyed by a hash of the path into as many buckets
+as there are groups, so each bucket is one group that knows which of its files to keep.
+
+Each group is labelled inside one `process` call, batching its windows there. Nothing is emitted
+from `finish_bundle` and no sink is used: some runners (Beam 2.77's DaskRunner) drop what
+`finish_bundle` emits, and this shape is correct on all. The run's figures are a `Tally` per
+group, combined into one and written to staging for the launcher.
 """
 
-from collections import deque
-from collections.abc import Iterator
+import zlib
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
 from model.serving import KeywordModel
-from pipeline.labels import EVENT_SCHEMA, ROW_SCHEMA, WindowScores, make_rows
+from pipeline.labels import EVENT_SCHEMA, ROW_SCHEMA, WindowScores, display_path, make_rows
 from pipeline.loading import WindowReader
-from pipeline.output import EVENTS_PREFIX, group_file, read_path_list, write_parquet
+from pipeline.output import EVENTS_PREFIX, TALLY_FILE, group_file, write_parquet
 from pipeline.progress import ProgressRecorder
+from pipeline.sources import GROUP_SIZE, PathSource, batched, read_source
+from pipeline.storage import write_atomically
+from pipeline.tally import Tally
 
 # Batches scored at once, each by a one-thread onnxruntime call: on 2 cores this keeps both busy
 # with less synchronisation than one batch at a time on two onnxruntime threads.
@@ -54,12 +67,117 @@ def path_from_bytes(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-class ReadPathList(FileSystemsDoFn):
-    """(group, path-list file) -> (group, paths as bytes)."""
+@dataclass
+class Group:
+    """Files labelled and written together as one Parquet file, and what the launcher checks:
+    `received` listed paths arrived here; a slice's last group also carries how many it
+    `listed`. With --skip_existing, the earlier rows (and events) this group keeps."""
 
-    def process(self, element: tuple[int, str]) -> Iterator[tuple[int, list[bytes]]]:
-        group, path_list = element
-        yield group, [path_to_bytes(path) for path in read_path_list(path_list)]
+    name: str
+    paths: list[bytes]
+    received: int = 0
+    listed: int = 0
+    slices_done: int = 0
+    kept_rows: list[dict] = field(default_factory=list)
+    kept_events: list[dict] = field(default_factory=list)
+
+
+class ReadSlice(FileSystemsDoFn):
+    """(index, slice) -> its groups of at most GROUP_SIZE paths, named `<index>-<part>`."""
+
+    def process(self, element: tuple[int, PathSource]) -> Iterator[Group]:
+        index, source = element
+        listed = 0
+        group = Group(f"{index:05d}-0000", [])
+        for part, paths in enumerate(batched(read_source(source), GROUP_SIZE)):
+            if part:
+                yield group
+            group = Group(f"{index:05d}-{part:04d}", [path_to_bytes(p) for p in paths])
+            group.received = len(paths)
+            listed += len(paths)
+        group.listed, group.slices_done = listed, 1
+        yield group
+
+
+def bucket_of(path: str, buckets: int) -> int:
+    """The join bucket of a path as the output stores it: the same in every process."""
+    return zlib.crc32(display_path(path).encode()) % buckets
+
+
+class KeySliceByBucket(FileSystemsDoFn):
+    """(index, slice) -> (bucket, ("path", path)) for each path, then (bucket, ("slice", n))."""
+
+    def __init__(self, filesystem_options: dict, buckets: int):
+        super().__init__(filesystem_options)
+        self._buckets = buckets
+
+    def process(self, element: tuple[int, PathSource]) -> Iterator[tuple[int, tuple]]:
+        index, source = element
+        listed = 0
+        for path in read_source(source):
+            listed += 1
+            yield bucket_of(path, self._buckets), ("path", path_to_bytes(path))
+        yield index % self._buckets, ("slice", listed)
+
+
+class KeyEarlierRows(FileSystemsDoFn):
+    """An earlier output's Parquet file -> (bucket, ("row", row)) for each row a rerun keeps:
+    scored by this model version, with this release's columns, and without an error unless
+    `keep_errors`. The files of every other row are labelled again."""
+
+    def __init__(self, filesystem_options: dict, buckets: int, model_version: str, keep_errors):
+        super().__init__(filesystem_options)
+        self._buckets = buckets
+        self._model_version = model_version
+        self._keep_errors = keep_errors
+
+    def process(self, path: str) -> Iterator[tuple[int, tuple]]:
+        with FileSystems.open(path) as file:
+            table = pq.read_table(file)
+        if table.schema.names != ROW_SCHEMA.names:
+            rows = []  # written with other columns, by another release: labelled again
+        else:
+            keep = pc.equal(table["model_version"], self._model_version)
+            if not self._keep_errors:
+                keep = pc.and_(keep, pc.is_null(table["error"]))
+            rows = table.filter(keep).to_pylist()
+        for row in rows:
+            yield bucket_of(row["path"], self._buckets), ("row", row)
+
+
+class KeyEarlierEvents(FileSystemsDoFn):
+    """An earlier events file -> (bucket, ("event", event)) for each of its events."""
+
+    def __init__(self, filesystem_options: dict, buckets: int):
+        super().__init__(filesystem_options)
+        self._buckets = buckets
+
+    def process(self, path: str) -> Iterator[tuple[int, tuple]]:
+        with FileSystems.open(path) as file:
+            for event in pq.read_table(file).to_pylist():
+                yield bucket_of(event["path"], self._buckets), ("event", event)
+
+
+def join_bucket(element: tuple[int, Iterable[tuple]]) -> Group:
+    """One bucket's listed paths, earlier rows and events -> its group: the listed paths without
+    an earlier row are labelled (once each), the earlier rows are kept with their events."""
+    bucket, items = element
+    kinds: dict[str, list] = {"path": [], "row": [], "event": [], "slice": []}
+    for kind, value in items:
+        kinds[kind].append(value)
+    kept = {row["path"] for row in kinds["row"]}
+    to_label = sorted(
+        {path for path in kinds["path"] if display_path(path_from_bytes(path)) not in kept}
+    )
+    return Group(
+        f"b{bucket:05d}",
+        to_label,
+        received=len(kinds["path"]),
+        listed=sum(kinds["slice"]),
+        slices_done=len(kinds["slice"]),
+        kept_rows=kinds["row"],
+        kept_events=[event for event in kinds["event"] if event["path"] in kept],
+    )
 
 
 def load_model(model_dir: str | None, runtime: str) -> KeywordModel:
@@ -125,14 +243,12 @@ class LabelGroup(FileSystemsDoFn):
     def teardown(self):
         self._scorer.shutdown()
 
-    def process(
-        self, element: tuple[int, list[bytes]]
-    ) -> Iterator[tuple[int, list[dict], list[dict]]]:
-        group, encoded_paths = element
+    def process(self, group: Group) -> Iterator[tuple[Group, list[dict], list[dict]]]:
         rows: list[dict] = []
         events: list[dict] = []
         in_progress: deque[FileInProgress] = deque()
-        recorder = ProgressRecorder(self._staging, group) if self._staging else None
+        recorder = ProgressRecorder(self._staging, group.name) if self._staging else None
+        kept = len(group.kept_rows)
         errors = 0
 
         def finish_done_files(final: bool = False) -> None:
@@ -143,10 +259,10 @@ class LabelGroup(FileSystemsDoFn):
                 events.extend(file_events)
                 errors += row["error"] is not None
             if recorder is not None:
-                recorder.update(len(rows), errors, final)
+                recorder.update(kept + len(rows), errors, final)
 
         scoring: deque[tuple[Future, Batch]] = deque()
-        for batch in self._batches(encoded_paths, in_progress):
+        for batch in self._batches(group.paths, in_progress):
             if len(scoring) == SCORING_THREADS:
                 self._collect(*scoring.popleft())
             finish_done_files()
@@ -207,8 +323,9 @@ class LabelGroup(FileSystemsDoFn):
 
 
 class WriteGroup(FileSystemsDoFn):
-    """(group, rows, event rows) -> that group's Parquet file in staging, and its events file in
-    the events staging when there is one; a retry overwrites the same files."""
+    """(group, rows, event rows) -> that group's Parquet file in staging (its new rows and the
+    rows it keeps, sorted by path), and its events file in the events staging when there is one;
+    a retry overwrites the same files. Emits the group's Tally."""
 
     def __init__(
         self, filesystem_options: dict, staging: str, events_staging: str | None, run_id: str
@@ -217,22 +334,89 @@ class WriteGroup(FileSystemsDoFn):
         self._staging = staging
         self._events_staging = events_staging
         self._run_id = run_id
+        self._files_labelled = Metrics.counter(self.__class__, "files_labelled")
+        self._files_kept = Metrics.counter(self.__class__, "files_kept")
         self._events_written = Metrics.counter(self.__class__, "keyword_events")
 
-    def process(self, element: tuple[int, list[dict], list[dict]]) -> Iterator[str]:
+    def process(self, element: tuple[Group, list[dict], list[dict]]) -> Iterator[Tally]:
         group, rows, events = element
-        if self._events_staging is not None:
-            events_path = group_file(self._events_staging, self._run_id, group, EVENTS_PREFIX)
-            write_parquet(events_path, events, EVENT_SCHEMA)
-            self._events_written.inc(len(events))
-        path = group_file(self._staging, self._run_id, group)
-        write_parquet(path, rows, ROW_SCHEMA)
+        check_rows_match(group, rows)
+        tally = Tally(slices_done=group.slices_done, listed=group.listed, received=group.received)
+        all_rows = sorted(rows + group.kept_rows, key=lambda row: row["path"])
+        if all_rows:
+            tally.add_rows(rows)
+            tally.add_rows(group.kept_rows, labelled=False)
+            tally.groups = 1
+            if self._events_staging is not None:
+                all_events = sorted(
+                    events + group.kept_events, key=lambda event: (event["path"], event["start_s"])
+                )
+                path = group_file(self._events_staging, self._run_id, group.name, EVENTS_PREFIX)
+                write_parquet(path, all_events, EVENT_SCHEMA)
+                tally.add_events(all_events, {row["path"]: row["duration_s"] for row in all_rows})
+                self._events_written.inc(len(events))
+            write_parquet(group_file(self._staging, self._run_id, group.name), all_rows, ROW_SCHEMA)
+        self._files_labelled.inc(len(rows))
+        self._files_kept.inc(len(group.kept_rows))
+        yield tally
+
+
+def check_rows_match(group: Group, rows: list[dict]) -> None:
+    """One row for each path the group was given, and none for another path."""
+    expected = Counter(display_path(path_from_bytes(path)) for path in group.paths)
+    written = Counter(row["path"] for row in rows)
+    if written != expected:
+        raise RuntimeError(
+            f"group {group.name}: {sum(written.values())} rows for {len(group.paths)} paths"
+            f" ({len(expected - written)} paths missing, {len(written - expected)} rows extra)"
+        )
+
+
+class AddUpTallies(beam.CombineFn):
+    def create_accumulator(self) -> Tally:
+        return Tally()
+
+    def add_input(self, tally: Tally, group_tally: Tally) -> Tally:
+        return tally.merge(group_tally)
+
+    def merge_accumulators(self, tallies) -> Tally:
+        merged = Tally()
+        for tally in tallies:
+            merged.merge(tally)
+        return merged
+
+    def extract_output(self, tally: Tally) -> Tally:
+        return tally
+
+
+class WriteTally(FileSystemsDoFn):
+    """The run's Tally -> `_tally.json` in staging, for the launcher."""
+
+    def __init__(self, filesystem_options: dict, staging: str):
+        super().__init__(filesystem_options)
+        self._staging = staging
+
+    def process(self, tally: Tally) -> Iterator[str]:
+        path = FileSystems.join(self._staging, TALLY_FILE)
+        write_atomically(path, tally.to_json().encode())
         yield path
 
 
+@dataclass(frozen=True)
+class SkipExisting:
+    """What a --skip_existing run joins its input with: the earlier output's Parquet files (and
+    its events files), hashed into `buckets`."""
+
+    label_files: list[str]
+    event_files: list[str]
+    buckets: int
+    model_version: str
+    keep_errors: bool
+
+
 class LabelGroups(beam.PTransform):
-    """(group, path-list file) in, one Parquet file per group out, under `staging` (and one of
-    its keyword events under `events_staging`, if given)."""
+    """(index, slice) in; one Parquet file per group out, under `staging` (and one of its keyword
+    events under `events_staging`, if given); `_tally.json` in staging at the end."""
 
     def __init__(
         self,
@@ -245,12 +429,13 @@ class LabelGroups(beam.PTransform):
         run_id: str,
         runtime: str = "auto",
         events_staging: str | None = None,
+        skip_existing: SkipExisting | None = None,
     ):
         super().__init__()
-        filesystem_options = options.get_all_options(drop_default=True)
-        self._read = ReadPathList(filesystem_options)
+        self._options = options.get_all_options(drop_default=True)
+        self._skip = skip_existing
         self._label = LabelGroup(
-            filesystem_options,
+            self._options,
             model_dir,
             model_version,
             batch_size,
@@ -258,13 +443,44 @@ class LabelGroups(beam.PTransform):
             runtime,
             staging,
         )
-        self._write = WriteGroup(filesystem_options, staging, events_staging, run_id)
+        self._write = WriteGroup(self._options, staging, events_staging, run_id)
+        self._write_tally = WriteTally(self._options, staging)
 
-    def expand(self, path_lists):
+    def expand(self, slices):
+        slices = slices | "Redistribute" >> beam.Reshuffle()
+        if self._skip is None:
+            groups = slices | "ReadSlice" >> beam.ParDo(ReadSlice(self._options))
+        else:
+            groups = self._join_with_earlier_output(slices)
         return (
-            path_lists
-            | "Redistribute" >> beam.Reshuffle()
-            | "ReadPathList" >> beam.ParDo(self._read)
+            groups
             | "LabelGroup" >> beam.ParDo(self._label)
             | "WriteGroup" >> beam.ParDo(self._write)
+            | "AddUpTallies" >> beam.CombineGlobally(AddUpTallies())
+            | "WriteTally" >> beam.ParDo(self._write_tally)
+        )
+
+    def _join_with_earlier_output(self, slices):
+        skip, options = self._skip, self._options
+        pipeline = slices.pipeline
+        listed = slices | "KeySliceByBucket" >> beam.ParDo(KeySliceByBucket(options, skip.buckets))
+        rows = (
+            pipeline
+            | "EarlierFiles" >> beam.Create(skip.label_files)
+            | "RedistributeFiles" >> beam.Reshuffle()
+            | "KeyEarlierRows"
+            >> beam.ParDo(
+                KeyEarlierRows(options, skip.buckets, skip.model_version, skip.keep_errors)
+            )
+        )
+        events = (
+            pipeline
+            | "EarlierEventFiles" >> beam.Create(skip.event_files)
+            | "KeyEarlierEvents" >> beam.ParDo(KeyEarlierEvents(options, skip.buckets))
+        )
+        return (
+            (listed, rows, events)
+            | "Together" >> beam.Flatten()
+            | "ByBucket" >> beam.GroupByKey()
+            | "JoinBucket" >> beam.Map(join_bucket)
         )

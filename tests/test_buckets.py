@@ -21,7 +21,8 @@ from pipeline import output
 from pipeline import storage as input_storage
 from pipeline.cli import main
 from pipeline.labels import ROW_SCHEMA
-from pipeline.loading import WindowReader, list_input
+from pipeline.loading import WindowReader
+from pipeline.sources import list_input, write_listing
 from tests.helpers import tone
 from tests.servers import free_port, local_server, offline_cloud_environment
 
@@ -294,8 +295,8 @@ def test_commit_to_a_bucket_root_stages_inside_it(gcs_client):
     )
     staging = output.staging_dir("gs://labels-root", "new")
     assert staging == "gs://labels-root/.staging-new"
-    output.write_path_lists(staging, [["gs://audio-in/calls/tone_16k.wav"]])
-    output.write_parquet(output.group_file(staging, "new", 0), [], ROW_SCHEMA)
+    write_listing(["gs://audio-in/calls/tone_16k.wav"], f"{staging}/_inputs")
+    output.write_parquet(output.group_file(staging, "new", "00000"), [], ROW_SCHEMA)
     output.write_summary(staging, {"files": 0})
     output.commit(staging, "gs://labels-root/")
     names = sorted(blob.name for blob in gcs_client.list_blobs("labels-root"))

@@ -15,9 +15,9 @@ from apache_beam.testing.util import assert_that
 
 from model.contract import DEFAULT_ARTIFACT
 from pipeline.cli import main
-from pipeline.loading import list_input
 from pipeline.run import read_model_version
-from pipeline.transforms import LabelGroup, path_to_bytes
+from pipeline.sources import list_input
+from pipeline.transforms import Group, LabelGroup, path_to_bytes
 from tests.helpers import assert_same_rows, read_output, wav_files
 
 ERROR_KINDS = {
@@ -52,7 +52,7 @@ def test_listing_finds_wav_in_any_case_recursively_and_nothing_else(recordings):
 def test_label_group_gives_one_row_per_path(recordings, num_groups):
     paths = wav_files(recordings)
     groups = [
-        (group, [path_to_bytes(path) for path in paths[group::num_groups]])
+        Group(str(group), [path_to_bytes(path) for path in paths[group::num_groups]])
         for group in range(num_groups)
     ]
     label_group = LabelGroup(

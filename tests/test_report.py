@@ -15,7 +15,7 @@ import pytest
 import soundfile
 from websockets.sync.client import connect
 
-from pipeline import output, report
+from pipeline import output, report, tally
 from pipeline.cli import main
 from tests.servers import free_port, local_server
 
@@ -41,24 +41,63 @@ window.addEventListener("load", async () => {
 CHROMIUM_TIMEOUT_S = 60
 
 
-def test_histogram_counts_every_value_once_with_the_ends_included():
-    assert report.histogram([0.0, 0.5, 1.0, 1.0, 0.26], 0.0, 1.0, bins=4) == [1, 1, 1, 2]
-    assert report.histogram([], 0.0, 1.0, bins=3) == [0, 0, 0]
+def test_bins_count_every_value_once_with_the_ends_included():
+    assert [tally.score_bin(s) for s in (0.0, 0.049, 0.05, 0.5, 0.999, 1.0)] == [
+        0,
+        0,
+        1,
+        10,
+        19,
+        19,
+    ]
+    durations = (0.0, 0.49, 0.5, 1.0, 3_599.0, 86_400.0, 1e6)
+    assert [tally.duration_bin(d) for d in durations] == [0, 0, 1, 2, 10, 13, 13]
 
 
 def row(path: str, label: str | None, score: float = 0.9, error: str | None = None) -> dict:
     scores = dict.fromkeys(("score_yes", "score_no", "score_unknown", "score_silence"), 0.0)
     if label is not None:
         scores[f"score_{label}"] = score
-    return {"path": path, "label": label, "error": error, "window_start_s": 0.0, **scores}
+    return {
+        "path": path, "label": label, "error": error, "window_start_s": 0.0,
+        "duration_s": None if error else 1.0, "sample_rate": None if error else 16_000, **scores,
+    }  # fmt: skip
+
+
+def tally_of(rows: list[dict]) -> tally.Tally:
+    counted = tally.Tally()
+    counted.add_rows(rows)
+    return counted
+
+
+def test_tallies_of_parts_merge_into_the_tally_of_the_whole():
+    rng = np.random.default_rng(0)
+    labels = ["yes", "no", "unknown", "silence", None]
+    rows = [
+        row(f"f{i:03d}", label, rng.uniform(), None if label else f"kind{i % 3}: broken")
+        for i, label in enumerate(rng.choice(labels, 300))
+    ]
+    events = [
+        {"path": f"f{i:03d}", "label": "yes", "start_s": 0.0, "end_s": 1.0} for i in range(40)
+    ]
+    whole = tally_of(rows)
+    whole.add_events(events, {})
+    merged = tally.Tally()
+    for start in range(0, 300, 7):
+        part = tally_of(rows[start : start + 7])
+        part.add_events([e for e in events if start <= int(e["path"][1:]) < start + 7], {})
+        merged.merge(part)
+    assert merged == whole
+    assert tally.Tally.from_json(whole.to_json()) == whole
+    assert whole.rows == 300 and sum(whole.labels.values()) + sum(whole.errors.values()) == 300
 
 
 def test_files_to_listen_to_are_the_least_sure_then_sure_examples_of_each_label():
     rows = [row(f"u{i}", "unknown", 0.5 + i / 100) for i in range(20)]
     rows += [row("y1", "yes", 0.99), row("y2", "yes", 0.995), row("bad", None, error="x: y")]
-    chosen = report.files_to_listen_to(rows)
+    chosen = report.files_to_listen_to(tally_of(rows))
     least = [item.row["path"] for item in chosen if item.reason == "least confident"]
-    assert least == [f"u{i}" for i in range(report.LISTEN_LEAST_CONFIDENT)]
+    assert least == [f"u{i}" for i in range(tally.LISTEN_LEAST_CONFIDENT)]
     assert [item.row["path"] for item in chosen if item.reason == "a sure yes"] == ["y2", "y1"]
     assert "bad" not in {item.row["path"] for item in chosen}
 
@@ -66,7 +105,8 @@ def test_files_to_listen_to_are_the_least_sure_then_sure_examples_of_each_label(
 def test_errors_are_grouped_by_kind_with_a_few_examples():
     rows = [row(f"e{i}", None, error=f"empty_file: {i}") for i in range(5)]
     rows.append(row("t", None, error="too_long: the cap"))
-    assert report.errors_by_kind(rows) == {"empty_file": ["e0", "e1", "e2"], "too_long": ["t"]}
+    expected = {"empty_file": ["e0", "e1", "e2"], "too_long": ["t"]}
+    assert report.errors_by_kind(tally_of(rows)) == expected
 
 
 def test_the_inline_png_and_wav_decode():
@@ -192,5 +232,5 @@ def test_the_page_stays_small_for_many_files(run_with_report):
         | {"duration_s": 1.0, "sample_rate": 16_000}
         for i in range(100_000)
     ]
-    page = report.render(summary, rows, events=[])
+    page = report.render(summary, tally_of(rows), with_events=False)
     assert len(page) < 1_000_000 and page.count("cannot be read now") == 24

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import run
+from pipeline import transforms
 from pipeline.cli import EXIT_BAD_INPUT, EXIT_TOO_MANY_ERRORS, main
 from pipeline.labels import display_path
-from pipeline.loading import ListingError, list_input
+from pipeline.sources import ListingError, list_input
 from tests.helpers import first_test_clip, write_wav
 
 ODD_NAMES = [
@@ -113,16 +113,32 @@ def test_a_glob_keeps_entries_it_cannot_stat(tmp_path):
     ]
 
 
-def test_the_launcher_refuses_rows_that_do_not_match_the_listed_paths(
+def test_a_group_whose_rows_do_not_match_its_paths_fails_the_run(
     recordings, tmp_path, monkeypatch
 ):
-    real_check = run.check_one_row_per_path
+    real_process = transforms.LabelGroup.process
 
-    def lose_one_path(staging, run_id, paths):
-        real_check(staging, run_id, [*paths[:-1], paths[0]])  # one path twice, one missing
+    def lose_a_row(self, group):
+        for labelled, rows, events in real_process(self, group):
+            yield labelled, rows[:-1], events
 
-    monkeypatch.setattr(run, "check_one_row_per_path", lose_one_path)
-    with pytest.raises(RuntimeError, match="1 paths missing or short of rows"):
+    monkeypatch.setattr(transforms.LabelGroup, "process", lose_a_row)
+    with pytest.raises(Exception, match=r"group 00000-0000: \d+ rows for \d+ paths"):
+        main(["--input", str(recordings), "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob("out.staging-*"))
+
+
+def test_the_launcher_refuses_a_run_that_lost_a_group(recordings, tmp_path, monkeypatch):
+    """As if a runner dropped one group's output: the tally is short of a slice."""
+    real_process = transforms.LabelGroup.process
+
+    def drop_the_first_group(self, group):
+        if group.name != "00000-0000":
+            yield from real_process(self, group)
+
+    monkeypatch.setattr(transforms.LabelGroup, "process", drop_the_first_group)
+    with pytest.raises(RuntimeError, match=r"the runner lost part of the run \(\d+ of \d+ input"):
         main(["--input", str(recordings), "--output", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 

@@ -1,0 +1,313 @@
+"""What a run labels, as slices of path lists that the job reads itself: no process holds every
+path.
+
+`--input` is a folder, a glob or a bucket prefix, which the launcher lists as a stream into
+listing files in staging (JSON lines, so any file name survives), or a manifest: a text file of
+one path per line, a CSV file with a `path` column, or a Parquet file with a `path` column,
+local or in a bucket. Either way the job gets
+`PathSource`s, each a slice that one worker reads and labels as one or more groups of at most
+GROUP_SIZE files: a byte range of a text file (a line belongs to the range in which it starts,
+as in Beam's text source), or a row group of a Parquet file. The launcher only reads a
+manifest's size, its first bytes (or its Parquet footer) to plan the slices.
+"""
+
+import contextlib
+import csv
+import glob
+import io
+import itertools
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.storage import is_bucket_root
+
+GROUP_SIZE = 4_096  # files labelled and written as one Parquet file, at most
+MIN_GROUP_SIZE = 256  # a group is a few full batches at least
+TARGET_GROUPS = 16  # a small input is still split this many ways, to keep a few workers busy
+SMALL_INPUT = TARGET_GROUPS * GROUP_SIZE  # paths a listing holds before it streams
+GROUPS_PER_LISTING_FILE = 256  # about a million paths, 100 MB, per listing file
+SAMPLE_BYTES = 64 * 1024  # of a text manifest, to estimate its line length
+MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
+GLOB_CHARACTERS = "*?["
+LISTING_DIR = "_inputs"
+
+
+class ListingError(OSError):
+    """A folder under --input could not be listed, so its files cannot all be named."""
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read as one: no `path` column, an unreadable header."""
+
+
+@dataclass(frozen=True)
+class PathSource:
+    """A slice of a path list: bytes [start, stop) of a text file (kind `listing`, `text`,
+    `csv`), or row group `start` of a Parquet file (kind `parquet`). `column` is the CSV column
+    index of the paths; `base` is the folder a relative path is relative to."""
+
+    path: str
+    kind: str
+    start: int
+    stop: int
+    column: int = 0
+    base: str = ""
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """The slices of one run's input, and how many files they hold (exact for a listing or a
+    Parquet manifest, estimated from the size for a text or CSV manifest)."""
+
+    sources: list[PathSource]
+    files: int
+    exact: bool
+
+
+def is_wav(path: str) -> bool:
+    return path.lower().endswith(".wav")
+
+
+def is_manifest(input_path: str) -> bool:
+    return input_path.lower().endswith(MANIFEST_SUFFIXES) and not any(
+        char in input_path for char in GLOB_CHARACTERS
+    )
+
+
+def plan_input(input_path: str, staging: str) -> InputPlan:
+    """The slices of --input: a manifest's, or those of its listing, written under staging."""
+    if is_manifest(input_path):
+        return plan_manifest(input_path)
+    return write_listing(list_input(input_path), FileSystems.join(staging, LISTING_DIR))
+
+
+# Listing
+
+
+def list_input(input_path: str) -> Iterator[str]:
+    """Every file an --input names, as an absolute local path or a full URI, as it is found: an
+    existing path as it is (a directory's `.wav` entries, recursively, or one file), else a glob,
+    else a bucket prefix's `.wav` objects.
+
+    Local directories are walked here rather than through Beam's listing, which silently skips
+    entries it cannot stat: a broken symlink, or a directory named `x.wav`, gets a row too. A
+    sub-folder that cannot be listed stops the run (ListingError) rather than vanish. Local globs
+    are matched by Python's `glob`, which also keeps entries that cannot be stat'ed.
+    """
+    is_local = FileSystems.get_scheme(input_path) is None
+    is_glob = any(char in input_path for char in GLOB_CHARACTERS)
+    if is_local:
+        input_path = os.path.abspath(input_path)  # one spelling per file, for --skip_existing
+    if is_local and os.path.isdir(input_path):
+        yield from walk_wav_files(input_path)
+    elif is_local and os.path.lexists(input_path):
+        yield input_path
+    elif is_local and is_glob:
+        for match in glob.iglob(input_path, recursive=True):
+            if not os.path.isdir(match) or is_wav(match):
+                yield match
+    elif is_glob:
+        for match in FileSystems.match([input_path])[0].metadata_list:
+            yield match.path
+    elif (
+        not input_path.endswith("/")
+        and not is_bucket_root(input_path)
+        and FileSystems.exists(input_path)
+    ):
+        yield input_path
+    else:
+        yield from (path for path in list_prefix(input_path.rstrip("/") + "/") if is_wav(path))
+
+
+def walk_wav_files(directory: str) -> Iterator[str]:
+    """The `.wav` entries (any letter case; files or not) under a local directory, each folder's
+    sorted, as the walk finds them."""
+
+    def fail(error: OSError) -> None:
+        raise ListingError(f"cannot list {error.filename}: {error.strerror}") from error
+
+    for folder, subfolders, files in os.walk(directory, onerror=fail):
+        subfolders.sort()
+        for name in sorted(files + subfolders):
+            if is_wav(name):
+                yield os.path.join(folder, name)
+
+
+def list_prefix(prefix: str) -> Iterator[str]:
+    """Every object under a bucket prefix, page by page from the bucket's own client (Beam's
+    `match` would return the whole listing at once); other filesystems through Beam."""
+    from pipeline.storage import gcs_client, s3_client
+
+    scheme = FileSystems.get_scheme(prefix)
+    if scheme == "s3":
+        from apache_beam.io.aws.s3io import parse_s3_path
+
+        bucket, key = parse_s3_path(prefix, object_optional=True)
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+        for page in pages:
+            for entry in page.get("Contents", []):
+                yield f"s3://{bucket}/{entry['Key']}"
+    elif scheme == "gs":
+        from apache_beam.io.gcp.gcsio import parse_gcs_path
+
+        bucket, name = parse_gcs_path(prefix, object_optional=True)
+        for blob in gcs_client().list_blobs(bucket, prefix=name):
+            yield f"gs://{bucket}/{blob.name}"
+    else:
+        for match in FileSystems.match([prefix + "**"])[0].metadata_list:
+            yield match.path
+
+
+def small_input_groups(count: int) -> int:
+    """Paths per group for an input of `count` files that fits in SMALL_INPUT."""
+    return min(max(count // TARGET_GROUPS, MIN_GROUP_SIZE), GROUP_SIZE)
+
+
+def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def write_listing(paths: Iterable[str], listing_dir: str) -> InputPlan:
+    """Write `paths` as JSON lines into listing files, one group's paths after another, and
+    return the groups as byte ranges. Memory is bounded: the first SMALL_INPUT paths are held, so
+    that a small input is sorted and split into TARGET_GROUPS groups of MIN_GROUP_SIZE to
+    GROUP_SIZE files as before; past that, groups of GROUP_SIZE are written as they are found."""
+    iterator = iter(paths)
+    head = list(itertools.islice(iterator, SMALL_INPUT))
+    size = GROUP_SIZE
+    if len(head) < SMALL_INPUT:
+        head.sort()
+        size = small_input_groups(len(head))
+    sources: list[PathSource] = []
+    files = 0
+    with contextlib.ExitStack() as stack:
+        for index, group in enumerate(batched(itertools.chain(head, iterator), size)):
+            if index % GROUPS_PER_LISTING_FILE == 0:
+                stack.close()
+                number = index // GROUPS_PER_LISTING_FILE
+                listing = FileSystems.join(listing_dir, f"listing-{number:05d}.jsonl")
+                file = stack.enter_context(FileSystems.create(listing))
+                offset = 0
+            data = b"".join(json.dumps(path).encode() + b"\n" for path in group)
+            file.write(data)
+            sources.append(PathSource(listing, "listing", offset, offset + len(data)))
+            offset += len(data)
+            files += len(group)
+    return InputPlan(sources, files, exact=True)
+
+
+# Manifests
+
+
+def plan_manifest(manifest: str) -> InputPlan:
+    if not FileSystems.exists(manifest):
+        raise ManifestError(f"no such manifest: {manifest}")
+    base = manifest.rsplit("/", 1)[0] if "/" in manifest else os.getcwd()
+    if FileSystems.get_scheme(manifest) is None:
+        base = os.path.dirname(os.path.abspath(manifest))
+    if manifest.lower().endswith(".parquet"):
+        return plan_parquet(manifest, base)
+    size = FileSystems.match([manifest])[0].metadata_list[0].size_in_bytes
+    with FileSystems.open(manifest) as file:
+        sample = file.read(SAMPLE_BYTES)
+    kind, column = "text", 0
+    if manifest.lower().endswith(".csv"):
+        kind, column = "csv", csv_path_column(manifest, sample)
+    line_bytes = max(len(sample) / max(sample.count(b"\n"), 1), 1.0)
+    range_bytes = max(int(GROUP_SIZE * line_bytes), 4096)
+    sources = [
+        PathSource(manifest, kind, start, min(start + range_bytes, size), column, base)
+        for start in range(0, size, range_bytes)
+    ]
+    return InputPlan(sources, round(size / line_bytes), exact=False)
+
+
+def csv_path_column(manifest: str, sample: bytes) -> int:
+    header_line = sample.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r")
+    header = next(csv.reader([header_line]), [])
+    if "path" not in header:
+        raise ManifestError(f"{manifest}: the CSV header has no `path` column ({header[:5]})")
+    return header.index("path")
+
+
+def plan_parquet(manifest: str, base: str) -> InputPlan:
+    with FileSystems.open(manifest) as file:
+        parquet = pq.ParquetFile(file)
+        names = parquet.schema_arrow.names
+        metadata = parquet.metadata
+    if "path" not in names:
+        raise ManifestError(f"{manifest}: the Parquet file has no `path` column ({names[:5]})")
+    sources = [
+        PathSource(manifest, "parquet", group, group + 1, base=base)
+        for group in range(metadata.num_row_groups)
+        if metadata.row_group(group).num_rows
+    ]
+    return InputPlan(sources, metadata.num_rows, exact=True)
+
+
+# Reading a slice (in the job)
+
+
+def read_source(source: PathSource) -> Iterator[str]:
+    """The paths of one slice, in order: local paths absolute, URIs as they are."""
+    if source.kind == "parquet":
+        paths = read_parquet_paths(source)
+    else:
+        paths = read_text_paths(source)
+    for path in paths:
+        yield resolve(path, source.base)
+
+
+def resolve(path: str, base: str) -> str:
+    if not base or FileSystems.get_scheme(path) is not None or path.startswith("/"):
+        return path
+    if FileSystems.get_scheme(base) is None:
+        return os.path.normpath(os.path.join(base, path))
+    return FileSystems.join(base, path)
+
+
+def read_text_paths(source: PathSource) -> Iterator[str]:
+    for offset, line in lines_in_range(source.path, source.start, source.stop):
+        if source.kind == "listing":
+            yield json.loads(line)
+            continue
+        text = line.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        if offset == 0 and text.startswith("\ufeff"):
+            text = text[1:]
+        if source.kind == "csv":
+            if offset == 0:
+                continue  # the header
+            fields = next(csv.reader([text]), [])
+            text = fields[source.column] if len(fields) > source.column else ""
+        if text.strip():
+            yield text
+
+
+def lines_in_range(path: str, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of every line that starts in [start, stop) of a file."""
+    with FileSystems.open(path) as raw:
+        file = io.BufferedReader(raw, 1 << 20) if not isinstance(raw, io.BufferedIOBase) else raw
+        position = start
+        if start > 0:
+            file.seek(start - 1)
+            position = start - 1 + len(file.readline())  # the line in progress is the last slice's
+        while position < stop:
+            line = file.readline()
+            if not line:
+                return
+            yield position, line
+            position += len(line)
+
+
+def read_parquet_paths(source: PathSource) -> Iterator[str]:
+    with FileSystems.open(source.path) as file:
+        parquet = pq.ParquetFile(file)
+        for batch in parquet.iter_batches(GROUP_SIZE, row_groups=[source.start], columns=["path"]):
+            yield from (path for path in batch.column(0).to_pylist() if path)
