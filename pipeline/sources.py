@@ -18,6 +18,7 @@ import io
 import itertools
 import json
 import os
+import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ TARGET_GROUPS = 16  # a small input is still split this many ways, to keep a few
 SMALL_INPUT = TARGET_GROUPS * GROUP_SIZE  # paths a listing holds before it streams
 GROUPS_PER_LISTING_FILE = 256  # about a million paths, 100 MB, per listing file
 SAMPLE_BYTES = 64 * 1024  # of a text manifest, to estimate its line length
+MIN_RANGE_BYTES = 4_096  # of a text manifest, per slice
 MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 GLOB_CHARACTERS = "*?["
 LISTING_DIR = "_inputs"
@@ -221,7 +223,7 @@ def plan_manifest(manifest: str) -> InputPlan:
     if manifest.lower().endswith(".csv"):
         kind, column = "csv", csv_path_column(manifest, sample)
     line_bytes = max(len(sample) / max(sample.count(b"\n"), 1), 1.0)
-    range_bytes = max(int(GROUP_SIZE * line_bytes), 4096)
+    range_bytes = max(int(GROUP_SIZE * line_bytes), MIN_RANGE_BYTES)
     sources = [
         PathSource(manifest, kind, start, min(start + range_bytes, size), column, base)
         for start in range(0, size, range_bytes)
@@ -266,11 +268,13 @@ def read_source(source: PathSource) -> Iterator[str]:
 
 
 def resolve(path: str, base: str) -> str:
+    """A manifest's path: as it is if absolute or a URI, else relative to the manifest's folder."""
     if not base or FileSystems.get_scheme(path) is not None or path.startswith("/"):
         return path
     if FileSystems.get_scheme(base) is None:
         return os.path.normpath(os.path.join(base, path))
-    return FileSystems.join(base, path)
+    scheme, rest = base.split("://", 1)
+    return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
 
 
 def read_text_paths(source: PathSource) -> Iterator[str]:

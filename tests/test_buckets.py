@@ -227,6 +227,26 @@ def test_listing_a_bucket(s3, s3_endpoint, input_path, expected):
     assert sorted(list_input(input_path)) == sorted(f"s3://audio-in/calls/{n}" for n in expected)
 
 
+def test_a_prefix_is_listed_page_by_page_and_a_manifest_can_live_in_a_bucket(s3, s3_endpoint):
+    s3.create_bucket(Bucket="many-in")
+    for index in range(1_001):  # S3 lists 1,000 keys a page
+        s3.put_object(Bucket="many-in", Key=f"many/{index:04d}.wav", Body=b"")
+    FileSystems.set_options(PipelineOptions(s3_options(s3_endpoint)))
+    listed = list(list_input("s3://many-in/many/"))
+    assert listed == [f"s3://many-in/many/{index:04d}.wav" for index in range(1_001)]
+
+    # Relative to the manifest's own prefix, or a full URI.
+    manifest = (
+        "../calls/tone_16k.wav\ns3://audio-in/calls/nested/TONE_8K.WAV\n../calls/broken.wav\n"
+    )
+    s3.put_object(Bucket="audio-in", Key="lists/manifest.txt", Body=manifest.encode())
+    argv = ["--input", "s3://audio-in/lists/manifest.txt", "--output", "s3://labels-out/listed"]
+    assert main([*argv, *s3_options(s3_endpoint)]) == 0
+    body = s3.get_object(Bucket="labels-out", Key=f"listed/{output.SUMMARY_FILE}")["Body"]
+    summary = json.loads(body.read())
+    assert (summary["files"], summary["errors"]) == (3, 1)
+
+
 def test_open_input_makes_one_s3_client_per_process(s3, s3_endpoint, monkeypatch):
     made = []
     make_client = boto3.session.Session.client

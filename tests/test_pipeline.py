@@ -115,28 +115,27 @@ def test_rerun_to_the_same_output_replaces_it(recordings, tmp_path, capsys):
 
 
 def test_installed_command_multi_process_gives_the_same_rows(in_process_rows, recordings, tmp_path):
+    """From the folder, then a --skip_existing rerun from a manifest of it (the join in the job)."""
     command = Path(sys.executable).parent / "yesno-label"
     if not command.exists():
         pytest.fail("yesno-label is not installed: pip install '.[test]'")
     output = tmp_path / "multi"
-    completed = subprocess.run(
-        [
-            str(command),
-            "--input",
-            str(recordings),
-            "--output",
-            str(output),
-            "--direct_num_workers=2",
-            "--direct_running_mode=multi_processing",
-        ],
-        cwd=tmp_path,  # away from the checkout: the installed package must carry its model
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr
-    assert f"{len(in_process_rows)} files" in completed.stdout
-    assert_same_rows(read_output(output), in_process_rows)
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("\n".join(wav_files(recordings)) + "\n")
+    multi_process = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    for inputs in (["--input", str(recordings)], ["--input", str(manifest), "--skip_existing"]):
+        completed = subprocess.run(
+            [str(command), *inputs, "--output", str(output), *multi_process],
+            cwd=tmp_path,  # away from the checkout: the installed package must carry its model
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert f"{len(in_process_rows)} files" in completed.stdout
+        assert_same_rows(read_output(output), in_process_rows)
+    errors = sum(row["error"] is not None for row in in_process_rows)
+    assert f"({len(in_process_rows) - errors} kept from the earlier output)" in completed.stdout
 
 
 def test_the_tensorflow_runtime_gives_the_same_rows_as_onnx(in_process_rows, recordings, tmp_path):

@@ -113,9 +113,7 @@ def test_a_glob_keeps_entries_it_cannot_stat(tmp_path):
     ]
 
 
-def test_a_group_whose_rows_do_not_match_its_paths_fails_the_run(
-    recordings, tmp_path, monkeypatch
-):
+def test_a_group_whose_rows_do_not_match_its_paths_fails_the_run(recordings, tmp_path, monkeypatch):
     real_process = transforms.LabelGroup.process
 
     def lose_a_row(self, group):

@@ -4,6 +4,7 @@ The Dask scheduler and workers and Beam's worker pool are real processes started
 127.0.0.1 and stopped by PID. They run from the installed package, away from the checkout.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -24,9 +25,10 @@ BIN = Path(sys.executable).parent
 
 
 class DaskCluster:
-    """A scheduler and two single-threaded workers, each a separate process (no nanny)."""
+    """A scheduler and single-threaded workers (two by default), each a separate process (no
+    nanny), on 127.0.0.1."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, workers: int = 2):
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.directory = directory
@@ -37,8 +39,8 @@ class DaskCluster:
             directory,
         )  # fmt: skip
         wait_for_port(self.port, self.scheduler)
-        self.workers = [self.start_worker(index) for index in range(2)]
-        self.wait_for_workers(2)
+        self.workers = [self.start_worker(index) for index in range(workers)]
+        self.wait_for_workers(workers)
 
     def start_worker(self, index: int) -> subprocess.Popen:
         return start(
@@ -83,24 +85,42 @@ def reference_rows(recordings, tmp_path_factory) -> list[dict]:
     return read_output(output)
 
 
+def check_same_rows_then_a_manifest_rerun(
+    recordings: Path, reference_rows: list[dict], output: Path, runner_flags: list[str]
+) -> None:
+    """A folder gives the reference rows; a --skip_existing rerun from a manifest of the same
+    files (the join inside the job) keeps every row but the errors, and labels those again."""
+    assert main(["--input", str(recordings), "--output", str(output), *runner_flags]) == 0
+    assert_same_rows(read_output(output), reference_rows)
+    manifest = output.parent / "manifest.txt"
+    manifest.write_text("\n".join(wav_files(recordings)) + "\n")
+    argv = ["--input", str(manifest), "--output", str(output), "--skip_existing"]
+    assert main([*argv, *runner_flags]) == 0
+    assert_same_rows(read_output(output), reference_rows)
+    summary = json.loads((output / "_summary.json").read_text())
+    errors = sum(row["error"] is not None for row in reference_rows)
+    assert summary["files_labelled_this_run"] == errors > 0
+    assert summary["files_kept_from_earlier_output"] == len(reference_rows) - errors
+
+
 def test_portable_runner_with_an_external_worker_pool_gives_the_same_rows(
     recordings, reference_rows, worker_pool, tmp_path
 ):
-    output = tmp_path / "portable"
     runner_flags = ["--runner", "PortableRunner", "--job_endpoint", "embed",
                     "--environment_type", "EXTERNAL",
                     "--environment_config", worker_pool]  # fmt: skip
-    assert main(["--input", str(recordings), "--output", str(output), *runner_flags]) == 0
-    assert_same_rows(read_output(output), reference_rows)
+    check_same_rows_then_a_manifest_rerun(
+        recordings, reference_rows, tmp_path / "portable", runner_flags
+    )
 
 
 def test_dask_with_two_worker_processes_gives_the_same_rows(
     recordings, reference_rows, dask_cluster, tmp_path
 ):
-    output = tmp_path / "dask"
     runner_flags = ["--runner", "DaskRunner", "--dask_client_address", dask_cluster.address]
-    assert main(["--input", str(recordings), "--output", str(output), *runner_flags]) == 0
-    assert_same_rows(read_output(output), reference_rows)
+    check_same_rows_then_a_manifest_rerun(
+        recordings, reference_rows, tmp_path / "dask", runner_flags
+    )
 
 
 def test_killing_a_dask_worker_mid_run_loses_no_row(dask_cluster, tmp_path, capfd, monkeypatch):
