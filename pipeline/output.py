@@ -92,6 +92,12 @@ def read_file_columns(path: str, columns: list[str]) -> list[dict]:
         return pq.read_table(file, columns=columns).to_pylist()
 
 
+def summary_files(dataset_dir: str, summary: dict | None) -> list[str]:
+    """The Parquet files of a committed dataset: those its summary lists (none without one)."""
+    names = (summary or {}).get("parquet_files", [])
+    return [FileSystems.join(dataset_dir, name) for name in names]
+
+
 def parquet_names(directory: str, name_prefix: str = PARQUET_PREFIX) -> list[str]:
     return [os.path.basename(path) for path in parquet_files(directory, name_prefix)]
 

@@ -286,11 +286,11 @@ def write_report(dataset_dir: str, summary: dict, tally: Tally, with_events: boo
         file.write(render(summary, tally, with_events).encode())
 
 
-def tally_dataset(output_dir: str, events_dir: str | None) -> Tally:
-    """The tally of a committed dataset, read a group at a time: each labels file, and with
-    events the events file of the same group."""
+def tally_dataset(output_dir: str, summary: dict, events_dir: str | None) -> Tally:
+    """The tally of a committed dataset, read a group at a time: each labels file its summary
+    lists, and with events the events file of the same group."""
     tally = Tally()
-    for path in output.parquet_files(output_dir):
+    for path in output.summary_files(output_dir, summary):
         rows = output.read_file_columns(path, ROW_COLUMNS)
         tally.add_rows(rows)
         if events_dir is None:
@@ -309,5 +309,6 @@ def rebuild_report(output_dir: str) -> str:
     if summary is None:
         raise FileNotFoundError(f"{output_dir} has no {output.SUMMARY_FILE}: not an output")
     events_dir = (summary.get("events") or {}).get("output")
-    write_report(output_dir, summary, tally_dataset(output_dir, events_dir), events_dir is not None)
+    tally = tally_dataset(output_dir, summary, events_dir)
+    write_report(output_dir, summary, tally, events_dir is not None)
     return FileSystems.join(output_dir, REPORT_FILE)

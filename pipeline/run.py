@@ -189,22 +189,25 @@ def check_error_rate(errors: Counter, files: int, max_error_rate: float) -> None
 
 def plan_skip_existing(
     settings: RunSettings, plan: InputPlan, model_version: str, events: output.EventsDataset | None
-) -> SkipExisting:
-    """The earlier output's files to join with, or none when nothing of it can be kept (no
-    output yet, or not committed with these events)."""
+) -> SkipExisting | None:
+    """The earlier output's files to join with; None when nothing of it can be kept (no output
+    yet, or not committed with these events), and the run is a plain one."""
     earlier = output.read_summary(settings.output_dir)
-    label_files = output.parquet_files(settings.output_dir) if earlier is not None else []
+    label_files = output.summary_files(settings.output_dir, earlier)
     event_files = []
     if events is not None:
         if events.committed_with(earlier):
-            event_files = output.parquet_files(events.output_dir, output.EVENTS_PREFIX)
+            event_files = output.summary_files(
+                events.output_dir, output.read_summary(events.output_dir)
+            )
         else:
             label_files = []
-    earlier_rows = (earlier or {}).get("files", 0) if label_files else 0
+    if not label_files:
+        return None
     return SkipExisting(
         label_files,
         event_files,
-        join_buckets(plan.files + earlier_rows),
+        join_buckets(plan.files + earlier.get("files", 0)),
         model_version,
         settings.keep_error_rows,
     )
