@@ -63,12 +63,17 @@ def add_counts(first: list[int], second: list[int]) -> list[int]:
     return [a + b for a, b in zip(first, second, strict=True)]
 
 
-def _insert_top(items: list, item, key, limit: int) -> None:
-    """Put `item` into `items` (sorted by key, at most limit long) if it ranks."""
+def _insert_top(items: list, item, key, limit: int, store=None) -> None:
+    """Put `item` (or what `store` makes of it) into `items`, sorted by key and at most limit
+    long, if it ranks."""
     if len(items) == limit and key(item) >= key(items[-1]):
         return
-    bisect.insort(items, item, key=key)
+    bisect.insort(items, store(item) if store else item, key=key)
     del items[limit:]
+
+
+def _report_columns(row: dict) -> dict:
+    return {column: row.get(column) for column in ROW_COLUMNS}
 
 
 @dataclass
@@ -115,10 +120,20 @@ class Tally:
                 self.duration_bins[duration_bin(row["duration_s"])] += 1
             if row["sample_rate"] is not None:
                 self.sample_rates[row["sample_rate"]] += 1
-            kept = {column: row.get(column) for column in ROW_COLUMNS}
-            _insert_top(self.least_confident, kept, _least_sure_first, LISTEN_LEAST_CONFIDENT)
-            surest = self.surest.setdefault(row["label"], [])
-            _insert_top(surest, kept, _surest_first, LISTEN_PER_LABEL + LISTEN_LEAST_CONFIDENT)
+            _insert_top(
+                self.least_confident,
+                row,
+                _least_sure_first,
+                LISTEN_LEAST_CONFIDENT,
+                _report_columns,
+            )
+            _insert_top(
+                self.surest.setdefault(row["label"], []),
+                row,
+                _surest_first,
+                LISTEN_PER_LABEL + LISTEN_LEAST_CONFIDENT,
+                _report_columns,
+            )
 
     def add_events(self, events: Iterable[dict], durations: dict[str, float | None]) -> None:
         """Count keyword events (EVENT_COLUMNS) of files whose durations are given."""
