@@ -12,8 +12,9 @@
   `yesno-label` labels the same folders in the same run, for a ratio against it.
 - dask: 20,000 one-second 16 kHz WAV files of synthetic sound (bench_throughput's recordings)
   labelled on a local Dask cluster (scheduler and single-threaded workers on 127.0.0.1, no
-  nanny, stopped by PID) with 1 worker, then 2, then in-process; files/s of each and the ratio
-  2 workers / 1 worker, and the output's bytes per row.
+  nanny, stopped by PID) with 1 worker, then 2, each worker pinned to a CPU of its own (a worker
+  scores in two threads, so an unpinned one already uses both cores of this machine), then
+  in-process; files/s of each, the ratio 2 workers / 1 worker, and the output's bytes per row.
 
 Peak RSS is the process's own VmHWM. Every figure is measured in this run, with the machine's
 load beside the timings.
@@ -140,7 +141,7 @@ def dask_throughput(files: int, work: Path) -> None:
     folder = prepare_sets(work / "recordings", [files])[files]
     results = {}
     for workers in (1, 2):
-        cluster = DaskCluster(work, workers)
+        cluster = DaskCluster(work, workers, pin_cpus=True)
         try:
             flags = ["--runner", "DaskRunner", "--dask_client_address", cluster.address]
             name = f"dask, {workers} worker{'s' * (workers > 1)}"

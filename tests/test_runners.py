@@ -26,9 +26,10 @@ BIN = Path(sys.executable).parent
 
 class DaskCluster:
     """A scheduler and single-threaded workers (two by default), each a separate process (no
-    nanny), on 127.0.0.1."""
+    nanny), on 127.0.0.1; with `pin_cpus`, worker i runs on CPU i only (`taskset`)."""
 
-    def __init__(self, directory: Path, workers: int = 2):
+    def __init__(self, directory: Path, workers: int = 2, pin_cpus: bool = False):
+        self.pin_cpus = pin_cpus
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.directory = directory
@@ -43,9 +44,10 @@ class DaskCluster:
         self.wait_for_workers(workers)
 
     def start_worker(self, index: int) -> subprocess.Popen:
+        pinned = ["taskset", "--cpu-list", str(index)] if self.pin_cpus else []
         return start(
-            [str(BIN / "dask"), "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
-             "--no-nanny", "--no-dashboard", "--name", f"worker-{index}"],
+            [*pinned, str(BIN / "dask"), "worker", self.address, "--host", "127.0.0.1",
+             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"worker-{index}"],
             self.directory / f"worker-{index}.log",
             self.directory,
         )  # fmt: skip
