@@ -102,9 +102,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         help="what scores the windows: onnx (onnxruntime, the default when the model has "
         "model.onnx) or tensorflow (the SavedModel, which model.onnx is checked against)",
     )
+    parser.add_argument(
+        "--files_per_group",
+        type=int,
+        help="files labelled and written to one Parquet file together, at most (default "
+        "4096); a group is one worker's unit of work, so lower it for long recordings, "
+        "for more workers to share them",
+    )
     args, beam_args = parser.parse_known_args(argv)
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
+    if args.files_per_group is not None and args.files_per_group < 1:
+        parser.error("--files_per_group must be at least 1")
     if args.max_duration_s <= 0:
         parser.error("--max_duration_s must be positive")
     if not 0 <= args.max_error_rate <= 1:
@@ -165,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.run import NoInputError, RunSettings, TooManyErrorsError, label_files
-    from pipeline.sources import ListingError, ManifestError
+    from pipeline.sources import GROUP_SIZE, ListingError, ManifestError
 
     settings = RunSettings(
         input_path=args.input,
@@ -179,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_error_rows=args.keep_error_rows,
         events_dir=args.events,
         progress=not args.quiet,
+        files_per_group=args.files_per_group or GROUP_SIZE,
     )
     try:
         summary = label_files(settings, PipelineOptions(beam_args))

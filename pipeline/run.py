@@ -59,6 +59,7 @@ class RunSettings:
     keep_error_rows: bool = False  # with skip_existing: keep earlier error rows, do not retry
     events_dir: str | None = None  # where to write one row per keyword occurrence
     progress: bool = True  # report progress on stderr while the job runs (pipeline.progress)
+    files_per_group: int = GROUP_SIZE  # files labelled and written together, at most
 
 
 def read_model_metadata(model_dir: str | None) -> dict:
@@ -102,10 +103,10 @@ def runner_name(options: PipelineOptions) -> str:
     return options.view_as(StandardOptions).runner or "DirectRunner (in-process FnApiRunner)"
 
 
-def join_buckets(files: int) -> int:
+def join_buckets(files: int, group_size: int) -> int:
     """Buckets (groups) of a --skip_existing join over about `files` paths and earlier rows:
-    groups of MIN_GROUP_SIZE to GROUP_SIZE files, as a listing makes them."""
-    size = small_input_groups(files) if files < SMALL_INPUT else GROUP_SIZE
+    groups of MIN_GROUP_SIZE to group_size files, as a listing makes them."""
+    size = small_input_groups(files, group_size) if files < SMALL_INPUT else group_size
     return max(1, math.ceil(files / size))
 
 
@@ -207,7 +208,7 @@ def plan_skip_existing(
     return SkipExisting(
         label_files,
         event_files,
-        join_buckets(plan.files + earlier.get("files", 0)),
+        join_buckets(plan.files + earlier.get("files", 0), settings.files_per_group),
         model_version,
         settings.keep_error_rows,
     )
@@ -231,7 +232,7 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     metadata = read_model_metadata(settings.model_dir)
     model_version = metadata["model_version"]
     try:
-        plan = plan_input(settings.input_path, staging)
+        plan = plan_input(settings.input_path, staging, settings.files_per_group)
         if plan.exact and not plan.files:
             raise NoInputError(f"no WAV files match --input {settings.input_path}")
         skip = (

@@ -27,13 +27,13 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.storage import is_bucket_root
 
-GROUP_SIZE = 4_096  # files labelled and written as one Parquet file, at most
+GROUP_SIZE = 4_096  # files labelled and written as one Parquet file, at most (--files_per_group)
 MIN_GROUP_SIZE = 256  # a group is a few full batches at least
 TARGET_GROUPS = 16  # a small input is still split this many ways, to keep a few workers busy
 SMALL_INPUT = TARGET_GROUPS * GROUP_SIZE  # paths a listing holds before it streams
 GROUPS_PER_LISTING_FILE = 256  # about a million paths, 100 MB, per listing file
 SAMPLE_BYTES = 64 * 1024  # of a text manifest, to estimate its line length
-MIN_RANGE_BYTES = 4_096  # of a text manifest, per slice
+MIN_RANGE_BYTES = 256  # of a text manifest, per slice
 MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 GLOB_CHARACTERS = "*?["
 LISTING_DIR = "_inputs"
@@ -59,6 +59,7 @@ class PathSource:
     stop: int
     column: int = 0
     base: str = ""
+    group_size: int = GROUP_SIZE  # the slice is labelled in groups of at most this many files
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,13 @@ def is_manifest(input_path: str) -> bool:
     )
 
 
-def plan_input(input_path: str, staging: str) -> InputPlan:
-    """The slices of --input: a manifest's, or those of its listing, written under staging."""
+def plan_input(input_path: str, staging: str, group_size: int = GROUP_SIZE) -> InputPlan:
+    """The slices of --input: a manifest's, or those of its listing, written under staging;
+    each labelled in groups of at most `group_size` files."""
     if is_manifest(input_path):
-        return plan_manifest(input_path)
-    return write_listing(list_input(input_path), FileSystems.join(staging, LISTING_DIR))
+        return plan_manifest(input_path, group_size)
+    listing_dir = FileSystems.join(staging, LISTING_DIR)
+    return write_listing(list_input(input_path), listing_dir, group_size)
 
 
 # Listing
@@ -165,9 +168,9 @@ def list_prefix(prefix: str) -> Iterator[str]:
             yield match.path
 
 
-def small_input_groups(count: int) -> int:
+def small_input_groups(count: int, group_size: int = GROUP_SIZE) -> int:
     """Paths per group for an input of `count` files that fits in SMALL_INPUT."""
-    return min(max(count // TARGET_GROUPS, MIN_GROUP_SIZE), GROUP_SIZE)
+    return min(max(count // TARGET_GROUPS, MIN_GROUP_SIZE), group_size)
 
 
 def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -176,17 +179,19 @@ def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def write_listing(paths: Iterable[str], listing_dir: str) -> InputPlan:
+def write_listing(
+    paths: Iterable[str], listing_dir: str, group_size: int = GROUP_SIZE
+) -> InputPlan:
     """Write `paths` as JSON lines into listing files, one group's paths after another, and
     return the groups as byte ranges. Memory is bounded: the first SMALL_INPUT paths are held, so
     that a small input is sorted and split into TARGET_GROUPS groups of MIN_GROUP_SIZE to
-    GROUP_SIZE files as before; past that, groups of GROUP_SIZE are written as they are found."""
+    group_size files; past that, groups of group_size are written as they are found."""
     iterator = iter(paths)
     head = list(itertools.islice(iterator, SMALL_INPUT))
-    size = GROUP_SIZE
+    size = group_size
     if len(head) < SMALL_INPUT:
         head.sort()
-        size = small_input_groups(len(head))
+        size = small_input_groups(len(head), group_size)
     sources: list[PathSource] = []
     files = 0
     with contextlib.ExitStack() as stack:
@@ -199,7 +204,9 @@ def write_listing(paths: Iterable[str], listing_dir: str) -> InputPlan:
                 offset = 0
             data = b"".join(json.dumps(path).encode() + b"\n" for path in group)
             file.write(data)
-            sources.append(PathSource(listing, "listing", offset, offset + len(data)))
+            sources.append(
+                PathSource(listing, "listing", offset, offset + len(data), group_size=size)
+            )
             offset += len(data)
             files += len(group)
     return InputPlan(sources, files, exact=True)
@@ -208,14 +215,14 @@ def write_listing(paths: Iterable[str], listing_dir: str) -> InputPlan:
 # Manifests
 
 
-def plan_manifest(manifest: str) -> InputPlan:
+def plan_manifest(manifest: str, group_size: int = GROUP_SIZE) -> InputPlan:
     if not FileSystems.exists(manifest):
         raise ManifestError(f"no such manifest: {manifest}")
     base = manifest.rsplit("/", 1)[0] if "/" in manifest else os.getcwd()
     if FileSystems.get_scheme(manifest) is None:
         base = os.path.dirname(os.path.abspath(manifest))
     if manifest.lower().endswith(".parquet"):
-        return plan_parquet(manifest, base)
+        return plan_parquet(manifest, base, group_size)
     size = FileSystems.match([manifest])[0].metadata_list[0].size_in_bytes
     with FileSystems.open(manifest) as file:
         sample = file.read(SAMPLE_BYTES)
@@ -223,9 +230,9 @@ def plan_manifest(manifest: str) -> InputPlan:
     if manifest.lower().endswith(".csv"):
         kind, column = "csv", csv_path_column(manifest, sample)
     line_bytes = max(len(sample) / max(sample.count(b"\n"), 1), 1.0)
-    range_bytes = max(int(GROUP_SIZE * line_bytes), MIN_RANGE_BYTES)
+    range_bytes = max(int(group_size * line_bytes), MIN_RANGE_BYTES)
     sources = [
-        PathSource(manifest, kind, start, min(start + range_bytes, size), column, base)
+        PathSource(manifest, kind, start, min(start + range_bytes, size), column, base, group_size)
         for start in range(0, size, range_bytes)
     ]
     return InputPlan(sources, round(size / line_bytes), exact=False)
@@ -239,7 +246,9 @@ def csv_path_column(manifest: str, sample: bytes) -> int:
     return header.index("path")
 
 
-def plan_parquet(manifest: str, base: str) -> InputPlan:
+def plan_parquet(manifest: str, base: str, group_size: int) -> InputPlan:
+    """A slice per row group: a worker reads one row group whole, so its rows set the
+    parallelism (write the manifest with row groups of a few groups' files)."""
     with FileSystems.open(manifest) as file:
         parquet = pq.ParquetFile(file)
         names = parquet.schema_arrow.names
@@ -247,7 +256,7 @@ def plan_parquet(manifest: str, base: str) -> InputPlan:
     if "path" not in names:
         raise ManifestError(f"{manifest}: the Parquet file has no `path` column ({names[:5]})")
     sources = [
-        PathSource(manifest, "parquet", group, group + 1, base=base)
+        PathSource(manifest, "parquet", group, group + 1, base=base, group_size=group_size)
         for group in range(metadata.num_row_groups)
         if metadata.row_group(group).num_rows
     ]
@@ -313,5 +322,8 @@ def lines_in_range(path: str, start: int, stop: int) -> Iterator[tuple[int, byte
 def read_parquet_paths(source: PathSource) -> Iterator[str]:
     with FileSystems.open(source.path) as file:
         parquet = pq.ParquetFile(file)
-        for batch in parquet.iter_batches(GROUP_SIZE, row_groups=[source.start], columns=["path"]):
+        batches = parquet.iter_batches(
+            source.group_size, row_groups=[source.start], columns=["path"]
+        )
+        for batch in batches:
             yield from (path for path in batch.column(0).to_pylist() if path)

@@ -3,9 +3,9 @@ files, label each group, write it, and add up what was written.
 
 The launcher plans the input as slices of path lists (`pipeline.sources`); the job reads them
 itself, so no process holds every path. Plain runs need no shuffle: a slice's paths are labelled
-as they are read, in groups of at most GROUP_SIZE. With --skip_existing the listed paths and the
-earlier output's rows meet in a join: both are keyed by a hash of the path into as many buckets
-as there are groups, so each bucket is one group that knows which of its files to keep.
+as they are read, in groups of at most --files_per_group. With --skip_existing the listed paths
+and the earlier output's rows meet in a join: both are keyed by a hash of the path into as many
+buckets as there are groups, so each bucket is one group that knows which of its files to keep.
 
 Each group is labelled inside one `process` call, batching its windows there. Nothing is emitted
 from `finish_bundle` and no sink is used: some runners (Beam 2.77's DaskRunner) drop what
@@ -33,7 +33,7 @@ from pipeline.labels import EVENT_SCHEMA, ROW_SCHEMA, WindowScores, display_path
 from pipeline.loading import WindowReader
 from pipeline.output import EVENTS_PREFIX, TALLY_FILE, group_file, write_parquet
 from pipeline.progress import ProgressRecorder
-from pipeline.sources import GROUP_SIZE, PathSource, batched, read_source
+from pipeline.sources import PathSource, batched, read_source
 from pipeline.storage import write_atomically
 from pipeline.tally import Tally
 
@@ -83,13 +83,14 @@ class Group:
 
 
 class ReadSlice(FileSystemsDoFn):
-    """(index, slice) -> its groups of at most GROUP_SIZE paths, named `<index>-<part>`."""
+    """(index, slice) -> its groups of at most the slice's group_size paths, named
+    `<index>-<part>`."""
 
     def process(self, element: tuple[int, PathSource]) -> Iterator[Group]:
         index, source = element
         listed = 0
         group = Group(f"{index:05d}-0000", [])
-        for part, paths in enumerate(batched(read_source(source), GROUP_SIZE)):
+        for part, paths in enumerate(batched(read_source(source), source.group_size)):
             if part:
                 yield group
             group = Group(f"{index:05d}-{part:04d}", [path_to_bytes(p) for p in paths])

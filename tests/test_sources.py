@@ -34,31 +34,30 @@ def read_plan(plan: sources.InputPlan) -> list[str]:
 
 
 @pytest.fixture
-def small_groups(monkeypatch):
-    """Slices of a few paths, so that a small manifest spans many."""
-    monkeypatch.setattr(sources, "GROUP_SIZE", 3)
+def small_slices(monkeypatch):
+    """Slices of a few bytes, so that a small manifest spans many."""
     monkeypatch.setattr(sources, "MIN_RANGE_BYTES", 1)
 
 
-def test_a_text_manifest_resolves_relative_paths_and_skips_blank_lines(tmp_path, small_groups):
+def test_a_text_manifest_resolves_relative_paths_and_skips_blank_lines(tmp_path, small_slices):
     manifest = tmp_path / "lists" / "manifest.txt"
     manifest.parent.mkdir()
     names = [f"clip {i:02d}.wav" for i in range(20)]
     text = "\ufeff" + "\r\n".join(names[:10]) + "\n\n  \n"
     text += "\n".join(f"../{name}" for name in names[10:])
     manifest.write_text(text + "\ns3://bucket/key.wav\n/abs/x.WAV\n", encoding="utf-8")
-    plan = sources.plan_manifest(str(manifest))
+    plan = sources.plan_manifest(str(manifest), group_size=3)
     assert len(plan.sources) > 5 and not plan.exact
     expected = [str(manifest.parent / n) for n in names[:10]]
     expected += [str(tmp_path / n) for n in names[10:]] + ["s3://bucket/key.wav", "/abs/x.WAV"]
     assert read_plan(plan) == expected
 
 
-def test_a_csv_manifest_reads_its_path_column(tmp_path, small_groups):
+def test_a_csv_manifest_reads_its_path_column(tmp_path, small_slices):
     manifest = tmp_path / "manifest.csv"
     rows = ["id,path,note", "1,/data/a.wav,x", '2,"/data/b, with a comma.wav",y', "3,/data/c.wav,"]
     manifest.write_text("\n".join(rows) + "\n")
-    plan = sources.plan_manifest(str(manifest))
+    plan = sources.plan_manifest(str(manifest), group_size=3)
     assert read_plan(plan) == ["/data/a.wav", "/data/b, with a comma.wav", "/data/c.wav"]
     (tmp_path / "bad.csv").write_text("file,name\n/data/a.wav,a\n")
     with pytest.raises(sources.ManifestError, match="no `path` column"):
@@ -78,7 +77,6 @@ def test_a_listing_is_written_as_it_is_found(tmp_path, monkeypatch):
     """Memory stays bounded: groups reach the listing file while the walk is still going, and
     listing files are rotated."""
     monkeypatch.setattr(sources, "SMALL_INPUT", 8)
-    monkeypatch.setattr(sources, "GROUP_SIZE", 4)
     monkeypatch.setattr(sources, "GROUPS_PER_LISTING_FILE", 3)
     listing_dir = tmp_path / "_inputs"
     written_while_listing = []
@@ -90,7 +88,7 @@ def test_a_listing_is_written_as_it_is_found(tmp_path, monkeypatch):
                 written_while_listing.append(first.exists() and first.stat().st_size > 0)
             yield f"/data/{49 - i:02d}\udcff.wav"  # not sorted, and not UTF-8
 
-    plan = sources.write_listing(paths(), str(listing_dir))
+    plan = sources.write_listing(paths(), str(listing_dir), group_size=4)
     assert written_while_listing == [True]
     assert (plan.files, len(plan.sources)) == (50, 13)
     assert sorted(os.listdir(listing_dir)) == [f"listing-{n:05d}.jsonl" for n in range(5)]
@@ -137,3 +135,18 @@ def test_a_manifest_without_files_or_a_path_column_is_bad_input(tmp_path, capsys
     assert "lists no file" in err and "no `path` column" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not list(tmp_path.glob("*.staging-*"))
+
+
+def test_files_per_group_spreads_a_few_long_files_over_more_groups(recordings, tmp_path):
+    """Each group is one worker's unit of work and one Parquet file."""
+    reference = tmp_path / "default"
+    assert main(["--input", str(recordings), "--output", str(reference)]) == 0
+    assert len(json.loads((reference / "_summary.json").read_text())["parquet_files"]) == 1
+    output = tmp_path / "small_groups"
+    argv = ["--input", str(recordings), "--output", str(output), "--files_per_group", "3"]
+    assert main(argv) == 0
+    summary = json.loads((output / "_summary.json").read_text())
+    assert len(summary["parquet_files"]) == -(-len(wav_files(recordings)) // 3)
+    assert_same_rows(read_output(output), read_output(reference))
+    with pytest.raises(SystemExit, match="2"):
+        main([*argv[:-1], "0"])
