@@ -42,6 +42,9 @@ def test_progress_lines_read_well():
     assert progress.format_duration(3_725) == "1 h 02 min"
     assert progress.format_duration(125) == "2 min 05 s"
     assert "starting" in progress.format_progress(0, 10, 0, elapsed_s=1.0)
+    # A text manifest's total is estimated from its size, and may be passed.
+    estimated = progress.format_progress(120, 100, 0, elapsed_s=1.0, exact=False)
+    assert estimated.startswith("120 of about 100 files (100%)") and "about 0 s left" in estimated
 
 
 def run_cli(argv: list[str], terminal: bool) -> tuple[int, str]:
