@@ -40,23 +40,19 @@ CHECK_WINDOWS = 64  # val windows on which the reloaded SavedModel must match th
 @dataclass(frozen=True)
 class MemberRecipe:
     """How one member is trained: `model.train` with this architecture, epochs, babble share
-    (the share of noisy training clips mixed with babble instead of a noise recording), whether
-    it learns from synthetic answer windows (`--no-keyword-phrases` when not) and how many
-    continuous-speech windows it sees per epoch (`--continuous-scale`)."""
+    (the share of noisy training clips mixed with babble instead of a noise recording) and
+    whether it learns from synthetic answer windows (`--no-keyword-phrases` when not)."""
 
     architecture: str
     epochs: int
     babble_share: float
     keyword_phrases: bool
-    continuous_scale: float = 1.0
 
 
 # A DS-CNN and a BC-ResNet on loudness-normalised input (model/README.md): the BC-ResNet is
 # robust to gain and babble; the DS-CNN keeps its failures on some noise out of the labels.
 MEMBERS = (
-    MemberRecipe(
-        "ds-cnn-m", epochs=24, babble_share=0.3, keyword_phrases=True, continuous_scale=2.5
-    ),
+    MemberRecipe("ds-cnn-m", epochs=30, babble_share=0.3, keyword_phrases=True),
     MemberRecipe("bc-resnet-ln", epochs=40, babble_share=0.5, keyword_phrases=True),
 )
 
@@ -75,7 +71,6 @@ def train_members(data_dir: Path, members_dir: Path, seed: int) -> list[Path]:
             recipe.architecture,
             augmentation=augmentation,
             keyword_phrases=recipe.keyword_phrases,
-            continuous_scale=recipe.continuous_scale,
         )
         paths.append(path)
     return paths
