@@ -39,10 +39,10 @@ from model.contract import (
     SAMPLE_RATE,
     SIGNATURE,
 )
+from model.eval_sets import sound_events
 
 BATCH_SIZE = 256
 SEED = 20_260_601
-EVENTS_IN_BANK = 256
 DEFAULT_SIZES = (2_000, 20_000)
 DEFAULT_NAIVE_SIZES = (100, 500)
 RSS_FLAT_TOLERANCE = 0.10
@@ -73,43 +73,14 @@ METHODS = {
 # Test recordings
 
 
-@functools.cache
-def event_bank(sample_rate: int) -> tuple[np.ndarray, ...]:
-    """Enveloped sound events 0.1-0.6 s long: harmonic tones with vibrato, filtered noise bursts."""
-    rng = np.random.default_rng([SEED, sample_rate])
-    events = []
-    for index in range(EVENTS_IN_BANK):
-        length = int(rng.uniform(0.1, 0.6) * sample_rate)
-        span = np.arange(length) / sample_rate
-        if index % 2:
-            pitch = rng.uniform(90, 300) * (1 + 0.03 * np.sin(2 * np.pi * rng.uniform(3, 7) * span))
-            phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
-            event = sum(np.sin(k * phase) / k for k in range(1, 6))
-        else:
-            kernel = np.ones(int(rng.integers(1, 12)))
-            event = np.convolve(rng.normal(0, 1, length), kernel / kernel.size, mode="same")
-        events.append((np.hanning(length) * event).astype(np.float32))
-    return tuple(events)
-
-
-def synthesize(rng: np.random.Generator, seconds: float, sample_rate: int) -> np.ndarray:
-    """Hiss at a random level plus about two events per second at random places and gains."""
-    samples = int(seconds * sample_rate)
-    audio = rng.standard_normal(samples, dtype=np.float32) * np.float32(10 ** rng.uniform(-4, -2))
-    bank = event_bank(sample_rate)
-    for _ in range(rng.poisson(2 * seconds)):
-        event = bank[rng.integers(len(bank))][:samples]
-        start = int(rng.integers(0, samples - len(event) + 1))
-        audio[start : start + len(event)] += np.float32(rng.uniform(0.02, 0.5)) * event
-    return audio
-
-
 def write_clip(path: Path, index: int, seconds: float, sample_rate: int, channels: int) -> None:
     """One deterministic 16-bit WAV per index, so a smaller set is a prefix of a larger one."""
     if path.exists():
         return
     rng = np.random.default_rng([SEED, index, int(seconds), sample_rate, channels])
-    audio = np.stack([synthesize(rng, seconds, sample_rate) for _ in range(channels)], axis=1)
+    audio = np.stack(
+        [sound_events(rng, seconds, sample_rate, SEED) for _ in range(channels)], axis=1
+    )
     partial = path.with_suffix(f".{os.getpid()}.partial")
     with wave.open(str(partial), "wb") as file:
         file.setnchannels(channels)

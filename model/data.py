@@ -232,6 +232,36 @@ def add_neighbours(
     return np.clip(out, -1.0, 1.0)
 
 
+def pair_words(
+    clips: np.ndarray, neighbours: np.ndarray, rng: np.random.Generator, max_gap: int
+) -> np.ndarray:
+    """Each clip's word and a neighbour clip's word, said one after the other (either order,
+    0 to `max_gap` samples apart), in one window: both whole when they fit in a second, else the
+    clip's own word whole and the neighbour cut by the edge. A spoken answer puts two words in
+    one window ("yes I do"), so the label stays the clip's own: the keyword is there."""
+    out = np.zeros_like(clips)
+    for i, neighbour in enumerate(neighbours):
+        start, end = active_region(clips[i])
+        own = clips[i][start:end]
+        n_start, n_end = active_region(neighbour)
+        other = neighbour[n_start:n_end]
+        other = other * (log_uniform(rng, 0.5, 2.0, 1)[0] * rms(own)[0] / max(rms(other)[0], 1e-8))
+        gap = np.zeros(int(rng.integers(max_gap + 1)), np.float32)
+        own_first = rng.random() < 0.5
+        pair = np.concatenate([own, gap, other] if own_first else [other, gap, own])
+        own_start = 0 if own_first else len(pair) - len(own)
+        own_end = own_start + len(own)
+        if len(pair) <= CLIP_SAMPLES:  # both words whole
+            low, high = len(pair) - CLIP_SAMPLES, 0
+        else:  # the own word whole, the neighbour cut by the window's edge
+            low, high = max(own_end - CLIP_SAMPLES, 0), min(own_start, len(pair) - CLIP_SAMPLES)
+        window_start = int(rng.integers(low, high + 1)) if high >= low else own_start
+        canvas = np.zeros(len(pair) + 2 * CLIP_SAMPLES, np.float32)
+        canvas[CLIP_SAMPLES : CLIP_SAMPLES + len(pair)] = pair
+        out[i] = canvas[CLIP_SAMPLES + window_start : 2 * CLIP_SAMPLES + window_start]
+    return np.clip(out, -1.0, 1.0)
+
+
 def place_word(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A 1 s clip holding the word of `audio` (its active region) at a random position; a word
     longer than a second keeps its middle second."""

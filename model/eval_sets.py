@@ -9,8 +9,11 @@ of `model.synth`, never from anything training reads:
 - continuous speech (`continuous_speech`): the split's read sentences, long synthetic readings of
   public-domain text with the keywords taken out, and chains of the split's non-keyword clips
   with no gaps. Every window of these is a non-keyword.
+- non-speech (`non_speech`): 1 s clips of hiss with harmonic tones and noise bursts
+  (`sound_events`), vowel-like sounds that are no speech at all.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +76,7 @@ NOISE_SNR_DB = (10.0, 30.0)
 TELEPHONE_SHARE = 0.3
 TELEPHONE_RATE = 8_000
 SEEDS = {"val": 11, "test": 23}
+EVENTS_IN_BANK = 256
 
 
 @dataclass(frozen=True)
@@ -307,3 +311,44 @@ def match_events(
         unfound.remove(nearest)
         errors.append(abs(nearest.centre_s - centre))
     return errors, false_alarms, len(unfound)
+
+
+@functools.cache
+def sound_event_bank(sample_rate: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Enveloped sound events 0.1-0.6 s long: harmonic tones with vibrato, filtered noise bursts."""
+    rng = np.random.default_rng([seed, sample_rate])
+    events = []
+    for index in range(EVENTS_IN_BANK):
+        length = int(rng.uniform(0.1, 0.6) * sample_rate)
+        span = np.arange(length) / sample_rate
+        if index % 2:
+            pitch = rng.uniform(90, 300) * (1 + 0.03 * np.sin(2 * np.pi * rng.uniform(3, 7) * span))
+            phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+            event = sum(np.sin(k * phase) / k for k in range(1, 6))
+        else:
+            kernel = np.ones(int(rng.integers(1, 12)))
+            event = np.convolve(rng.normal(0, 1, length), kernel / kernel.size, mode="same")
+        events.append((np.hanning(length) * event).astype(np.float32))
+    return tuple(events)
+
+
+def sound_events(
+    rng: np.random.Generator, seconds: float, sample_rate: int, bank_seed: int
+) -> np.ndarray:
+    """Hiss at a random level plus about two events per second (from the bank of `bank_seed`)
+    at random places and gains."""
+    samples = int(seconds * sample_rate)
+    audio = rng.standard_normal(samples, dtype=np.float32) * np.float32(10 ** rng.uniform(-4, -2))
+    bank = sound_event_bank(sample_rate, bank_seed)
+    for _ in range(rng.poisson(2 * seconds)):
+        event = bank[rng.integers(len(bank))][:samples]
+        start = int(rng.integers(0, samples - len(event) + 1))
+        audio[start : start + len(event)] += np.float32(rng.uniform(0.02, 0.5)) * event
+    return audio
+
+
+def non_speech(split: str, clips: int = 2_000) -> np.ndarray:
+    """`clips` 1 s clips of `sound_events` at 16 kHz [clips, 16000], from a bank and seed of the
+    split's own: sounds that are no speech, none of which may be labelled a keyword."""
+    rng = np.random.default_rng(SEEDS[split] + 2)
+    return np.stack([sound_events(rng, 1.0, SAMPLE_RATE, SEEDS[split]) for _ in range(clips)])

@@ -37,6 +37,7 @@ from model.data import (
     load_split,
     log_uniform,
     make_silence,
+    pair_words,
     place_word,
     random_noise_windows,
     rms,
@@ -122,6 +123,9 @@ AUGMENTATION = {
     # by the window's edge), as windows of running speech see a word; the label stays true.
     "neighbour_share": 0.4,
     "neighbour_max_gap_ms": 150,
+    # Share of speech clips (apart from those) given a whole second word in the same window, as a
+    # spoken answer's window holds "yes I" (model.data.pair_words); the label stays true.
+    "pair_share": 0.0,
     "gain": (0.03, 2.0),  # -30 dB to +6 dB
     # Share of all clips (speech and silence) band-limited like audio recorded at a low rate.
     "band_limit_probability": 0.2,
@@ -262,10 +266,21 @@ def augment_speech(
     `talkers` are clips of non-keyword words, so neither a neighbour nor babble holds a keyword."""
     max_shift = augmentation["time_shift_ms"] * SAMPLE_RATE // 1000
     clips = time_shift(waveforms, rng, max_shift)
-    with_neighbour = np.flatnonzero(rng.random(len(clips)) < augmentation["neighbour_share"])
+    draw = rng.random(len(clips))
+    with_neighbour = np.flatnonzero(draw < augmentation["neighbour_share"])
+    paired = np.flatnonzero(
+        (draw >= augmentation["neighbour_share"])
+        & (draw < augmentation["neighbour_share"] + augmentation["pair_share"])
+    )
     clips[with_neighbour] = add_neighbours(
         clips[with_neighbour],
         talkers[rng.integers(len(talkers), size=len(with_neighbour))],
+        rng,
+        augmentation["neighbour_max_gap_ms"] * SAMPLE_RATE // 1000,
+    )
+    clips[paired] = pair_words(
+        clips[paired],
+        talkers[rng.integers(len(talkers), size=len(paired))],
         rng,
         augmentation["neighbour_max_gap_ms"] * SAMPLE_RATE // 1000,
     )
@@ -371,6 +386,8 @@ def train(
     synthetic: bool = True,
     keyword_phrases: bool = True,
     continuous_scale: float = 1.0,
+    init_dir: Path | None = None,
+    peak_learning_rate: float = PEAK_LEARNING_RATE,
 ) -> None:
     configure_tensorflow(seed)
     import keras
@@ -382,7 +399,7 @@ def train(
         export_saved_model,
         write_metadata,
     )
-    from model.onnx_export import write_onnx
+    from model.onnx_export import rebuild_keras_model, write_onnx
 
     started = time.monotonic()
     rng = np.random.default_rng(seed)
@@ -411,7 +428,8 @@ def train(
     print(f"sources ready {time.monotonic() - started:.0f}s", flush=True)
     teachers = [KeywordModel(teacher) for teacher in teacher_dirs]
 
-    model = build_model(architecture)
+    # Fine-tuning starts from a trained artifact of the same architecture.
+    model = rebuild_keras_model(init_dir, architecture) if init_dir else build_model(architecture)
     first_epoch = epoch_examples(sources, rng, augmentation, hard_negatives)
     examples_per_epoch = len(first_epoch[1])
     total_steps = epochs * -(-examples_per_epoch // BATCH_SIZE)
@@ -419,7 +437,7 @@ def train(
         0.0,
         total_steps,
         alpha=0.01,
-        warmup_target=PEAK_LEARNING_RATE,
+        warmup_target=peak_learning_rate,
         warmup_steps=total_steps // 20,
     )
     model.compile(
@@ -562,7 +580,8 @@ def train(
                 "seed": seed,
                 "epochs": epochs,
                 "batch_size": BATCH_SIZE,
-                "optimizer": f"Adam, cosine decay from {PEAK_LEARNING_RATE} with 5% warm-up",
+                "optimizer": f"Adam, cosine decay from {peak_learning_rate} with 5% warm-up",
+                "initialised_from": KeywordModel(init_dir).version if init_dir else None,
                 "loss": f"cross-entropy, label smoothing {LABEL_SMOOTHING}",
                 "distillation": {
                     "teachers": [teacher.version for teacher in teachers],
@@ -663,6 +682,20 @@ def main() -> None:
         f" {READ_SPEECH_WINDOWS_PER_EPOCH}, synthetic word sequences"
         f" {SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH} from a pool of {SYNTHETIC_SENTENCES})",
     )
+    parser.add_argument(
+        "--pair-share",
+        type=float,
+        default=AUGMENTATION["pair_share"],
+        metavar="SHARE",
+        help="share of speech clips given a whole second word in the window (pair_words)",
+    )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        metavar="DIR",
+        help="fine-tune: start from the weights of this trained artifact of the same --arch",
+    )
+    parser.add_argument("--peak-lr", type=float, default=PEAK_LEARNING_RATE)
     args = parser.parse_args()
     train(
         args.data,
@@ -676,6 +709,7 @@ def main() -> None:
             "babble_share": args.babble_share,
             "shift_silence": args.shift_silence,
             "short_silence_share": args.short_silence,
+            "pair_share": args.pair_share,
         },
         tuple(args.hard_negatives),
         tuple(args.select_under),
@@ -683,6 +717,8 @@ def main() -> None:
         not args.no_synthetic,
         not args.no_keyword_phrases,
         args.continuous_scale,
+        args.init,
+        args.peak_lr,
     )
 
 

@@ -1,5 +1,5 @@
-"""Training examples: class balance, weighted unknown words, neighbouring words, continuous
-speech and short silence of an epoch; targets, plain one-hot or mixed with teachers'
+"""Training examples: class balance, weighted unknown words, neighbouring and paired words,
+continuous speech and short silence of an epoch; targets, plain one-hot or mixed with teachers'
 probabilities (distillation)."""
 
 import numpy as np
@@ -13,6 +13,7 @@ from model.data import (
     active_region,
     add_neighbours,
     load_noise,
+    pair_words,
     place_word,
     rms,
     shorten,
@@ -79,6 +80,25 @@ def test_a_neighbour_word_leaves_the_clips_own_word_untouched(data_dir):
         np.testing.assert_array_equal(out[start:end], clip[start:end])
         changed += bool(np.abs(out - clip).max() > 0.01)  # a word was added around it
     assert changed == len(clips)
+
+
+def test_a_paired_word_shares_the_window_with_the_clips_whole_word(data_dir):
+    clips = np.stack([pad_to_clip(first_test_clip(data_dir, w)) for w in ("no", "up", "on")])
+    neighbours = np.stack(
+        [pad_to_clip(first_test_clip(data_dir, w)) for w in ("left", "stop", "down")]
+    )
+    paired = pair_words(clips, neighbours, np.random.default_rng(5), max_gap=1_600)
+    for clip, out in zip(clips, paired, strict=True):
+        start, end = active_region(clip)
+        own = clip[start:end]
+        # The clip's own word is in the window whole, sample for sample, somewhere.
+        offsets = [
+            i for i in range(16_000 - len(own) + 1) if np.allclose(out[i : i + len(own)], own)
+        ]
+        assert offsets, "own word not found whole"
+        # and the neighbour's word is there too: the window holds more sound than the own word.
+        rest = np.concatenate([out[: offsets[0]], out[offsets[0] + len(own) :]])
+        assert rms(rest)[0] > 0.1 * rms(own)[0]
 
 
 def test_a_placed_word_is_its_active_region_somewhere_in_a_second():
