@@ -349,6 +349,8 @@ def sound_events(
 
 def non_speech(split: str, clips: int = 2_000) -> np.ndarray:
     """`clips` 1 s clips of `sound_events` at 16 kHz [clips, 16000], from a bank and seed of the
-    split's own: sounds that are no speech, none of which may be labelled a keyword."""
+    split's own, clipped to [-1, 1] as a WAV file holds them: sounds that are no speech, none of
+    which may be labelled a keyword."""
     rng = np.random.default_rng(SEEDS[split] + 2)
-    return np.stack([sound_events(rng, 1.0, SAMPLE_RATE, SEEDS[split]) for _ in range(clips)])
+    sounds = np.stack([sound_events(rng, 1.0, SAMPLE_RATE, SEEDS[split]) for _ in range(clips)])
+    return np.clip(sounds, -1.0, 1.0)
