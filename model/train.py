@@ -17,7 +17,7 @@ calibration) and stores those figures in the metadata.
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,13 @@ HARD_NEGATIVE_WORDS = ("go", "down", "left", "nine", "six", "off", "zero", "marv
 # word sequences (synthetic), drawn afresh each epoch.
 READ_SPEECH_WINDOWS_PER_EPOCH = 800
 SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH = 400
+# Hard continuous-speech windows (`--mine-with DIR`): windows of the training continuous speech
+# (read sentences, synthetic word sequences, chains of unknown clips) that a trained model hears
+# as a keyword with at least MINING_FLOOR probability, drawn as `unknown` each epoch.
+MINING_FLOOR = 0.3
+MINED_WINDOWS_PER_EPOCH = 600
+MINING_CHAINS = 200
+MINING_CHAIN_CLIPS = 12
 # Synthetic words (espeak-ng, training voices only): a pool made once, drawn each epoch.
 SYNTHETIC_KEYWORDS_PER_WORD = 500  # in the pool, for each of yes and no
 SYNTHETIC_NON_KEYWORDS = 1500
@@ -192,6 +199,7 @@ class TrainingSources:
         READ_SPEECH_WINDOWS_PER_EPOCH,
         SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH,
     )
+    mined: np.ndarray | None = None  # hard continuous-speech windows (mine_hard_windows)
 
 
 def make_synthetic_pool(
@@ -235,6 +243,37 @@ def keyword_phrase_window(word: str, voice: Voice, rng: np.random.Generator) -> 
     margin = int(rng.uniform(*PHRASE_WINDOW_MARGIN_S) * SAMPLE_RATE)
     window_start = max(start - margin, 0) if first else max(end + margin - CLIP_SAMPLES, 0)
     return fit_to_clip(audio[window_start : window_start + CLIP_SAMPLES])
+
+
+def word_chains(
+    clips: np.ndarray, rng: np.random.Generator, chains: int, length: int
+) -> list[np.ndarray]:
+    """`chains` recordings of `length` random clips each, back to back with no gap, each clip's
+    peak at 0.5: running speech made of single words, whose windows straddle two words."""
+    picked = clips[rng.integers(len(clips), size=(chains, length))]
+    peaks = np.maximum(np.abs(picked).max(axis=2, keepdims=True), 1e-8)
+    return list((picked / peaks * 0.5).reshape(chains, -1))
+
+
+def mine_hard_windows(
+    sources: "TrainingSources", miner: KeywordModel, rng: np.random.Generator
+) -> np.ndarray:
+    """The windows of the training continuous speech, 0.25 s apart, that `miner` hears as a
+    keyword with at least MINING_FLOOR probability: the non-keywords most like a keyword."""
+    unknown = sources.speech[sources.labels == LABELS.index("unknown")]
+    recordings = [
+        *sources.read_speech,
+        *(sources.synthetic.sentences if sources.synthetic else []),
+        *word_chains(unknown, rng, MINING_CHAINS, MINING_CHAIN_CLIPS),
+    ]
+    quarter = CLIP_SAMPLES // 4
+    windows = np.concatenate(
+        [split_windows(r[offset:]) for r in recordings for offset in (0, quarter)]
+    )
+    probabilities = predict_in_batches(miner.predict, windows)
+    hard = probabilities[:, list(KEYWORD_IDS)].max(axis=1) >= MINING_FLOOR
+    print(f"mined {hard.sum()} of {len(windows)} continuous-speech windows", flush=True)
+    return windows[hard]
 
 
 def unknown_draws(
@@ -336,6 +375,9 @@ def epoch_examples(
         parts.append((pool.clips[picked], pool.labels[picked]))
         parts.append((windows, np.full(len(windows), unknown_id)))
         talkers = np.concatenate([talkers, pool.clips[pool.labels == unknown_id]])
+    if sources.mined is not None and len(sources.mined):
+        windows = sources.mined[rng.integers(len(sources.mined), size=MINED_WINDOWS_PER_EPOCH)]
+        parts.append((windows, np.full(len(windows), unknown_id)))
     speech = np.concatenate([clips for clips, _ in parts])
     speech_labels = np.concatenate([targets for _, targets in parts])
     silence = make_silence(sources.noise_segments, SILENCE_CLIPS_PER_EPOCH, rng)
@@ -388,6 +430,7 @@ def train(
     continuous_scale: float = 1.0,
     init_dir: Path | None = None,
     peak_learning_rate: float = PEAK_LEARNING_RATE,
+    miner_dir: Path | None = None,
 ) -> None:
     configure_tensorflow(seed)
     import keras
@@ -425,6 +468,8 @@ def train(
             round(SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH * continuous_scale),
         ),
     )
+    if miner_dir:
+        sources = replace(sources, mined=mine_hard_windows(sources, KeywordModel(miner_dir), rng))
     print(f"sources ready {time.monotonic() - started:.0f}s", flush=True)
     teachers = [KeywordModel(teacher) for teacher in teacher_dirs]
 
@@ -571,6 +616,14 @@ def train(
                     }
                     if synthetic
                     else None,
+                    "mined_continuous_speech_windows": {
+                        "mined_with": KeywordModel(miner_dir).version,
+                        "floor": MINING_FLOOR,
+                        "pool": len(sources.mined),
+                        "per_epoch": MINED_WINDOWS_PER_EPOCH,
+                    }
+                    if miner_dir
+                    else None,
                     "silence": SILENCE_CLIPS_PER_EPOCH,
                     "total": examples_per_epoch,
                 },
@@ -696,6 +749,13 @@ def main() -> None:
         help="fine-tune: start from the weights of this trained artifact of the same --arch",
     )
     parser.add_argument("--peak-lr", type=float, default=PEAK_LEARNING_RATE)
+    parser.add_argument(
+        "--mine-with",
+        type=Path,
+        metavar="DIR",
+        help=f"add {MINED_WINDOWS_PER_EPOCH} windows per epoch of the training continuous speech"
+        f" that this trained artifact hears as a keyword (p >= {MINING_FLOOR}) as unknown",
+    )
     args = parser.parse_args()
     train(
         args.data,
@@ -719,6 +779,7 @@ def main() -> None:
         args.continuous_scale,
         args.init,
         args.peak_lr,
+        args.mine_with,
     )
 
 

@@ -2,6 +2,8 @@
 continuous speech and short silence of an epoch; targets, plain one-hot or mixed with teachers'
 probabilities (distillation)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -24,11 +26,14 @@ from model.train import (
     DISTILLATION_WEIGHT,
     KEYWORD_CLIPS_PER_EPOCH,
     MIN_DRAWS_PER_WORD,
+    MINED_WINDOWS_PER_EPOCH,
+    MINING_FLOOR,
     READ_SPEECH_WINDOWS_PER_EPOCH,
     SILENCE_CLIPS_PER_EPOCH,
     TrainingSources,
     distillation_targets,
     epoch_examples,
+    mine_hard_windows,
     unknown_draws,
 )
 from tests.helpers import first_test_clip
@@ -54,6 +59,25 @@ def test_an_epoch_balances_keywords_and_weights_unknown_words(data_dir):
     assert list(np.bincount(targets, minlength=len(LABELS))) == expected
     assert waveforms.shape == (sum(expected), 16_000)
     assert np.abs(waveforms).max() <= 1.0
+
+
+def test_mined_windows_are_what_the_miner_hears_as_keywords_and_join_each_epoch(data_dir):
+    from model.contract import DEFAULT_ARTIFACT
+    from model.serving import KeywordModel
+
+    words = ["yes", "no", "go", "down", "nine", "cat", "left", "six", "off", "up"]
+    read = [np.concatenate([pad_to_clip(first_test_clip(data_dir, w)) for w in words[2:]])]
+    plain = sources(data_dir, words, read)
+    miner = KeywordModel(DEFAULT_ARTIFACT)
+    mined = mine_hard_windows(plain, miner, np.random.default_rng(0))
+    assert len(mined) > 0 and mined.shape[1:] == (16_000,)
+    assert (miner.predict(mined)[:, :2].max(axis=1) >= MINING_FLOOR).all()
+    rng = np.random.default_rng(1)
+    _, without = epoch_examples(plain, rng, AUGMENTATION)
+    _, with_mined = epoch_examples(replace(plain, mined=mined), rng, AUGMENTATION)
+    unknown = LABELS.index("unknown")
+    extra = (with_mined == unknown).sum() - (without == unknown).sum()
+    assert extra == MINED_WINDOWS_PER_EPOCH
 
 
 def test_unknown_draws_give_every_word_its_clips_and_rare_words_more():
