@@ -37,7 +37,7 @@ from model.data import (
     time_shift,
 )
 from model.decision import KEYWORD_IDS, KEYWORDS, Decision, count_occurrences
-from model.eval_sets import EvalRecording, continuous_speech, spoken_answers
+from model.eval_sets import EvalRecording, continuous_speech, non_speech, spoken_answers
 from model.serving import KeywordModel
 
 DEFAULT_DATA = Path("../shared/data/speech_commands")
@@ -278,6 +278,9 @@ def evaluate_probabilities(
         ),
         "noise_sweep": silence_check(
             keyword_model.predict, noise_sweep_clips(data_dir, split), keyword_model.decision
+        ),
+        "non_speech": silence_check(
+            keyword_model.predict, non_speech(split), keyword_model.decision
         ),
     }
     return metrics, probabilities, labels
@@ -582,6 +585,12 @@ def format_report(metrics: dict) -> str:
             f"noise sweep ({sweep['clips']} windows of the noise recordings at {levels} dBFS):"
             f" silence {sweep['silence']}/{sweep['clips']},"
             f" yes or no {sweep['keyword']}/{sweep['clips']}"
+        )
+    if "non_speech" in metrics:
+        sounds = metrics["non_speech"]
+        lines.append(
+            f"non-speech sounds ({sounds['clips']} clips of hiss with tones and noise bursts):"
+            f" yes or no {sounds['keyword']}/{sounds['clips']}"
         )
     return "\n".join(lines)
 
