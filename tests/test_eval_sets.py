@@ -1,12 +1,18 @@
-"""Evaluation recordings (spoken answers, continuous speech) and their labelling by the
-pipeline's own decision."""
+"""Evaluation recordings (spoken answers, continuous speech, non-speech sounds) and their
+labelling by the pipeline's own decision."""
 
 import re
 
 import numpy as np
 import pytest
 
-from model.eval_sets import TELEPHONE_RATE, continuous_speech, reading_text, spoken_answers
+from model.eval_sets import (
+    TELEPHONE_RATE,
+    continuous_speech,
+    non_speech,
+    reading_text,
+    spoken_answers,
+)
 from model.evaluate import answers_report, label_recordings, recording_windows
 from model.synth import EVAL_VARIANTS, TRAIN_VARIANTS, espeak_available
 from pipeline.cli import main
@@ -20,6 +26,16 @@ needs_espeak = pytest.mark.skipif(
 def test_evaluation_voices_are_never_training_voices():
     assert EVAL_VARIANTS and TRAIN_VARIANTS
     assert not set(EVAL_VARIANTS) & set(TRAIN_VARIANTS)
+
+
+def test_non_speech_clips_are_fixed_per_split_and_differ_between_splits():
+    val, test = non_speech("val", 40), non_speech("test", 40)
+    assert val.shape == test.shape == (40, 16_000)
+    np.testing.assert_array_equal(val, non_speech("val", 40))  # the same clips every time
+    assert not np.array_equal(val, test)
+    assert np.abs(val).max() <= 1.0
+    # About two sound events per second over a faint hiss: most clips hold one (e^-2 none).
+    assert (np.abs(val).max(axis=1) > 0.01).mean() > 0.7
 
 
 def test_the_reading_holds_neither_keyword_nor_its_homophone():
