@@ -206,6 +206,16 @@ def active_region(clip: np.ndarray, floor_db: float = -30.0) -> tuple[int, int]:
     return int(loud[0] * frame), int((loud[-1] + 1) * frame)
 
 
+def neighbour_word(
+    neighbour: np.ndarray, own_word: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """The word of a neighbour clip (its active region) at 0.5-2 times the RMS of `own_word`."""
+    n_start, n_end = active_region(neighbour)
+    word = neighbour[n_start:n_end]
+    level = log_uniform(rng, 0.5, 2.0, 1)[0] * rms(own_word)[0]
+    return word * (level / max(float(rms(word)[0]), 1e-8))
+
+
 def add_neighbours(
     clips: np.ndarray, neighbours: np.ndarray, rng: np.random.Generator, max_gap: int
 ) -> np.ndarray:
@@ -216,10 +226,7 @@ def add_neighbours(
     out = clips.copy()
     for i, neighbour in enumerate(neighbours):
         start, end = active_region(clips[i])
-        n_start, n_end = active_region(neighbour)
-        word = neighbour[n_start:n_end]
-        level = log_uniform(rng, 0.5, 2.0, 1)[0] * rms(clips[i][start:end])[0]
-        word = word * (level / max(float(rms(word)[0]), 1e-8))
+        word = neighbour_word(neighbour, clips[i][start:end], rng)
         gap = int(rng.integers(max_gap + 1))
         if rng.random() < 0.5:  # before the clip's word
             place_end = start - gap
@@ -243,9 +250,7 @@ def pair_words(
     for i, neighbour in enumerate(neighbours):
         start, end = active_region(clips[i])
         own = clips[i][start:end]
-        n_start, n_end = active_region(neighbour)
-        other = neighbour[n_start:n_end]
-        other = other * (log_uniform(rng, 0.5, 2.0, 1)[0] * rms(own)[0] / max(rms(other)[0], 1e-8))
+        other = neighbour_word(neighbour, own, rng)
         gap = np.zeros(int(rng.integers(max_gap + 1)), np.float32)
         own_first = rng.random() < 0.5
         pair = np.concatenate([own, gap, other] if own_first else [other, gap, own])

@@ -305,6 +305,7 @@ def augment_speech(
     `talkers` are clips of non-keyword words, so neither a neighbour nor babble holds a keyword."""
     max_shift = augmentation["time_shift_ms"] * SAMPLE_RATE // 1000
     clips = time_shift(waveforms, rng, max_shift)
+    max_gap = augmentation["neighbour_max_gap_ms"] * SAMPLE_RATE // 1000
     draw = rng.random(len(clips))
     with_neighbour = np.flatnonzero(draw < augmentation["neighbour_share"])
     paired = np.flatnonzero(
@@ -315,13 +316,13 @@ def augment_speech(
         clips[with_neighbour],
         talkers[rng.integers(len(talkers), size=len(with_neighbour))],
         rng,
-        augmentation["neighbour_max_gap_ms"] * SAMPLE_RATE // 1000,
+        max_gap,
     )
     clips[paired] = pair_words(
         clips[paired],
         talkers[rng.integers(len(talkers), size=len(paired))],
         rng,
-        augmentation["neighbour_max_gap_ms"] * SAMPLE_RATE // 1000,
+        max_gap,
     )
     noise = random_noise_windows(noise_segments, len(clips), rng)
     use_babble = np.flatnonzero(rng.random(len(clips)) < augmentation["babble_share"])
@@ -468,8 +469,9 @@ def train(
             round(SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH * continuous_scale),
         ),
     )
-    if miner_dir:
-        sources = replace(sources, mined=mine_hard_windows(sources, KeywordModel(miner_dir), rng))
+    miner = KeywordModel(miner_dir) if miner_dir else None
+    if miner:
+        sources = replace(sources, mined=mine_hard_windows(sources, miner, rng))
     print(f"sources ready {time.monotonic() - started:.0f}s", flush=True)
     teachers = [KeywordModel(teacher) for teacher in teacher_dirs]
 
@@ -617,12 +619,12 @@ def train(
                     if synthetic
                     else None,
                     "mined_continuous_speech_windows": {
-                        "mined_with": KeywordModel(miner_dir).version,
+                        "mined_with": miner.version,
                         "floor": MINING_FLOOR,
                         "pool": len(sources.mined),
                         "per_epoch": MINED_WINDOWS_PER_EPOCH,
                     }
-                    if miner_dir
+                    if miner
                     else None,
                     "silence": SILENCE_CLIPS_PER_EPOCH,
                     "total": examples_per_epoch,
