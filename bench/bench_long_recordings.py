@@ -8,8 +8,8 @@
   (`match_events`): recall and precision of occurrences, and the error of their centres.
 - False alarms per hour: the same kind of recordings with no keyword at all.
 - Speed: a 1-hour 16 kHz mono file and a 1 s file, each labelled by a fresh `yesno-label`
-  process; real time factor = 3600 s / (wall time of the hour - wall time of the 1 s file,
-  which is the start-up).
+  process, in --speed-rounds rounds; real time factor = 3600 s / (fastest wall time of the
+  hour - fastest wall time of the 1 s file, which is the start-up).
 - Memory: peak RSS of a fresh `yesno-label` process labelling one 44.1 kHz stereo file of
   1 min, 20 min and 2 h.
 
@@ -105,7 +105,10 @@ def false_alarms(work: Path, minutes: float) -> None:
     print(f"  {events} events = {events / total:.2f} per hour")
 
 
-def speed(work: Path) -> None:
+def speed(work: Path, rounds: int) -> None:
+    """Real-time factor of a 1-hour file. Each round labels the 1 s file, then the hour, in
+    fresh processes; the fastest of each over the rounds counts, as other load on a shared
+    machine only ever adds time."""
     hour, second = work / "hour", work / "second"
     for folder, seconds in ((hour, SPEED_SECONDS), (second, 1)):
         folder.mkdir()
@@ -113,11 +116,18 @@ def speed(work: Path) -> None:
             DEFAULT_DATA, "val", 1, minutes=(seconds / 60, seconds / 60), rates=(16_000,)
         )
         soundfile.write(folder / "a.wav", recording.audio, 16_000, "PCM_16")
-    start_up, _ = label(second, work / "second-labels")
-    wall, rss = label(hour, work / "hour-labels")
-    factor = SPEED_SECONDS / max(wall - start_up, 1e-3)
     print(f"== Speed: one {SPEED_SECONDS / 3600:.0f} h 16 kHz mono file; load {load()}")
-    print(f"  wall {wall:.2f} s, start-up (a 1 s file) {start_up:.2f} s, peak RSS {rss} MB")
+    start_ups, walls, peaks = [], [], []
+    for index in range(rounds):
+        start_up, _ = label(second, work / f"second-labels-{index}")
+        wall, rss = label(hour, work / f"hour-labels-{index}")
+        start_ups.append(start_up)
+        walls.append(wall)
+        peaks.append(rss)
+        print(f"  round {index + 1}: wall {wall:.2f} s, start-up (a 1 s file) {start_up:.2f} s")
+    factor = SPEED_SECONDS / max(min(walls) - min(start_ups), 1e-3)
+    print(f"  fastest: wall {min(walls):.2f} s, start-up {min(start_ups):.2f} s;"
+          f" peak RSS {max(peaks)} MB; load {load()}")  # fmt: skip
     print(f"  {factor:,.0f}x real time after start-up")
 
 
@@ -148,6 +158,12 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=30, help="long recordings to match")
     parser.add_argument("--false-alarm-minutes", type=float, default=60.0)
     parser.add_argument(
+        "--speed-rounds",
+        type=int,
+        default=3,
+        help="labellings of the 1-hour file (the fastest counts)",
+    )
+    parser.add_argument(
         "--only", choices=("accuracy", "false-alarms", "speed", "memory"), action="append"
     )
     args = parser.parse_args()
@@ -162,7 +178,7 @@ def main() -> None:
         if "false-alarms" in parts:
             false_alarms(work, args.false_alarm_minutes)
         if "speed" in parts:
-            speed(work)
+            speed(work, args.speed_rounds)
         if "memory" in parts:
             memory(work)
 
