@@ -126,8 +126,10 @@ def speed(work: Path, rounds: int) -> None:
         peaks.append(rss)
         print(f"  round {index + 1}: wall {wall:.2f} s, start-up (a 1 s file) {start_up:.2f} s")
     factor = SPEED_SECONDS / max(min(walls) - min(start_ups), 1e-3)
-    print(f"  fastest: wall {min(walls):.2f} s, start-up {min(start_ups):.2f} s;"
-          f" peak RSS {max(peaks)} MB; load {load()}")  # fmt: skip
+    print(
+        f"  fastest: wall {min(walls):.2f} s, start-up {min(start_ups):.2f} s;"
+        f" peak RSS {max(peaks)} MB; load {load()}"
+    )
     print(f"  {factor:,.0f}x real time after start-up")
 
 
