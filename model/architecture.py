@@ -19,14 +19,8 @@ from collections.abc import Callable
 import keras
 
 from model.contract import CLIP_SAMPLES, LABELS
-from model.features import (
-    FFT_LENGTH,
-    FRAMES,
-    MEL_BINS,
-    WINDOW_SAMPLES,
-    LogMelSpectrogram,
-    LoudnessNormalisation,
-)
+from model.feature_settings import FFT_LENGTH, FRAMES, MEL_BINS, WINDOW_SAMPLES
+from model.features import LogMelSpectrogram, LoudnessNormalisation
 
 DEFAULT_ARCHITECTURE = "ds-cnn-m"
 BN_MOMENTUM = 0.9  # moving statistics settle within an epoch, so val accuracy is meaningful early

@@ -14,6 +14,7 @@ from typing import BinaryIO
 import numpy as np
 import soundfile
 import soxr
+from numpy.lib.stride_tricks import sliding_window_view
 
 from model.contract import CLIP_SAMPLES, SAMPLE_RATE
 
@@ -228,6 +229,33 @@ def pad_to_clip(mono: np.ndarray) -> np.ndarray:
     return padded
 
 
+@dataclass(frozen=True)
+class WindowRun:
+    """`count` consecutive windows, WINDOW_HOP apart, held once as the samples they span
+    (CLIP_SAMPLES + WINDOW_HOP * (count - 1)): half the memory of the windows, and what
+    `model.serving.KeywordModel.predict_run` scores with each STFT frame computed once."""
+
+    samples: np.ndarray  # float32, 16 kHz
+
+    @property
+    def count(self) -> int:
+        return max(0, (len(self.samples) - CLIP_SAMPLES) // WINDOW_HOP + 1)
+
+    def windows(self) -> np.ndarray:
+        """The windows [count, CLIP_SAMPLES], as a read-only view of the samples."""
+        if self.count == 0:
+            return np.zeros((0, CLIP_SAMPLES), np.float32)
+        return sliding_window_view(self.samples, CLIP_SAMPLES)[::WINDOW_HOP]
+
+
+def join_runs(runs: list[WindowRun]) -> WindowRun:
+    """One run of consecutive runs, each starting WINDOW_HOP after the last window of the one
+    before (as WindowCutter.add gives them for one recording)."""
+    overlap = CLIP_SAMPLES - WINDOW_HOP
+    parts = [runs[0].samples, *(run.samples[overlap:] for run in runs[1:])]
+    return WindowRun(np.concatenate(parts) if len(parts) > 1 else parts[0])
+
+
 class WindowCutter:
     """Cuts 16 kHz audio, given block by block, into the model's 1 s windows, which together
     cover every sample: windows every WINDOW_HOP, the last one aligned to the end, and a
@@ -241,40 +269,41 @@ class WindowCutter:
         self._next_start = 0
         self.length = 0  # samples given so far
 
-    def add(self, mono: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(windows [n, CLIP_SAMPLES], their start samples [n]) completed by this block."""
+    def add(self, mono: np.ndarray) -> tuple[WindowRun, np.ndarray]:
+        """(the run of windows this block completes, their start samples [n]); the runs of
+        consecutive blocks join up (join_runs)."""
         self._buffer = np.concatenate([self._buffer, mono.astype(np.float32, copy=False)])
         self.length += len(mono)
         # A window is cut here only when audio follows it; the one ending at the very end is
         # the last, aligned window that finish() cuts.
         count = max(0, -(-(self.length - CLIP_SAMPLES - self._next_start) // WINDOW_HOP))
         starts = self._next_start + WINDOW_HOP * np.arange(count)
-        windows = self._slices(starts)
+        run = self._run(self._next_start, count)
         self._next_start += WINDOW_HOP * count
         keep_from = min(self._next_start, max(self.length - CLIP_SAMPLES, 0))
         self._buffer = self._buffer[keep_from - self._buffer_start :]
         self._buffer_start = keep_from
-        return windows, starts
+        return run, starts
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+    def finish(self) -> tuple[WindowRun, np.ndarray]:
         """The last window (or a short recording's only one) and its start sample."""
         if self.length <= CLIP_SAMPLES:
-            return pad_to_clip(self._buffer)[np.newaxis], np.zeros(1, np.int64)
+            return WindowRun(pad_to_clip(self._buffer)), np.zeros(1, np.int64)
         last_start = self.length - CLIP_SAMPLES
-        return self._slices(np.array([last_start])), np.array([last_start])
+        return self._run(last_start, 1), np.array([last_start])
 
-    def _slices(self, starts: np.ndarray) -> np.ndarray:
-        offsets = starts - self._buffer_start
-        windows = np.empty((len(starts), CLIP_SAMPLES), np.float32)
-        for row, offset in enumerate(offsets):
-            windows[row] = self._buffer[offset : offset + CLIP_SAMPLES]
-        return windows
+    def _run(self, start: int, count: int) -> WindowRun:
+        """The run of `count` windows from sample `start` (a view of the buffer, which is
+        replaced, never written, by later blocks)."""
+        offset = start - self._buffer_start
+        length = CLIP_SAMPLES + WINDOW_HOP * (count - 1) if count else 0
+        return WindowRun(self._buffer[offset : offset + length])
 
 
 def split_windows(mono: np.ndarray) -> np.ndarray:
     """All the windows of 16 kHz audio held whole [n, CLIP_SAMPLES] (WindowCutter's)."""
     cutter = WindowCutter()
-    return np.concatenate([cutter.add(mono)[0], cutter.finish()[0]])
+    return np.concatenate([cutter.add(mono)[0].windows(), cutter.finish()[0].windows()])
 
 
 def window_spans_s(starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:

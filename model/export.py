@@ -22,7 +22,7 @@ from model.contract import (
     SAMPLE_RATE,
     SIGNATURE,
 )
-from model.serving import ONNX_FILE
+from model.serving import ONNX_FILE, STREAM_FILE, TOLERANCE
 
 LICENSE_FILE = "LICENSE"
 DATA_LICENSE_FILE = "DATA_LICENSE"
@@ -33,6 +33,7 @@ ARTIFACT_ENTRIES = {
     "variables",
     "assets",
     ONNX_FILE,
+    STREAM_FILE,
     METADATA_FILE,
     DATA_LICENSE_FILE,
 }
@@ -83,7 +84,9 @@ def clear_artifact_dir(out_dir: Path) -> None:
 def model_version(out_dir: Path) -> str:
     """Content hash of what serving reads: sha256 over saved_model.pb, the variables files and
     model.onnx (in sorted relative-path order), then the keyword thresholds stored in
-    metadata.json. The rest of metadata.json is excluded, so adding metrics keeps it."""
+    metadata.json. The rest of metadata.json is excluded, so adding metrics keeps it, and so is
+    stream.onnx, model.onnx's computation in another order, refused when opened unless it
+    gives model.onnx's probabilities (model.serving.stream_predictor)."""
     files = [out_dir / "saved_model.pb", *(out_dir / "variables").rglob("*"), out_dir / ONNX_FILE]
     digest = hashlib.sha256()
     for path in sorted((p for p in files if p.is_file()), key=lambda p: p.relative_to(out_dir)):
@@ -118,7 +121,7 @@ def export_saved_model(members: list[Member], out_dir: Path, check_waveforms: np
     reloaded = signature(**{INPUT_NAME: tf.constant(check_waveforms)})[OUTPUT_NAME].numpy()
     expected = calibrated_probabilities(members, tf.constant(check_waveforms)).numpy()
     difference = float(np.max(np.abs(reloaded - expected)))
-    if difference > 1e-4:
+    if difference > TOLERANCE:
         raise RuntimeError(f"reloaded SavedModel differs from the Keras model by {difference}")
     return difference
 

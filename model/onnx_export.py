@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model.contract import CLIP_SAMPLES, INPUT_NAME, LABELS, METADATA_FILE, OUTPUT_NAME, SIGNATURE
-from model.serving import ONNX_FILE, onnx_predictor, saved_model_predictor
+from model.serving import ONNX_FILE, TOLERANCE, onnx_predictor, saved_model_predictor
 
 if TYPE_CHECKING:
     import keras
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 # version is pinned to the minimum for the opset: the `onnx` package writes its newest IR
 # version by default (14 for onnx 1.23), which older onnxruntime releases refuse to load.
 OPSET = 18
-TOLERANCE = 1e-4  # largest allowed |probability difference| from the SavedModel, as export.py
 DFT_SPLIT = 32  # N2 of FFT_LENGTH = N1 * N2; must divide FFT_LENGTH, HOP_SAMPLES and CLIP_SAMPLES
 
 
@@ -97,14 +96,24 @@ def _log_mel(b: _Builder, waveform: str, mel_matrix: np.ndarray, gain: str | Non
     [batch, FRAMES, MEL_BINS, 1]), as model.features.LogMelSpectrogram; with `gain` [batch, 1],
     the log-mel of waveform x gain (the mel spectrum is scaled, which is the same for a gain > 0:
     the STFT, its magnitude and the mel projection are all linear in it)."""
-    from model.features import (
-        FFT_LENGTH,
-        FRAMES,
-        HOP_SAMPLES,
-        LOG_OFFSET,
-        MEL_BINS,
-        WINDOW_SAMPLES,
-    )
+    from model.feature_settings import FRAMES, LOG_OFFSET
+
+    x = _mel_spectrum(b, waveform, mel_matrix, -1, FRAMES)
+    if gain is not None:
+        x = b.op("Mul", [x, b.op("Unsqueeze", [gain, b.ints("axis", 2)], "gain_3d")], "scaled")
+    x = b.op("Log", [b.op("Add", [x, b.const("log_offset", LOG_OFFSET)], "mel_offset")], "log")
+    x = b.op("Transpose", [x], "log_mel_t", perm=[0, 2, 1])  # [batch, f, mel]
+    return b.op("Unsqueeze", [x, b.ints("axis", 1)], "log_mel")
+
+
+def _mel_spectrum(
+    b: _Builder, waveform: str, mel_matrix: np.ndarray, batch: int, frames: int
+) -> str:
+    """waveform [batch, samples] -> mel magnitudes [batch, MEL_BINS, frames] of its STFT frames
+    (model.features' framing, no padding). One of `batch` and `frames` may be -1 (dynamic): a
+    batch of 1 s clips has FRAMES frames each; a single stream of any length (model.onnx_stream)
+    is a batch of 1."""
+    from model.feature_settings import FFT_LENGTH, HOP_SAMPLES, MEL_BINS, WINDOW_SAMPLES
 
     n2_count = DFT_SPLIT
     if FFT_LENGTH % n2_count or HOP_SAMPLES % n2_count or CLIP_SAMPLES % n2_count:
@@ -112,9 +121,8 @@ def _log_mel(b: _Builder, waveform: str, mel_matrix: np.ndarray, gain: str | Non
     n1_count = FFT_LENGTH // n2_count  # stage-1 DFT size (16)
     taps = -(-WINDOW_SAMPLES // n2_count)  # stage-1 kernel: window rows of n2_count samples (15)
     stride = HOP_SAMPLES // n2_count
-    columns = CLIP_SAMPLES // n2_count
-    if (columns - taps) // stride + 1 != FRAMES:
-        raise NotImplementedError("the factorised framing does not give FRAMES frames")
+    if frames != -1 and (CLIP_SAMPLES // n2_count - taps) // stride + 1 != frames:
+        raise NotImplementedError(f"the factorised framing does not give {frames} frames")
     k2_count = FFT_LENGTH // 2 // n1_count + 1  # k = k1 + n1_count * k2 covers 0..FFT_LENGTH/2
     window = np.zeros(taps * n2_count)
     window[:WINDOW_SAMPLES] = _hann(WINDOW_SAMPLES)
@@ -138,7 +146,8 @@ def _log_mel(b: _Builder, waveform: str, mel_matrix: np.ndarray, gain: str | Non
     mel = np.zeros((bins, MEL_BINS))
     mel[: FFT_LENGTH // 2 + 1] = mel_matrix
 
-    columns_major = b.op("Reshape", [waveform, b.ints("shape", -1, columns, n2_count)], "blocks")
+    columns = CLIP_SAMPLES // n2_count if batch == -1 else -1
+    columns_major = b.op("Reshape", [waveform, b.ints("shape", batch, columns, n2_count)], "blocks")
     x = b.op("Transpose", [columns_major], "by_phase", perm=[0, 2, 1])  # [batch, n2, columns]
     x = b.op(
         "Conv",
@@ -148,19 +157,16 @@ def _log_mel(b: _Builder, waveform: str, mel_matrix: np.ndarray, gain: str | Non
         kernel_shape=[taps],
         strides=[stride],
     )  # [batch, (n2, ri, k1), frames]
-    x = b.op("Reshape", [x, b.ints("shape", -1, 2 * n2_count, n1_count * FRAMES)], "stage1")
+    frame_columns = -1 if frames == -1 else n1_count * frames
+    x = b.op("Reshape", [x, b.ints("shape", batch, 2 * n2_count, frame_columns)], "stage1")
     x = b.op("MatMul", [b.const("dft_stage2", stage2), x], "dft")  # [batch, (ri, k2), (k1, f)]
     x = b.op("Mul", [x, x], "power_parts")
-    x = b.op("Reshape", [x, b.ints("shape", -1, 2, k2_count * n1_count * FRAMES)], "parts")
+    parts = -1 if frames == -1 else k2_count * n1_count * frames
+    x = b.op("Reshape", [x, b.ints("shape", batch, 2, parts)], "parts")
     real, imag = b.op("Split", [x], "part", outputs=2, axis=1, num_outputs=2)
     x = b.op("Sqrt", [b.op("Add", [real, imag], "power")], "magnitude")
-    x = b.op("Reshape", [x, b.ints("shape", -1, bins, FRAMES)], "spectrum")  # [batch, k, f]
-    x = b.op("MatMul", [b.const("mel_matrix_t", mel.T), x], "mel")  # [batch, mel, f]
-    if gain is not None:
-        x = b.op("Mul", [x, b.op("Unsqueeze", [gain, b.ints("axis", 2)], "gain_3d")], "scaled")
-    x = b.op("Log", [b.op("Add", [x, b.const("log_offset", LOG_OFFSET)], "mel_offset")], "log")
-    x = b.op("Transpose", [x], "log_mel_t", perm=[0, 2, 1])  # [batch, f, mel]
-    return b.op("Unsqueeze", [x, b.ints("axis", 1)], "log_mel")
+    x = b.op("Reshape", [x, b.ints("shape", batch, bins, frames)], "spectrum")  # [batch, k, f]
+    return b.op("MatMul", [b.const("mel_matrix_t", mel.T), x], "mel")  # [batch, mel, f]
 
 
 def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -215,7 +221,7 @@ def _activation(b: _Builder, x: str, activation: Any, where: str) -> str:
 
 def _loudness_gain(b: _Builder, waveform: str) -> str:
     """The gain [batch, 1] that model.features.LoudnessNormalisation applies to waveform."""
-    from model.features import RMS_FLOOR, TARGET_RMS
+    from model.feature_settings import RMS_FLOOR, TARGET_RMS
 
     power = b.op("Mul", [waveform, waveform], "square")
     mean_power = b.op("ReduceMean", [power, b.ints("axes", 1)], "mean_power", keepdims=1)
@@ -584,9 +590,13 @@ def rebuild_keras_model(saved_model_dir: str | Path, architecture: str) -> keras
 
 
 def write_onnx(artifact_dir: Path, members: list[Member], waveforms: np.ndarray) -> dict:
-    """Export model.onnx into artifact_dir, check it against the SavedModel there on waveforms,
-    and return what to record under "onnx" in metadata.json."""
+    """Export model.onnx (and its stream model, model.onnx_stream) into artifact_dir, check it
+    against the SavedModel there on waveforms, and return what to record under "onnx" in
+    metadata.json."""
+    from model.onnx_stream import write_stream_onnx
+
     export_onnx(members, artifact_dir / ONNX_FILE)
+    write_stream_onnx(artifact_dir)
     return {
         "file": ONNX_FILE,
         "opset": OPSET,

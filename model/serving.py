@@ -8,11 +8,13 @@ without importing TensorFlow, and needs far less memory and time per window on a
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from model.audio import WINDOW_HOP, WindowRun
 from model.contract import (
     CLIP_SAMPLES,
     DEFAULT_ARTIFACT,
@@ -25,6 +27,12 @@ from model.contract import (
 from model.decision import Decision
 
 ONNX_FILE = "model.onnx"
+STREAM_FILE = "stream.onnx"  # model.onnx_stream: model.onnx for runs of overlapping windows
+STREAM_INPUT = "samples"
+# Largest allowed |probability difference| of a reloaded SavedModel from the Keras model and of
+# model.onnx from the SavedModel (checked at export), and of the stream model from model.onnx
+# (checked when it is opened).
+TOLERANCE = 1e-4
 RUNTIMES = ("auto", "onnx", "tensorflow")  # auto: onnx when the artifact has model.onnx
 # Threads per onnxruntime call. A caller that scores one batch at a time gains about 20% from 2
 # on 2 cores; one that runs a batch per core in its own threads should ask for 1 (measured).
@@ -53,11 +61,20 @@ class KeywordModel:
         if tuple(self.metadata["labels"]) != LABELS:
             raise ValueError(f"{self.artifact_dir}: labels {self.metadata['labels']} != {LABELS}")
         self.runtime = resolve_runtime(self.artifact_dir, runtime)
+        self._onnx_threads = onnx_threads
         self._predict = (
             onnx_predictor(read_artifact_file(f"{self.artifact_dir}/{ONNX_FILE}"), onnx_threads)
             if self.runtime == "onnx"
             else saved_model_predictor(self.artifact_dir)
         )
+        # The stream model (model.onnx_stream), opened and checked on first use: short files
+        # never need it.
+        stream_path = f"{self.artifact_dir}/{STREAM_FILE}"
+        self._stream_path = (
+            stream_path if self.runtime == "onnx" and artifact_file_exists(stream_path) else None
+        )
+        self._predict_run: Predict | None = None
+        self._run_lock = threading.Lock()
 
     @property
     def version(self) -> str:
@@ -75,6 +92,31 @@ class KeywordModel:
         if len(waveforms) == 0:
             return np.zeros((0, len(LABELS)), np.float32)
         return self._predict(np.ascontiguousarray(waveforms, dtype=np.float32))
+
+    def predict_run(self, samples: np.ndarray) -> np.ndarray:
+        """Probabilities float32 [n, 4] of the n windows every WINDOW_HOP in samples float32
+        [CLIP_SAMPLES + WINDOW_HOP * (n - 1)] (a model.audio.WindowRun): what `predict` gives
+        for those windows, computed from the run with each STFT frame once
+        (model.onnx_stream) when the artifact's model.onnx allows it."""
+        run = WindowRun(np.asarray(samples, dtype=np.float32))
+        if len(run.samples) != CLIP_SAMPLES + WINDOW_HOP * (run.count - 1) or run.count < 1:
+            raise ValueError(f"{len(run.samples)} samples are not a run of windows")
+        predict_run = self._run_predictor()
+        if predict_run is None:
+            return self.predict(run.windows())
+        return predict_run(np.ascontiguousarray(run.samples)[np.newaxis])
+
+    def _run_predictor(self) -> Predict | None:
+        """The artifact's stream model, once checked against model.onnx on a test run; None
+        for the TensorFlow runtime, an artifact without one, or one that fails the check."""
+        with self._run_lock:
+            if self._stream_path is not None:
+                stream_bytes = read_artifact_file(self._stream_path)
+                self._stream_path = None  # opened (or refused) once
+                self._predict_run = stream_predictor(
+                    stream_bytes, self._predict, self._onnx_threads
+                )
+            return self._predict_run
 
 
 def resolve_runtime(artifact_dir: str | Path | None, runtime: str = "auto") -> str:
@@ -104,7 +146,9 @@ def saved_model_predictor(artifact_dir: str) -> Predict:
     return predict
 
 
-def onnx_predictor(model_bytes: bytes, threads: int = ONNX_THREADS) -> Predict:
+def onnx_predictor(
+    model_bytes: bytes, threads: int = ONNX_THREADS, input_name: str = INPUT_NAME
+) -> Predict:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -117,9 +161,22 @@ def onnx_predictor(model_bytes: bytes, threads: int = ONNX_THREADS) -> Predict:
     session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
     def predict(waveforms: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {INPUT_NAME: waveforms})[0]
+        return session.run([OUTPUT_NAME], {input_name: waveforms})[0]
 
     return predict
+
+
+def stream_predictor(stream_bytes: bytes, predict: Predict, threads: int) -> Predict | None:
+    """A predictor of a stream model (model.onnx_stream), if it gives what `predict` (model.onnx)
+    gives on a test run of loud, quiet and silent windows, to TOLERANCE; else None."""
+    session_predict = onnx_predictor(stream_bytes, threads, STREAM_INPUT)
+    rng = np.random.default_rng(0)
+    levels = np.repeat([0.3, 0.01, 0.0, 1e-4, 0.05], WINDOW_HOP)  # one level per half window
+    samples = (rng.standard_normal(len(levels)) * levels).astype(np.float32)
+    expected = predict(np.ascontiguousarray(WindowRun(samples).windows()))
+    if np.max(np.abs(session_predict(samples[np.newaxis]) - expected)) > TOLERANCE:
+        return None
+    return session_predict
 
 
 def _is_local(path: str) -> bool:

@@ -46,6 +46,7 @@ from model.data import (
     time_shift,
 )
 from model.decision import KEYWORD_IDS, KEYWORDS, Decision
+from model.eval_sets import sound_events
 from model.evaluate import (
     DEFAULT_DATA,
     ROBUSTNESS_MODES,
@@ -82,6 +83,8 @@ LABEL_SMOOTHING = 0.1
 # the unknown word closest to `no`).
 KEYWORD_CLIPS_PER_EPOCH = 1800
 SILENCE_CLIPS_PER_EPOCH = 800
+# The bank of non-speech sounds trained on (val and test have their own, model.eval_sets.SEEDS).
+TRAIN_SOUND_BANK = 5
 # Unknown words, weighted so each word counts: every clip once, a rare word's clips drawn until
 # it has MIN_DRAWS_PER_WORD, and the hard negatives (the words most often heard as yes or no)
 # twice that.
@@ -122,6 +125,10 @@ AUGMENTATION = {
     # model trained with them has passed selection yet (model/README.md).
     "shift_silence": False,
     "short_silence_share": 0.0,
+    # Share of silence windows replaced by non-speech sounds (hiss with harmonic tones and noise
+    # bursts, model.eval_sets.sound_events) from a bank of the train split's own: sounds that are
+    # no speech must not be heard as a keyword. Off in the shipped recipe.
+    "non_speech_share": 0.0,
     "noise_probability": 0.8,
     "noise_snr_db": (0.0, 30.0),
     "babble_share": 0.5,  # of the noisy clips: babble of other train unknown clips, not a recording
@@ -387,6 +394,13 @@ def epoch_examples(
     if augmentation["short_silence_share"]:
         short = rng.random(len(silence)) < augmentation["short_silence_share"]
         silence[short] = shorten(silence[short], rng)
+    if augmentation["non_speech_share"]:
+        sounds = rng.random(len(silence)) < augmentation["non_speech_share"]
+        silence[sounds] = np.clip(
+            [sound_events(rng, 1.0, SAMPLE_RATE, TRAIN_SOUND_BANK) for _ in range(sounds.sum())],
+            -1.0,
+            1.0,
+        )
     waveforms = band_limit(
         np.concatenate(
             [augment_speech(speech, sources.noise_segments, talkers, rng, augmentation), silence]
@@ -729,6 +743,13 @@ def main() -> None:
         help="share of silence windows cut to 0.25-0.95 s and zero-padded like a short file",
     )
     parser.add_argument(
+        "--non-speech",
+        type=float,
+        default=AUGMENTATION["non_speech_share"],
+        metavar="SHARE",
+        help="share of silence windows replaced by non-speech sounds (tones, noise bursts)",
+    )
+    parser.add_argument(
         "--continuous-scale",
         type=float,
         default=1.0,
@@ -772,6 +793,7 @@ def main() -> None:
             "shift_silence": args.shift_silence,
             "short_silence_share": args.short_silence,
             "pair_share": args.pair_share,
+            "non_speech_share": args.non_speech,
         },
         tuple(args.hard_negatives),
         tuple(args.select_under),

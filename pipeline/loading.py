@@ -12,7 +12,14 @@ from collections.abc import Iterator
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from model.audio import AudioError, RecordingStream, WindowCutter, window_spans_s
+from model.audio import (
+    AudioError,
+    RecordingStream,
+    WindowCutter,
+    WindowRun,
+    join_runs,
+    window_spans_s,
+)
 from pipeline.labels import RecordingInfo
 from pipeline.storage import open_input
 
@@ -34,26 +41,40 @@ def check_local_file(path: str) -> None:
 
 class WindowReader:
     """One file's windows, cut block by block as it is decoded, so memory does not follow its
-    length. After `chunks()` ends, `info` says what the file held, or why it failed (any
+    length. After `runs()` ends, `info` says what the file held, or why it failed (any
     failure, at the start or halfway, is the file's error, never the job's), and `spans_s()`
     where each window lies."""
 
-    def __init__(self, path: str, max_duration_s: float):
+    def __init__(self, path: str, max_duration_s: float, run_windows: int = 1):
         self.path = path
         self._max_duration_s = max_duration_s
+        self._run_windows = run_windows
         self.info: RecordingInfo | None = None
         self._starts: list[np.ndarray] = []
         self._length = 0
 
-    def chunks(self) -> Iterator[np.ndarray]:
-        """The windows [n, CLIP_SAMPLES] that each decoded block completes, in order."""
+    def runs(self) -> Iterator[WindowRun]:
+        """The file's windows in order, as runs of at least `run_windows` consecutive windows
+        (joined from the runs that decoded blocks complete), but for the last run of each
+        kind: the windows every WINDOW_HOP, and the last window, aligned to the end."""
         try:
             with contextlib.ExitStack() as stack:
                 stream = stack.enter_context(self._open(stack))
                 cutter = WindowCutter()
+                held: list[WindowRun] = []
                 for block in stream.blocks():
-                    yield from self._keep(*cutter.add(block))
-                yield from self._keep(*cutter.finish())
+                    run, starts = cutter.add(block)
+                    if run.count:
+                        self._starts.append(starts)
+                        held.append(run)
+                    if sum(run.count for run in held) >= self._run_windows:
+                        yield join_runs(held)
+                        held = []
+                if held:
+                    yield join_runs(held)
+                last, starts = cutter.finish()
+                self._starts.append(starts)
+                yield last
                 self._length = cutter.length
         except AudioError as error:
             self.info = RecordingInfo(self.path, error=str(error))
@@ -79,8 +100,3 @@ class WindowReader:
             return RecordingStream(self.path, self._max_duration_s)
         file = stack.enter_context(open_input(self.path))
         return RecordingStream(file, self._max_duration_s)
-
-    def _keep(self, windows: np.ndarray, starts: np.ndarray) -> Iterator[np.ndarray]:
-        if len(windows):
-            self._starts.append(starts)
-            yield windows

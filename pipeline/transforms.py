@@ -28,6 +28,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
+from model.audio import WindowRun
 from model.serving import KeywordModel
 from pipeline.labels import EVENT_SCHEMA, ROW_SCHEMA, WindowScores, display_path, make_rows
 from pipeline.loading import WindowReader
@@ -40,6 +41,10 @@ from pipeline.tally import Tally
 # Batches scored at once, each by a one-thread onnxruntime call: on 2 cores this keeps both busy
 # with less synchronisation than one batch at a time on two onnxruntime threads.
 SCORING_THREADS = 2
+# Runs of at least this many consecutive windows (a recording of 4.5 s or more) are scored from
+# their samples, each STFT frame once (KeywordModel.predict_run); shorter ones, and the last
+# window of each file, are batched as windows with those of other files.
+RUN_MIN_WINDOWS = 8
 
 
 class FileSystemsDoFn(beam.DoFn):
@@ -192,15 +197,15 @@ class FileInProgress:
 
     reader: WindowReader
     probabilities: list[np.ndarray] = field(default_factory=list)
-    unscored: int = 0  # chunks of windows sent to scoring and not yet back
+    unscored: int = 0  # runs of windows sent to scoring and not yet back
 
     @property
     def done(self) -> bool:
         return self.reader.info is not None and self.unscored == 0
 
 
-# A batch to score: chunks of windows, each with the file it belongs to.
-Batch = list[tuple[FileInProgress, np.ndarray]]
+# A batch to score: runs of windows, each with the file it belongs to.
+Batch = list[tuple[FileInProgress, WindowRun]]
 
 
 class LabelGroup(FileSystemsDoFn):
@@ -267,8 +272,8 @@ class LabelGroup(FileSystemsDoFn):
             if len(scoring) == SCORING_THREADS:
                 self._collect(*scoring.popleft())
             finish_done_files()
-            windows = np.concatenate([chunk for _, chunk in batch])
-            scoring.append((self._scorer.submit(self._score, windows), batch))
+            runs = [run for _, run in batch]
+            scoring.append((self._scorer.submit(self._score, runs), batch))
         while scoring:
             self._collect(*scoring.popleft())
             finish_done_files()
@@ -280,40 +285,54 @@ class LabelGroup(FileSystemsDoFn):
     def _batches(
         self, encoded_paths: list[bytes], in_progress: deque[FileInProgress]
     ) -> Iterator[Batch]:
-        """Chunks of the files' windows grouped until they hold at least batch_size windows;
+        """Runs of the files' windows grouped until they hold at least batch_size windows;
         each file joins `in_progress` as it is opened, in order."""
         pending: Batch = []
         pending_windows = 0
         for encoded in encoded_paths:
-            file = FileInProgress(WindowReader(path_from_bytes(encoded), self._max_duration_s))
+            reader = WindowReader(path_from_bytes(encoded), self._max_duration_s, self._batch_size)
+            file = FileInProgress(reader)
             in_progress.append(file)
-            for chunk in file.reader.chunks():
+            for run in reader.runs():
                 file.unscored += 1
-                pending.append((file, chunk))
-                pending_windows += len(chunk)
+                pending.append((file, run))
+                pending_windows += run.count
                 if pending_windows >= self._batch_size:
                     yield pending
                     pending, pending_windows = [], 0
         if pending:
             yield pending
 
-    def _score(self, windows: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [
-                self._model.predict(windows[start : start + self._batch_size])
-                for start in range(0, len(windows), self._batch_size)
-            ]
-        )
+    def _score(self, runs: list[WindowRun]) -> np.ndarray:
+        """The probabilities of the runs' windows, in order: a run of RUN_MIN_WINDOWS or more in
+        one predict_run call, the others' windows together in batches of batch_size."""
+        scored: list[np.ndarray | None] = [
+            self._model.predict_run(run.samples) if run.count >= RUN_MIN_WINDOWS else None
+            for run in runs
+        ]
+        short = [index for index, probabilities in enumerate(scored) if probabilities is None]
+        if short:
+            windows = np.concatenate([runs[index].windows() for index in short])
+            probabilities = np.concatenate(
+                [
+                    self._model.predict(windows[start : start + self._batch_size])
+                    for start in range(0, len(windows), self._batch_size)
+                ]
+            )
+            ends = np.cumsum([runs[index].count for index in short])
+            for index, part in zip(short, np.split(probabilities, ends[:-1]), strict=True):
+                scored[index] = part
+        return np.concatenate(scored)
 
     @staticmethod
     def _collect(future: Future, batch: Batch) -> None:
         """Hand a scored batch's probabilities back to the files its windows came from."""
         probabilities = future.result()
         offset = 0
-        for file, chunk in batch:
-            file.probabilities.append(probabilities[offset : offset + len(chunk)])
+        for file, run in batch:
+            file.probabilities.append(probabilities[offset : offset + run.count])
             file.unscored -= 1
-            offset += len(chunk)
+            offset += run.count
 
     def _rows(self, file: FileInProgress) -> tuple[dict, list[dict]]:
         info = file.reader.info

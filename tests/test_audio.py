@@ -16,6 +16,7 @@ from model.audio import (
     Recording,
     RecordingStream,
     WindowCutter,
+    join_runs,
     parse_pcm16_wav,
     read_recording,
     split_windows,
@@ -280,11 +281,14 @@ def test_windows_cut_block_by_block_equal_those_of_the_whole(length, block):
     cutter = WindowCutter()
     pieces = [cutter.add(mono[start : start + block]) for start in range(0, length, block)]
     pieces.append(cutter.finish())
-    windows = np.concatenate([windows for windows, _ in pieces])
+    windows = np.concatenate([run.windows() for run, _ in pieces])
     starts = np.concatenate([starts for _, starts in pieces])
     np.testing.assert_array_equal(windows, split_windows(mono))
     if length > CLIP_SAMPLES:
         np.testing.assert_array_equal(windows[:, 0], starts)  # each window starts where it says
+    grid = [run for run, _ in pieces[:-1] if run.count]
+    if grid:  # the blocks' runs join into one run of the windows every WINDOW_HOP
+        np.testing.assert_array_equal(join_runs(grid).windows(), windows[: len(windows) - 1])
 
 
 def test_a_stream_decodes_a_long_file_in_blocks_to_the_same_samples(tmp_path):

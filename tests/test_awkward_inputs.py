@@ -145,7 +145,7 @@ def test_long_and_odd_files_report_their_true_format(corpus, corpus_rows):
 
 def test_a_recording_over_the_cap_is_an_error_row_that_names_the_cap(corpus):
     reader = WindowReader(str(corpus[0] / "ten_minutes.wav"), max_duration_s=60)
-    assert list(reader.chunks()) == []
+    assert list(reader.runs()) == []
     assert reader.info.error.startswith("too_long: ")
     assert "--max_duration_s" in reader.info.error
 

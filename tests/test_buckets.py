@@ -301,7 +301,7 @@ def test_large_objects_are_streamed_by_beam(s3, gcs_client, s3_endpoint, monkeyp
 def test_a_missing_object_is_an_error_row(s3, gcs_client, s3_endpoint, scheme):
     FileSystems.set_options(PipelineOptions(s3_options(s3_endpoint)))
     reader = WindowReader(f"{scheme}://audio-in/calls/gone.wav", max_duration_s=60)
-    assert list(reader.chunks()) == []
+    assert list(reader.runs()) == []
     assert reader.info.error.startswith("unreadable_file: ")
 
 

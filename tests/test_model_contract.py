@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from model.architecture import ARCHITECTURES, build_model
+from model.audio import WINDOW_HOP, WindowRun
 from model.contract import (
     CLIP_SAMPLES,
     DEFAULT_ARTIFACT,
@@ -20,10 +21,10 @@ from model.contract import (
     SAMPLE_RATE,
     SIGNATURE,
 )
-from model.data import load_split, silence_windows
+from model.data import load_read_speech, load_split, silence_windows
 from model.decision import Decision
 from model.export import model_version, store_decision
-from model.serving import ONNX_FILE, KeywordModel
+from model.serving import ONNX_FILE, STREAM_FILE, TOLERANCE, KeywordModel
 
 
 def test_metadata_describes_the_artifact():
@@ -101,6 +102,58 @@ def test_the_default_runtime_is_onnx_and_needs_no_tensorflow():
     assert result.stdout.split() == ["onnx", "(2,", "4)", "False"]
 
 
+def real_speech_run(data_dir, seconds: float = 30.0) -> WindowRun:
+    """A run of windows over val read sentences joined end to end, quiet and loud in turn."""
+    sentences, _ = load_read_speech(data_dir.parent / "read_speech", "val")
+    gains = np.resize([1.0, 0.05, 3.0], len(sentences)).astype(np.float32)
+    audio = np.clip(np.concatenate([s * g for s, g in zip(sentences, gains, strict=True)]), -1, 1)
+    run = WindowRun(audio[: int(seconds * SAMPLE_RATE)])
+    return WindowRun(run.samples[: CLIP_SAMPLES + (run.count - 1) * WINDOW_HOP])
+
+
+def test_a_run_scores_as_its_windows_with_each_frame_once(keyword_model, data_dir):
+    """predict_run (the stream model) against predict on the same windows of real speech."""
+    run = real_speech_run(data_dir)
+    by_run = keyword_model.predict_run(run.samples)
+    assert keyword_model._run_predictor() is not None  # the stream model, not a fallback
+    by_window = keyword_model.predict(np.ascontiguousarray(run.windows()))
+    assert by_run.shape == (run.count, len(LABELS)) == by_window.shape
+    assert np.max(np.abs(by_run - by_window)) <= TOLERANCE
+
+
+def test_the_shipped_stream_model_is_derived_from_its_model_onnx():
+    from model.onnx_stream import stream_model_bytes
+
+    model_bytes = (DEFAULT_ARTIFACT / ONNX_FILE).read_bytes()
+    assert stream_model_bytes(model_bytes) == (DEFAULT_ARTIFACT / STREAM_FILE).read_bytes()
+
+
+def test_a_stream_model_that_disagrees_with_model_onnx_is_not_used(data_dir, tmp_path):
+    """A stale or altered stream.onnx (here its mel projection scaled) is refused when opened,
+    and runs are scored window by window."""
+    import onnx
+    from onnx import numpy_helper
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, artifact)
+    stream = onnx.load(artifact / STREAM_FILE)
+    for initializer in stream.graph.initializer:
+        if "mel_matrix_t" in initializer.name:
+            scaled = numpy_helper.to_array(initializer) * 1.5
+            initializer.CopyFrom(numpy_helper.from_array(scaled, initializer.name))
+    onnx.save(stream, artifact / STREAM_FILE)
+    model = KeywordModel(artifact)
+    run = real_speech_run(data_dir, seconds=8.0)
+    by_run = model.predict_run(run.samples)
+    assert model._run_predictor() is None
+    np.testing.assert_array_equal(by_run, model.predict(np.ascontiguousarray(run.windows())))
+
+
+def test_a_run_must_be_whole_windows(keyword_model):
+    with pytest.raises(ValueError, match="not a run of windows"):
+        keyword_model.predict_run(np.zeros(CLIP_SAMPLES + 100, np.float32))
+
+
 def network_with_moved_statistics(architecture: str, seed: int):
     """A freshly built network with its batch-norm statistics moved off their defaults, so that
     folding them into the convolutions is exercised."""
@@ -160,9 +213,18 @@ def test_an_ensemble_exports_the_mean_of_its_members(data_dir, tmp_path):
     assert np.max(np.abs(expected - single)) > 10 * TOLERANCE  # both members count
     graph = onnx.load(tmp_path / "model.onnx").graph
     assert sum("dft_stage1" in node.name for node in graph.node) == 1  # one shared front end
+    # The stream model is written with it, and scores runs as model.onnx scores their windows.
+    run = real_speech_run(data_dir, seconds=6.0)
+    model = KeywordModel(tmp_path)
+    by_run = model.predict_run(run.samples)
+    assert model._run_predictor() is not None
+    by_window = model.predict(np.ascontiguousarray(run.windows()))
+    assert np.max(np.abs(by_run - by_window)) <= TOLERANCE
 
 
-def test_the_model_version_covers_every_file_serving_reads_and_the_thresholds(tmp_path):
+def test_the_model_version_covers_the_weights_model_onnx_and_the_thresholds(tmp_path):
+    """Not stream.onnx: the same computation as model.onnx, refused when opened if it is not
+    (test_a_stream_model_that_disagrees_with_model_onnx_is_not_used)."""
     artifact = tmp_path / "artifact"
     shutil.copytree(DEFAULT_ARTIFACT, artifact)
     shipped = model_version(artifact)
