@@ -242,9 +242,11 @@ class WindowRun:
         return max(0, (len(self.samples) - CLIP_SAMPLES) // WINDOW_HOP + 1)
 
     def windows(self) -> np.ndarray:
-        """The windows [count, CLIP_SAMPLES], as a read-only view of the samples."""
+        """The windows [count, CLIP_SAMPLES], as a view of the samples."""
         if self.count == 0:
             return np.zeros((0, CLIP_SAMPLES), np.float32)
+        if self.count == 1:  # most recordings to label: no strided view to build
+            return self.samples[np.newaxis, :CLIP_SAMPLES]
         return sliding_window_view(self.samples, CLIP_SAMPLES)[::WINDOW_HOP]
 
 
