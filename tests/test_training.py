@@ -21,6 +21,7 @@ from model.data import (
     shorten,
     speech_windows,
 )
+from model.eval_sets import SEEDS, sound_event_bank
 from model.train import (
     AUGMENTATION,
     DISTILLATION_WEIGHT,
@@ -30,6 +31,7 @@ from model.train import (
     MINING_FLOOR,
     READ_SPEECH_WINDOWS_PER_EPOCH,
     SILENCE_CLIPS_PER_EPOCH,
+    TRAIN_SOUND_BANK,
     TrainingSources,
     distillation_targets,
     epoch_examples,
@@ -168,6 +170,30 @@ def test_short_silence_pads_that_share_of_the_silence_windows(
     padded = np.mean(~silence[:, :min_padding].any(axis=1) & ~silence[:, -min_padding:].any(axis=1))
     # Without shortening only the digital-zero windows (7.5% of silence) have silent edges.
     assert padded_low <= padded <= padded_high
+
+
+def test_non_speech_sounds_replace_that_share_of_the_silence_windows(data_dir):
+    """The same epoch with and without them: about half of the silence windows (share 0.5) are
+    no longer among the plain epoch's; the classes keep their sizes."""
+    plain = AUGMENTATION | {"band_limit_probability": 0.0}
+    with_sounds = plain | {"non_speech_share": 0.5}
+    epochs = [
+        epoch_examples(sources(data_dir, ["yes", "no", "go"]), np.random.default_rng(4), a)
+        for a in (plain, with_sounds)
+    ]
+    assert list(np.bincount(epochs[0][1])) == list(np.bincount(epochs[1][1]))
+    silence = [waveforms[targets == SILENCE_LABEL] for waveforms, targets in epochs]
+    plain_windows = {window.tobytes() for window in silence[0]}
+    replaced = np.mean([window.tobytes() not in plain_windows for window in silence[1]])
+    assert 0.4 <= replaced <= 0.6
+
+
+def test_training_sounds_are_none_of_the_evaluation_sounds():
+    """model.eval_sets.non_speech measures val and test with banks of their own."""
+    train_bank = {event.tobytes() for event in sound_event_bank(16_000, TRAIN_SOUND_BANK)}
+    for split, seed in SEEDS.items():
+        assert seed != TRAIN_SOUND_BANK, split
+        assert not train_bank & {event.tobytes() for event in sound_event_bank(16_000, seed)}
 
 
 def test_targets_without_teachers_are_one_hot():
