@@ -8,9 +8,10 @@
   (`match_events`): recall and precision of occurrences, and the error of their centres.
 - False alarms per hour: the same kind of recordings with no keyword at all.
 - Speed: a 1-hour 16 kHz mono file and a 1 s file, each labelled by a fresh `yesno-label`
-  process, in --speed-rounds rounds; real time factor = 3600 s / (fastest wall time of the
-  hour - fastest wall time of the 1 s file, which is the start-up). Each round also labels
-  the hour with the model's windows scored one by one (no stream.onnx), for the ratio.
+  process, in --speed-rounds rounds; real time factor = 3600 s / (median wall time of the
+  hour - median wall time of the 1 s file, which is the start-up), and the same of the fastest
+  runs. Each round also labels the hour with the model's windows scored one by one (no
+  stream.onnx): the ratio of the two walls, round by round.
 - Memory: peak RSS of a fresh `yesno-label` process labelling one 44.1 kHz stereo file of
   1 min, 20 min and 2 h.
 
@@ -20,11 +21,13 @@ Every figure is measured in this run; the machine's load is printed beside the t
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,18 +56,28 @@ sys.exit(code)
 """
 
 
+@dataclass(frozen=True)
+class Labelling:
+    wall_s: float
+    cpu_s: float  # user + system: steadier than wall time on a machine shared with other work
+    peak_rss_mb: int
+
+
 def label(
     folder: Path, out: Path, events: Path | None = None, model: Path | None = None
-) -> tuple[float, int]:
-    """(wall seconds, peak RSS in MB) of one `yesno-label` process labelling `folder`."""
+) -> Labelling:
+    """Wall and CPU seconds and peak RSS of one `yesno-label` process labelling `folder`."""
     rss_file = out.with_name(out.name + ".rss")
     command = [sys.executable, "-c", CLI_REPORTING_PEAK_RSS, str(rss_file), "--input", str(folder)]
     command += ["--output", str(out)] + (["--events", str(events)] if events else [])
     command += ["--model", str(model)] if model else []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
     elapsed = time.monotonic() - started
-    return elapsed, int(rss_file.read_text()) // 1024
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Labelling(elapsed, cpu, int(rss_file.read_text()) // 1024)
 
 
 def write_recordings(folder: Path, recordings) -> dict[str, tuple]:
@@ -81,7 +94,7 @@ def accuracy(work: Path, files: int) -> None:
     recordings = long_recordings(DEFAULT_DATA, "test", files)
     truth = write_recordings(work / "accuracy", recordings)
     minutes = sum(len(r.audio) / r.sample_rate for r in recordings) / 60
-    wall, _ = label(work / "accuracy", work / "accuracy-labels", work / "accuracy-events")
+    wall = label(work / "accuracy", work / "accuracy-labels", work / "accuracy-events").wall_s
     events = pq.read_table(work / "accuracy-events").to_pylist()
     errors, false_alarms, missed = [], 0, 0
     for path, keywords in truth.items():
@@ -115,8 +128,8 @@ def false_alarms(work: Path, minutes: float) -> None:
 def speed(work: Path, rounds: int) -> None:
     """Real-time factor of a 1-hour file. Each round labels the 1 s file, then the hour, then
     the hour again with a copy of the model without stream.onnx (every window scored alone by
-    model.onnx), in fresh processes; the fastest of each over the rounds counts, as other load
-    on a shared machine only ever adds time."""
+    model.onnx), in fresh processes. The median over the rounds is the figure; the fastest is
+    printed too (other load on a shared machine only ever adds time)."""
     hour, second = work / "hour", work / "second"
     for folder, seconds in ((hour, SPEED_SECONDS), (second, 1)):
         folder.mkdir()
@@ -127,30 +140,41 @@ def speed(work: Path, rounds: int) -> None:
     windows_model = work / "windows-model"
     shutil.copytree(DEFAULT_ARTIFACT, windows_model, ignore=shutil.ignore_patterns(STREAM_FILE))
     print(f"== Speed: one {SPEED_SECONDS / 3600:.0f} h 16 kHz mono file; load {load()}")
-    start_ups, walls, window_walls, peaks = [], [], [], []
+    runs: dict[str, list[Labelling]] = {"start-up": [], "hour": [], "window by window": []}
     for index in range(rounds):
-        start_up, _ = label(second, work / f"second-labels-{index}")
-        wall, rss = label(hour, work / f"hour-labels-{index}")
-        window_wall, _ = label(hour, work / f"window-labels-{index}", model=windows_model)
-        start_ups.append(start_up)
-        walls.append(wall)
-        window_walls.append(window_wall)
-        peaks.append(rss)
-        print(
-            f"  round {index + 1}: wall {wall:.2f} s, window by window {window_wall:.2f} s,"
-            f" start-up (a 1 s file) {start_up:.2f} s"
+        runs["start-up"].append(label(second, work / f"second-labels-{index}"))
+        runs["hour"].append(label(hour, work / f"hour-labels-{index}"))
+        runs["window by window"].append(
+            label(hour, work / f"window-labels-{index}", model=windows_model)
         )
-    after_start_up = max(min(walls) - min(start_ups), 1e-3)
-    window_after_start_up = max(min(window_walls) - min(start_ups), 1e-3)
-    print(
-        f"  fastest: wall {min(walls):.2f} s, window by window {min(window_walls):.2f} s,"
-        f" start-up {min(start_ups):.2f} s; peak RSS {max(peaks)} MB; load {load()}"
-    )
-    print(
-        f"  {SPEED_SECONDS / after_start_up:,.0f}x real time after start-up (window by window"
-        f" {SPEED_SECONDS / window_after_start_up:,.0f}x: stream.onnx"
-        f" {window_after_start_up / after_start_up:.2f}x as fast)"
-    )
+        print(
+            f"  round {index + 1}: "
+            + ", ".join(
+                f"{name} {r[-1].wall_s:.2f} s ({r[-1].cpu_s:.2f} s CPU)" for name, r in runs.items()
+            )
+        )
+    print(f"  peak RSS {max(r.peak_rss_mb for r in runs['hour'])} MB; load {load()}")
+    walls = {name: [r.wall_s for r in labellings] for name, labellings in runs.items()}
+    for name, pick in (("median", np.median), ("fastest", min)):
+        start_up = pick(walls["start-up"])
+        factors = [
+            SPEED_SECONDS / max(pick(walls[kind]) - start_up, 1e-3)
+            for kind in ("hour", "window by window")
+        ]
+        print(
+            f"  {name}: start-up {start_up:.2f} s, hour {pick(walls['hour']):.2f} s:"
+            f" {factors[0]:,.0f}x real time after start-up (window by window"
+            f" {pick(walls['window by window']):.2f} s, {factors[1]:,.0f}x)"
+        )
+    for measure in ("wall_s", "cpu_s"):
+        ratios = [
+            getattr(stream, measure) / getattr(windows, measure)
+            for stream, windows in zip(runs["hour"], runs["window by window"], strict=True)
+        ]
+        print(
+            f"  hour with stream.onnx / window by window, {measure[:-2]} time round by round:"
+            f" median {np.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})"
+        )
 
 
 def memory(work: Path) -> None:
@@ -165,9 +189,12 @@ def memory(work: Path) -> None:
         with soundfile.SoundFile(folder / "a.wav", "w", MEMORY_RATE, 2, "PCM_16") as file:
             for _ in range(minutes):
                 file.write(stereo)
-        wall, rss = label(folder, work / f"memory-{minutes}-labels")
+        run = label(folder, work / f"memory-{minutes}-labels")
         size_mb = (folder / "a.wav").stat().st_size / 2**20
-        print(f"  {minutes:>4} min ({size_mb:,.0f} MB): peak RSS {rss} MB, wall {wall:.1f} s")
+        print(
+            f"  {minutes:>4} min ({size_mb:,.0f} MB): peak RSS {run.peak_rss_mb} MB,"
+            f" wall {run.wall_s:.1f} s"
+        )
         (folder / "a.wav").unlink()
 
 
@@ -182,8 +209,8 @@ def main() -> None:
     parser.add_argument(
         "--speed-rounds",
         type=int,
-        default=3,
-        help="labellings of the 1-hour file (the fastest counts)",
+        default=7,
+        help="labellings of the 1-hour file (the median counts)",
     )
     parser.add_argument(
         "--only", choices=("accuracy", "false-alarms", "speed", "memory"), action="append"
