@@ -62,14 +62,16 @@ class WindowReader:
                 stream = stack.enter_context(self._open(stack))
                 cutter = WindowCutter()
                 held: list[WindowRun] = []
+                held_windows = 0
                 for block in stream.blocks():
                     run, starts = cutter.add(block)
                     if run.count:
                         self._starts.append(starts)
                         held.append(run)
-                    if sum(run.count for run in held) >= self._run_windows:
+                        held_windows += run.count
+                    if held_windows >= self._run_windows:
                         yield join_runs(held)
-                        held = []
+                        held, held_windows = [], 0
                 if held:
                     yield join_runs(held)
                 last, starts = cutter.finish()

@@ -41,7 +41,7 @@ from pipeline.tally import Tally
 # Batches scored at once, each by a one-thread onnxruntime call: on 2 cores this keeps both busy
 # with less synchronisation than one batch at a time on two onnxruntime threads.
 SCORING_THREADS = 2
-# Runs of at least this many consecutive windows (a recording of 4.5 s or more) are scored from
+# Runs of at least this many consecutive windows (a recording longer than 4.5 s) are scored from
 # their samples, each STFT frame once (KeywordModel.predict_run); shorter ones, and the last
 # window of each file, are batched as windows with those of other files.
 RUN_MIN_WINDOWS = 8
