@@ -15,6 +15,7 @@ from model.data import load_noise
 from model.eval_sets import long_recording, match_events, split_clips
 from pipeline import output
 from pipeline.cli import main
+from pipeline.loading import WindowReader
 from tests.helpers import write_wav
 
 DURATION_S = 50.0
@@ -97,6 +98,21 @@ def test_streamed_scores_equal_those_of_the_whole_file(long_call, labelled, keyw
     assert row["label"] == LABELS[label]
     for column, expected in zip(LABELS, probabilities[window], strict=True):
         assert row[f"score_{column}"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_long_file_is_read_as_runs_of_at_least_the_asked_windows(long_call):
+    """Decode blocks of 1.5 s each complete about 3 windows; the reader joins them into runs of
+    at least 20 (but for the file's last two runs), which hold the file's windows in order."""
+    folder, _ = long_call
+    reader = WindowReader(str(folder / "call.wav"), max_duration_s=3600.0, run_windows=20)
+    runs = list(reader.runs())
+    assert reader.info.error is None
+    assert all(run.count >= 20 for run in runs[:-2]) and len(runs) >= 4
+    assert runs[-1].count == 1  # the last window, aligned to the end
+    windows = np.concatenate([run.windows() for run in runs])
+    np.testing.assert_array_equal(
+        windows, split_windows(read_recording(str(folder / "call.wav")).mono)
+    )
 
 
 def test_skip_existing_keeps_the_events_of_the_files_it_keeps(long_call, labelled, tmp_path):
