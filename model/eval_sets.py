@@ -347,10 +347,15 @@ def sound_events(
     return audio
 
 
+def sound_clips(rng: np.random.Generator, clips: int, bank_seed: int) -> np.ndarray:
+    """`clips` 1 s clips of `sound_events` at 16 kHz [clips, 16000] from the bank of
+    `bank_seed`, clipped to [-1, 1] as a WAV file holds them."""
+    sounds = [sound_events(rng, 1.0, SAMPLE_RATE, bank_seed) for _ in range(clips)]
+    empty = np.zeros((0, SAMPLE_RATE), np.float32)
+    return np.clip(np.stack(sounds) if sounds else empty, -1.0, 1.0)
+
+
 def non_speech(split: str, clips: int = 2_000) -> np.ndarray:
-    """`clips` 1 s clips of `sound_events` at 16 kHz [clips, 16000], from a bank and seed of the
-    split's own, clipped to [-1, 1] as a WAV file holds them: sounds that are no speech, none of
+    """`sound_clips` from a bank and seed of the split's own: sounds that are no speech, none of
     which may be labelled a keyword."""
-    rng = np.random.default_rng(SEEDS[split] + 2)
-    sounds = np.stack([sound_events(rng, 1.0, SAMPLE_RATE, SEEDS[split]) for _ in range(clips)])
-    return np.clip(sounds, -1.0, 1.0)
+    return sound_clips(np.random.default_rng(SEEDS[split] + 2), clips, SEEDS[split])

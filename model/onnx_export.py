@@ -221,13 +221,20 @@ def _activation(b: _Builder, x: str, activation: Any, where: str) -> str:
 
 def _loudness_gain(b: _Builder, waveform: str) -> str:
     """The gain [batch, 1] that model.features.LoudnessNormalisation applies to waveform."""
-    from model.feature_settings import RMS_FLOOR, TARGET_RMS
+    from model.feature_settings import TARGET_RMS
 
     power = b.op("Mul", [waveform, waveform], "square")
     mean_power = b.op("ReduceMean", [power, b.ints("axes", 1)], "mean_power", keepdims=1)
+    return gain_of_power(b, mean_power, TARGET_RMS)
+
+
+def gain_of_power(b: _Builder, mean_power: str, target_rms: float) -> str:
+    """target_rms / max(sqrt(mean_power), RMS_FLOOR): the loudness gain of a mean power."""
+    from model.feature_settings import RMS_FLOOR
+
     level = b.op("Sqrt", [mean_power], "rms")
     level = b.op("Max", [level, b.const("rms_floor", RMS_FLOOR)], "level")
-    return b.op("Div", [b.const("target_rms", TARGET_RMS), level], "gain")
+    return b.op("Div", [b.const("target_rms", target_rms), level], "gain")
 
 
 def _keras_graph(model: keras.Model) -> list[tuple[Any, list, list]]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from model.audio import WINDOW_HOP
 from model.contract import CLIP_SAMPLES, INPUT_NAME, LABELS, OUTPUT_NAME
-from model.onnx_export import _Builder, _mel_spectrum
+from model.onnx_export import _Builder, _mel_spectrum, gain_of_power
 from model.serving import ONNX_FILE, STREAM_FILE, STREAM_INPUT
 
 if TYPE_CHECKING:
@@ -151,8 +151,6 @@ def _window_mel(b: _Builder, mel_matrix: np.ndarray) -> str:
 
 def _window_gain(b: _Builder, target_rms: float) -> str:
     """model.onnx_export._loudness_gain of each window, [n, 1], from the power of its halves."""
-    from model.feature_settings import RMS_FLOOR
-
     halves = b.op("Reshape", [STREAM_INPUT, b.ints("shape", -1, WINDOW_HOP)], "halves")
     square = b.op("Mul", [halves, halves], "square")
     half_power = b.op("ReduceSum", [square, b.ints("axes", 1)], "half_power", keepdims=0)
@@ -160,10 +158,7 @@ def _window_gain(b: _Builder, target_rms: float) -> str:
     later = b.op("Slice", [half_power, b.ints("start", 1), b.ints("end", 2**62)], "later")
     power = b.op("Add", [earlier, later], "window_power")
     mean_power = b.op("Div", [power, b.const("samples", CLIP_SAMPLES)], "mean_power")
-    level = b.op(
-        "Max", [b.op("Sqrt", [mean_power], "rms"), b.const("rms_floor", RMS_FLOOR)], "level"
-    )
-    gain = b.op("Div", [b.const("target_rms", target_rms), level], "gain")
+    gain = gain_of_power(b, mean_power, target_rms)
     return b.op("Unsqueeze", [gain, b.ints("axis", 1)], "window_gain")
 
 

@@ -46,7 +46,7 @@ from model.data import (
     time_shift,
 )
 from model.decision import KEYWORD_IDS, KEYWORDS, Decision
-from model.eval_sets import sound_events
+from model.eval_sets import sound_clips
 from model.evaluate import (
     DEFAULT_DATA,
     ROBUSTNESS_MODES,
@@ -126,7 +126,7 @@ AUGMENTATION = {
     "shift_silence": False,
     "short_silence_share": 0.0,
     # Share of silence windows replaced by non-speech sounds (hiss with harmonic tones and noise
-    # bursts, model.eval_sets.sound_events) from a bank of the train split's own: sounds that are
+    # bursts, model.eval_sets.sound_clips) from a bank of the train split's own: sounds that are
     # no speech must not be heard as a keyword. Off in the shipped recipe.
     "non_speech_share": 0.0,
     "noise_probability": 0.8,
@@ -396,11 +396,7 @@ def epoch_examples(
         silence[short] = shorten(silence[short], rng)
     if augmentation["non_speech_share"]:
         sounds = rng.random(len(silence)) < augmentation["non_speech_share"]
-        silence[sounds] = np.clip(
-            [sound_events(rng, 1.0, SAMPLE_RATE, TRAIN_SOUND_BANK) for _ in range(sounds.sum())],
-            -1.0,
-            1.0,
-        )
+        silence[sounds] = sound_clips(rng, sounds.sum(), TRAIN_SOUND_BANK)
     waveforms = band_limit(
         np.concatenate(
             [augment_speech(speech, sources.noise_segments, talkers, rng, augmentation), silence]
