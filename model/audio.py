@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from model.contract import CLIP_SAMPLES, SAMPLE_RATE
 
 WINDOW_HOP = CLIP_SAMPLES // 2  # 0.5 s between the starts of consecutive windows
+EDGE_PAD = WINDOW_HOP  # silence read before and after a recording longer than a window
 BLOCK_FRAMES = 65_536  # frames decoded at a time: memory follows the output, not the input
 DEFAULT_MAX_DURATION_S = 86_400.0  # 24 h; a file is decoded and scored as a stream of blocks
 # Files up to this size are read whole and, if plain 16-bit PCM WAV, parsed with numpy: most
@@ -260,39 +261,53 @@ def join_runs(runs: list[WindowRun]) -> WindowRun:
 
 class WindowCutter:
     """Cuts 16 kHz audio, given block by block, into the model's 1 s windows, which together
-    cover every sample: windows every WINDOW_HOP, the last one aligned to the end, and a
-    recording under 1 s as one window zero-padded evenly on both sides. Only the samples that
-    later windows need are kept, so memory does not grow with the recording.
+    cover every sample. A recording longer than a window is read with EDGE_PAD of silence
+    (zeros) before and after it, so that a word said at its very start or end lies near the
+    middle of some window, as words do in training: windows every WINDOW_HOP from EDGE_PAD
+    before its start, the last one aligned to EDGE_PAD after its end. A recording of at most
+    1 s is one window zero-padded evenly on both sides. Only the samples that later windows
+    need are kept, so memory does not grow with the recording.
     """
 
     def __init__(self) -> None:
-        self._buffer = np.zeros(0, np.float32)
-        self._buffer_start = 0  # sample position of self._buffer[0]
-        self._next_start = 0
+        self._buffer = np.zeros(EDGE_PAD, np.float32)
+        self._buffer_start = -EDGE_PAD  # recording sample position of self._buffer[0]
+        self._next_start = -EDGE_PAD
         self.length = 0  # samples given so far
 
     def add(self, mono: np.ndarray) -> tuple[WindowRun, np.ndarray]:
-        """(the run of windows this block completes, their start samples [n]); the runs of
-        consecutive blocks join up (join_runs)."""
+        """(the run of windows this block completes, their start samples [n], negative before
+        the recording's start); the runs of consecutive blocks and finish()'s first run join up
+        (join_runs)."""
         self._buffer = np.concatenate([self._buffer, mono.astype(np.float32, copy=False)])
         self.length += len(mono)
-        # A window is cut here only when audio follows it; the one ending at the very end is
-        # the last, aligned window that finish() cuts.
-        count = max(0, -(-(self.length - CLIP_SAMPLES - self._next_start) // WINDOW_HOP))
+        if self.length <= CLIP_SAMPLES:  # perhaps a short recording: its one window comes last
+            return self._cut(end=-EDGE_PAD)
+        return self._cut(end=self.length)
+
+    def finish(self) -> list[tuple[WindowRun, np.ndarray]]:
+        """The windows the end completes, with their start samples: the rest of the windows
+        every WINDOW_HOP (a run, perhaps empty), then the last window, aligned to the end (or a
+        short recording's only one)."""
+        if self.length <= CLIP_SAMPLES:
+            rest = self._cut(end=-EDGE_PAD)
+            return [rest, (WindowRun(pad_to_clip(self._buffer[EDGE_PAD:])), np.zeros(1, np.int64))]
+        self._buffer = np.concatenate([self._buffer, np.zeros(EDGE_PAD, np.float32)])
+        end = self.length + EDGE_PAD
+        last_start = end - CLIP_SAMPLES
+        return [self._cut(end), (self._run(last_start, 1), np.array([last_start]))]
+
+    def _cut(self, end: int) -> tuple[WindowRun, np.ndarray]:
+        """The run of the next windows that end before sample `end` (a window is cut only when
+        audio follows it: the one ending at the very end is finish()'s aligned one)."""
+        count = max(0, -(-(end - CLIP_SAMPLES - self._next_start) // WINDOW_HOP))
         starts = self._next_start + WINDOW_HOP * np.arange(count)
         run = self._run(self._next_start, count)
         self._next_start += WINDOW_HOP * count
-        keep_from = min(self._next_start, max(self.length - CLIP_SAMPLES, 0))
+        keep_from = max(min(self._next_start, end - CLIP_SAMPLES), self._buffer_start)
         self._buffer = self._buffer[keep_from - self._buffer_start :]
         self._buffer_start = keep_from
         return run, starts
-
-    def finish(self) -> tuple[WindowRun, np.ndarray]:
-        """The last window (or a short recording's only one) and its start sample."""
-        if self.length <= CLIP_SAMPLES:
-            return WindowRun(pad_to_clip(self._buffer)), np.zeros(1, np.int64)
-        last_start = self.length - CLIP_SAMPLES
-        return self._run(last_start, 1), np.array([last_start])
 
     def _run(self, start: int, count: int) -> WindowRun:
         """The run of `count` windows from sample `start` (a view of the buffer, which is
@@ -305,11 +320,12 @@ class WindowCutter:
 def split_windows(mono: np.ndarray) -> np.ndarray:
     """All the windows of 16 kHz audio held whole [n, CLIP_SAMPLES] (WindowCutter's)."""
     cutter = WindowCutter()
-    return np.concatenate([cutter.add(mono)[0].windows(), cutter.finish()[0].windows()])
+    pieces = [cutter.add(mono), *cutter.finish()]
+    return np.concatenate([run.windows() for run, _ in pieces])
 
 
 def window_spans_s(starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     """(start, end) in seconds of the audio each window holds, for windows at `starts` of a
-    recording of `length` samples at 16 kHz: a short recording's padded window holds all of it."""
+    recording of `length` samples at 16 kHz: a padded window holds the recording's part of it."""
     ends = np.minimum(starts + CLIP_SAMPLES, length)
-    return starts / SAMPLE_RATE, ends / SAMPLE_RATE
+    return np.maximum(starts, 0) / SAMPLE_RATE, ends / SAMPLE_RATE

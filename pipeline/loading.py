@@ -72,10 +72,13 @@ class WindowReader:
                     if held_windows >= self._run_windows:
                         yield join_runs(held)
                         held, held_windows = [], 0
+                (rest, rest_starts), (last, last_starts) = cutter.finish()
+                if rest.count:
+                    self._starts.append(rest_starts)
+                    held.append(rest)
                 if held:
                     yield join_runs(held)
-                last, starts = cutter.finish()
-                self._starts.append(starts)
+                self._starts.append(last_starts)
                 yield last
                 self._length = cutter.length
         except AudioError as error:

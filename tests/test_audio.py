@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from model.audio import (
     BLOCK_FRAMES,
+    EDGE_PAD,
     WINDOW_HOP,
     AudioError,
     Recording,
@@ -257,35 +258,65 @@ def test_exactly_one_second_is_one_window_unchanged():
     np.testing.assert_array_equal(split_windows(mono), mono[np.newaxis])
 
 
+def padded(mono: np.ndarray) -> np.ndarray:
+    """A long recording as its windows are cut from it: EDGE_PAD zeros on both sides."""
+    silence = np.zeros(EDGE_PAD, np.float32)
+    return np.concatenate([silence, mono, silence])
+
+
 @pytest.mark.parametrize("length", [CLIP_SAMPLES + 1, 24_000, 40_000, 60 * SAMPLE_RATE])
-def test_long_audio_slides_half_second_windows_that_cover_every_sample(length):
-    mono = np.arange(length, dtype=np.float32)
+def test_long_audio_slides_half_second_windows_over_it_with_half_a_window_of_silence_around(
+    length,
+):
+    mono = np.arange(1, length + 1, dtype=np.float32)  # no sample is 0, as the silence is
     windows = split_windows(mono)
     assert windows.shape[1] == CLIP_SAMPLES
-    starts = windows[:, 0].astype(int)
-    assert starts[0] == 0 and windows[-1, -1] == length - 1  # first sample, last sample
+    assert np.all(windows[0, :EDGE_PAD] == 0) and windows[0, EDGE_PAD] == 1
+    assert np.all(windows[-1, -EDGE_PAD:] == 0) and windows[-1, -EDGE_PAD - 1] == length
+    firsts = [int(np.flatnonzero(window)[0]) for window in windows]  # first recording sample
+    starts = [int(window[i]) - 1 - i for window, i in zip(windows, firsts, strict=True)]
     assert np.all(np.diff(starts)[:-1] == WINDOW_HOP)
     assert 0 < np.diff(starts)[-1] <= WINDOW_HOP
     for window, start in zip(windows, starts, strict=True):
-        np.testing.assert_array_equal(window, mono[start : start + CLIP_SAMPLES])
+        np.testing.assert_array_equal(
+            window, padded(mono)[start + EDGE_PAD : start + EDGE_PAD + CLIP_SAMPLES]
+        )
 
 
 def test_a_minute_costs_about_120_windows():
-    assert len(split_windows(np.zeros(60 * SAMPLE_RATE, np.float32))) == 119
+    assert len(split_windows(np.zeros(60 * SAMPLE_RATE, np.float32))) == 121
+
+
+def test_a_word_at_the_very_start_or_end_of_a_recording_lies_mid_window():
+    """A 0.3 s word at each end of a 3 s recording: some window holds it whole with at least
+    0.2 s on both sides, as training places words (without the silence around, it would lie at
+    a window's edge)."""
+    mono = np.zeros(3 * SAMPLE_RATE, np.float32)
+    word = 3 * SAMPLE_RATE // 10
+    mono[:word], mono[-word:] = 1, 2
+    margin = SAMPLE_RATE // 5
+    for value in (1, 2):
+        held = [np.flatnonzero(w == value) for w in split_windows(mono)]
+        assert any(
+            len(at) == word and at[0] >= margin and at[-1] < CLIP_SAMPLES - margin for at in held
+        ), value
 
 
 @pytest.mark.parametrize("length", [100, CLIP_SAMPLES, CLIP_SAMPLES + 1, 24_000, 123_457])
 @pytest.mark.parametrize("block", [1, 7_999, 8_000, 65_536])
 def test_windows_cut_block_by_block_equal_those_of_the_whole(length, block):
-    mono = np.arange(length, dtype=np.float32)
+    mono = np.arange(1, length + 1, dtype=np.float32)
     cutter = WindowCutter()
     pieces = [cutter.add(mono[start : start + block]) for start in range(0, length, block)]
-    pieces.append(cutter.finish())
+    pieces.extend(cutter.finish())
     windows = np.concatenate([run.windows() for run, _ in pieces])
     starts = np.concatenate([starts for _, starts in pieces])
     np.testing.assert_array_equal(windows, split_windows(mono))
-    if length > CLIP_SAMPLES:
-        np.testing.assert_array_equal(windows[:, 0], starts)  # each window starts where it says
+    if length > CLIP_SAMPLES:  # each window starts where it says
+        for window, start in zip(windows, starts, strict=True):
+            np.testing.assert_array_equal(
+                window, padded(mono)[start + EDGE_PAD : start + EDGE_PAD + CLIP_SAMPLES]
+            )
     grid = [run for run, _ in pieces[:-1] if run.count]
     if grid:  # the blocks' runs join into one run of the windows every WINDOW_HOP
         np.testing.assert_array_equal(join_runs(grid).windows(), windows[: len(windows) - 1])
