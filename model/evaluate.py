@@ -677,6 +677,7 @@ def save_plots(
 
     thresholds = np.linspace(0.3, 0.999, 300)
     figure, axis = plt.subplots(figsize=(4.8, 4.5))
+    lowest_recall = 1.0
     for index, keyword in enumerate(KEYWORDS):
         precision, recall = precision_recall_curve(probabilities, labels, keyword, thresholds)
         axis.plot(recall, precision, color=f"C{index}", label=f"{keyword} (thresholds 0.3-0.999)")
@@ -684,7 +685,10 @@ def save_plots(
         point = precision_recall_curve(probabilities, labels, keyword, np.array([chosen]))
         axis.plot(point[1], point[0], "o", color=f"C{index}",
                   label=f"{keyword} at its threshold {chosen:.3f}")  # fmt: skip
-    axis.set(xlabel="recall", ylabel="precision", xlim=(0.8, 1.0), ylim=(0.8, 1.0),
+        lowest_recall = min(lowest_recall, float(point[1][0]))
+    # Recall from 0.8, or from below the lowest operating point, so that both points show.
+    left = min(0.8, np.floor((lowest_recall - 0.05) * 20) / 20)
+    axis.set(xlabel="recall", ylabel="precision", xlim=(left, 1.0), ylim=(0.8, 1.0),
              title=f"{metrics['split']}: keyword decision")  # fmt: skip
     axis.legend(loc="lower left", fontsize=8)
     figure.tight_layout()
