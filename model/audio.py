@@ -282,7 +282,7 @@ class WindowCutter:
         self._buffer = np.concatenate([self._buffer, mono.astype(np.float32, copy=False)])
         self.length += len(mono)
         if self.length <= CLIP_SAMPLES:  # perhaps a short recording: its one window comes last
-            return self._cut(end=-EDGE_PAD)
+            return _no_windows()
         return self._cut(end=self.length)
 
     def finish(self) -> list[tuple[WindowRun, np.ndarray]]:
@@ -290,8 +290,8 @@ class WindowCutter:
         every WINDOW_HOP (a run, perhaps empty), then the last window, aligned to the end (or a
         short recording's only one)."""
         if self.length <= CLIP_SAMPLES:
-            rest = self._cut(end=-EDGE_PAD)
-            return [rest, (WindowRun(pad_to_clip(self._buffer[EDGE_PAD:])), np.zeros(1, np.int64))]
+            only = WindowRun(pad_to_clip(self._buffer[EDGE_PAD:]))
+            return [_no_windows(), (only, np.zeros(1, np.int64))]
         self._buffer = np.concatenate([self._buffer, np.zeros(EDGE_PAD, np.float32)])
         end = self.length + EDGE_PAD
         last_start = end - CLIP_SAMPLES
@@ -304,7 +304,7 @@ class WindowCutter:
         starts = self._next_start + WINDOW_HOP * np.arange(count)
         run = self._run(self._next_start, count)
         self._next_start += WINDOW_HOP * count
-        keep_from = max(min(self._next_start, end - CLIP_SAMPLES), self._buffer_start)
+        keep_from = min(self._next_start, end - CLIP_SAMPLES)
         self._buffer = self._buffer[keep_from - self._buffer_start :]
         self._buffer_start = keep_from
         return run, starts
@@ -315,6 +315,10 @@ class WindowCutter:
         offset = start - self._buffer_start
         length = CLIP_SAMPLES + WINDOW_HOP * (count - 1) if count else 0
         return WindowRun(self._buffer[offset : offset + length])
+
+
+def _no_windows() -> tuple[WindowRun, np.ndarray]:
+    return WindowRun(np.zeros(0, np.float32)), np.zeros(0, np.int64)
 
 
 def split_windows(mono: np.ndarray) -> np.ndarray:

@@ -258,10 +258,15 @@ def test_exactly_one_second_is_one_window_unchanged():
     np.testing.assert_array_equal(split_windows(mono), mono[np.newaxis])
 
 
-def padded(mono: np.ndarray) -> np.ndarray:
-    """A long recording as its windows are cut from it: EDGE_PAD zeros on both sides."""
+def assert_windows_start_where_said(windows: np.ndarray, starts, mono: np.ndarray) -> None:
+    """Each window of a long recording is the audio from its start sample on, read with
+    EDGE_PAD zeros on both sides (a start before the recording's is negative)."""
     silence = np.zeros(EDGE_PAD, np.float32)
-    return np.concatenate([silence, mono, silence])
+    padded = np.concatenate([silence, mono, silence])
+    for window, start in zip(windows, starts, strict=True):
+        np.testing.assert_array_equal(
+            window, padded[start + EDGE_PAD : start + EDGE_PAD + CLIP_SAMPLES]
+        )
 
 
 @pytest.mark.parametrize("length", [CLIP_SAMPLES + 1, 24_000, 40_000, 60 * SAMPLE_RATE])
@@ -277,10 +282,7 @@ def test_long_audio_slides_half_second_windows_over_it_with_half_a_window_of_sil
     starts = [int(window[i]) - 1 - i for window, i in zip(windows, firsts, strict=True)]
     assert np.all(np.diff(starts)[:-1] == WINDOW_HOP)
     assert 0 < np.diff(starts)[-1] <= WINDOW_HOP
-    for window, start in zip(windows, starts, strict=True):
-        np.testing.assert_array_equal(
-            window, padded(mono)[start + EDGE_PAD : start + EDGE_PAD + CLIP_SAMPLES]
-        )
+    assert_windows_start_where_said(windows, starts, mono)
 
 
 def test_a_minute_costs_about_120_windows():
@@ -312,11 +314,8 @@ def test_windows_cut_block_by_block_equal_those_of_the_whole(length, block):
     windows = np.concatenate([run.windows() for run, _ in pieces])
     starts = np.concatenate([starts for _, starts in pieces])
     np.testing.assert_array_equal(windows, split_windows(mono))
-    if length > CLIP_SAMPLES:  # each window starts where it says
-        for window, start in zip(windows, starts, strict=True):
-            np.testing.assert_array_equal(
-                window, padded(mono)[start + EDGE_PAD : start + EDGE_PAD + CLIP_SAMPLES]
-            )
+    if length > CLIP_SAMPLES:
+        assert_windows_start_where_said(windows, starts, mono)
     grid = [run for run, _ in pieces[:-1] if run.count]
     if grid:  # the blocks' runs join into one run of the windows every WINDOW_HOP
         np.testing.assert_array_equal(join_runs(grid).windows(), windows[: len(windows) - 1])
