@@ -169,8 +169,9 @@ def parse_pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
         if body + chunk_size > len(data):
             return None
         if chunk_id == b"fmt " and chunk_size >= 16:
+            # The rate is signed, as libsndfile reads it: a rate of 2**31 or more is refused.
             encoding, channels, sample_rate, _, block_align, bits = struct.unpack_from(
-                "<HHIIHH", data, body
+                "<HHiIHH", data, body
             )
             if encoding != WAVE_FORMAT_PCM or bits != 16 or block_align != 2 * channels:
                 return None
