@@ -421,6 +421,15 @@ def distillation_targets(
     return (1 - DISTILLATION_WEIGHT) * one_hot + DISTILLATION_WEIGHT * taught
 
 
+def speakers_kept(paths: list[str], share: float, seed: int) -> np.ndarray:
+    """Which clips belong to a random `share` of their speakers (the file name's part before
+    `_nohash_`): a learning curve trains on fewer speakers, not on fewer clips of each."""
+    speakers = [Path(path).name.split("_nohash_")[0] for path in paths]
+    unique = sorted(set(speakers))
+    chosen = np.random.default_rng([seed, 1]).permutation(len(unique))[: round(share * len(unique))]
+    return np.isin(speakers, [unique[i] for i in chosen])
+
+
 def class_counts(labels: np.ndarray) -> dict[str, int]:
     return {label: int((labels == i).sum()) for i, label in enumerate(LABELS)}
 
@@ -442,6 +451,7 @@ def train(
     init_dir: Path | None = None,
     peak_learning_rate: float = PEAK_LEARNING_RATE,
     miner_dir: Path | None = None,
+    speaker_share: float = 1.0,
 ) -> None:
     configure_tensorflow(seed)
     import keras
@@ -458,6 +468,10 @@ def train(
     started = time.monotonic()
     rng = np.random.default_rng(seed)
     train_speech, train_labels, train_paths = load_split(data_dir, "train")
+    if speaker_share < 1.0:
+        kept = speakers_kept(train_paths, speaker_share, seed)
+        train_speech, train_labels = train_speech[kept], train_labels[kept]
+        train_paths = [path for path, keep in zip(train_paths, kept, strict=True) if keep]
     val_waveforms, val_targets, _ = load_eval_set(data_dir, "val")
     # Windows of val read sentences, 0.5 s apart, as the pipeline cuts them: none should fire.
     val_continuous = (
@@ -599,6 +613,7 @@ def train(
             architecture=describe(model),
             training={
                 "data": "Speech Commands subset (Warden 2018, arXiv:1804.03209), CC BY 4.0",
+                "speaker_share": speaker_share,
                 "clips": {
                     "train": {
                         **class_counts(train_labels),
@@ -775,6 +790,14 @@ def main() -> None:
         help=f"add {MINED_WINDOWS_PER_EPOCH} windows per epoch of the training continuous speech"
         f" that this trained artifact hears as a keyword (p >= {MINING_FLOOR}) as unknown",
     )
+    parser.add_argument(
+        "--speaker-share",
+        type=float,
+        default=1.0,
+        metavar="SHARE",
+        help="train on the Speech Commands clips of a random SHARE of the train speakers only"
+        " (a learning curve)",
+    )
     args = parser.parse_args()
     train(
         args.data,
@@ -800,6 +823,7 @@ def main() -> None:
         args.init,
         args.peak_lr,
         args.mine_with,
+        args.speaker_share,
     )
 
 

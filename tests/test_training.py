@@ -17,6 +17,7 @@ from model.data import (
     load_noise,
     pair_words,
     place_word,
+    read_manifest,
     rms,
     shorten,
     speech_windows,
@@ -36,6 +37,7 @@ from model.train import (
     distillation_targets,
     epoch_examples,
     mine_hard_windows,
+    speakers_kept,
     unknown_draws,
 )
 from tests.helpers import first_test_clip
@@ -80,6 +82,16 @@ def test_mined_windows_are_what_the_miner_hears_as_keywords_and_join_each_epoch(
     unknown = LABELS.index("unknown")
     extra = (with_mined == unknown).sum() - (without == unknown).sum()
     assert extra == MINED_WINDOWS_PER_EPOCH
+
+
+def test_a_speaker_share_keeps_or_drops_each_speakers_clips_together(data_dir):
+    rows = [row for row in read_manifest(data_dir) if row.split == "train"]
+    kept = speakers_kept([row.path for row in rows], 0.5, seed=0)
+    speakers = np.array([row.speaker for row in rows])
+    kept_speakers, dropped_speakers = set(speakers[kept]), set(speakers[~kept])
+    assert not kept_speakers & dropped_speakers
+    assert len(kept_speakers) == round(len(set(speakers)) / 2)
+    assert not np.array_equal(kept, speakers_kept([row.path for row in rows], 0.5, seed=1))
 
 
 def test_unknown_draws_give_every_word_its_clips_and_rare_words_more():
