@@ -172,13 +172,15 @@ def continuous_speech(
     data_dir: Path,
     read_speech_dir: Path,
     split: str,
-    readings: int = 12,
-    chains: int = 12,
+    readings: int = 48,
+    chains: int = 48,
     chain_seconds: float = 30.0,
 ) -> list[EvalRecording]:
     """Continuous speech with neither keyword: the split's read sentences, `readings` synthetic
     readings of reading_text() (each from a random sentence on, about 30-60 s, evaluation voices)
-    and `chains` chains of the split's non-keyword clips, back to back with no gap."""
+    and `chains` chains of the split's non-keyword clips, back to back with no gap. The defaults
+    make about an hour of val or test speech, so a false-occurrence figure (and the threshold
+    chosen for its budget) rests on dozens of windows, not on two or three."""
     rng = np.random.default_rng(SEEDS[split] + 1)
     audio, paths = load_read_speech(read_speech_dir, split)
     recordings = [

@@ -1,6 +1,7 @@
 """Choosing the thresholds: the most recall within every false-keyword budget."""
 
 import numpy as np
+import pytest
 
 from model.decision import Decision
 from model.eval_sets import EvalRecording
@@ -24,6 +25,7 @@ def evidence() -> dict:
     answer = EvalRecording("a", np.zeros(16_000, np.float32), 16_000, "yes", "synthetic")
     other = EvalRecording("b", np.zeros(16_000, np.float32), 16_000, "none", "synthetic")
     ten_minutes = EvalRecording("c", np.zeros(9_600_000, np.float32), 16_000, "none", "chain")
+    sentence = EvalRecording("d", np.zeros(48_000, np.float32), 16_000, "none", "read speech")
     return {
         "clip_probabilities": np.array(clips, np.float32),
         "clip_labels": np.array(labels),
@@ -31,8 +33,12 @@ def evidence() -> dict:
         "non_speech_probabilities": np.array([TONE] * 90 + [TONE_AS_NO_80] * 10, np.float32),
         "answers": [answer, other],
         "answer_windows": [np.array([SPEECH, YES_95], np.float32), np.array([SPEECH], np.float32)],
-        "continuous": [ten_minutes],
-        "continuous_windows": [np.array([SPEECH, UNKNOWN_AS_YES_70, SPEECH], np.float32)],
+        "continuous": [ten_minutes, sentence, sentence],
+        "continuous_windows": [
+            np.array([SPEECH, UNKNOWN_AS_YES_70, SPEECH], np.float32),
+            np.array([SPEECH, SPEECH, UNKNOWN_AS_NO_60, SPEECH, SPEECH], np.float32),
+            np.array([SPEECH] * 5, np.float32),
+        ],
     }
 
 
@@ -43,7 +49,8 @@ def test_false_figures_count_both_keywords_on_every_kind_of_evidence():
     assert figures["non_speech"] == 0.1
     assert figures["wrong_labels"] == 25 / 75  # labelled `yes`: 50 yes clips, 25 down clips
     assert figures["non_answers"] == 0.0
-    assert figures["continuous_per_10_min"] == 1.0
+    assert figures["continuous_per_10_min"] == pytest.approx(2 / 1.01)  # 10 min + two 3 s files
+    assert figures["sentences"] == 0.5
 
 
 def test_the_chosen_thresholds_sit_just_above_the_false_keywords():
