@@ -180,7 +180,7 @@ def continuous_speech(
     readings of reading_text() (each from a random sentence on, about 30-60 s, evaluation voices)
     and `chains` chains of the split's non-keyword clips, back to back with no gap. The defaults
     make about an hour of val or test speech, so a false-occurrence figure (and the threshold
-    chosen for its budget) rests on dozens of windows, not on two or three."""
+    chosen for its budget) rests on about ten occurrences, not on two or three."""
     rng = np.random.default_rng(SEEDS[split] + 1)
     audio, paths = load_read_speech(read_speech_dir, split)
     recordings = [
