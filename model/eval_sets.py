@@ -77,6 +77,7 @@ TELEPHONE_SHARE = 0.3
 TELEPHONE_RATE = 8_000
 SEEDS = {"val": 11, "test": 23}
 EVENTS_IN_BANK = 256
+READ_SENTENCES = "read speech"  # the `kind` of continuous_speech's real read sentences
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def continuous_speech(
     rng = np.random.default_rng(SEEDS[split] + 1)
     audio, paths = load_read_speech(read_speech_dir, split)
     recordings = [
-        EvalRecording(f"read {path}", clip, SAMPLE_RATE, "none", "read speech")
+        EvalRecording(f"read {path}", clip, SAMPLE_RATE, "none", READ_SENTENCES)
         for clip, path in zip(audio, paths, strict=True)
     ]
     sentences = [s.strip() for s in re.split(r"(?<=[.:?!;])\s", reading_text()) if s.strip()]

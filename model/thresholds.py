@@ -22,7 +22,7 @@ import numpy as np
 from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
 from model.data import DEFAULT_READ_SPEECH
 from model.decision import KEYWORD_IDS, KEYWORDS, Decision
-from model.eval_sets import continuous_speech, non_speech, spoken_answers
+from model.eval_sets import READ_SENTENCES, continuous_speech, non_speech, spoken_answers
 from model.evaluate import (
     DEFAULT_DATA,
     answers_report,
@@ -51,7 +51,6 @@ BUDGETS = {
     "continuous_per_10_min": 1.7,
     "sentences": 0.04,
 }
-READ_SENTENCES = "read speech"  # the `kind` of continuous_speech's real read sentences
 
 
 def false_figures(decision: Decision, evidence: dict) -> dict:
