@@ -40,6 +40,7 @@ from model.data import (
     pair_words,
     place_word,
     random_noise_windows,
+    read_manifest,
     rms,
     shorten,
     speech_windows,
@@ -421,10 +422,9 @@ def distillation_targets(
     return (1 - DISTILLATION_WEIGHT) * one_hot + DISTILLATION_WEIGHT * taught
 
 
-def speakers_kept(paths: list[str], share: float, seed: int) -> np.ndarray:
-    """Which clips belong to a random `share` of their speakers (the file name's part before
-    `_nohash_`): a learning curve trains on fewer speakers, not on fewer clips of each."""
-    speakers = [Path(path).name.split("_nohash_")[0] for path in paths]
+def speakers_kept(speakers: list[str], share: float, seed: int) -> np.ndarray:
+    """Which clips, given each clip's speaker, belong to a random `share` of the speakers: a
+    learning curve trains on fewer speakers, not on fewer clips of each."""
     unique = sorted(set(speakers))
     chosen = np.random.default_rng([seed, 1]).permutation(len(unique))[: round(share * len(unique))]
     return np.isin(speakers, [unique[i] for i in chosen])
@@ -469,7 +469,8 @@ def train(
     rng = np.random.default_rng(seed)
     train_speech, train_labels, train_paths = load_split(data_dir, "train")
     if speaker_share < 1.0:
-        kept = speakers_kept(train_paths, speaker_share, seed)
+        speaker_of = {row.path: row.speaker for row in read_manifest(data_dir)}
+        kept = speakers_kept([speaker_of[path] for path in train_paths], speaker_share, seed)
         train_speech, train_labels = train_speech[kept], train_labels[kept]
         train_paths = [path for path, keep in zip(train_paths, kept, strict=True) if keep]
     val_waveforms, val_targets, _ = load_eval_set(data_dir, "val")
