@@ -1,8 +1,10 @@
 """The keyword decision: from a recording's window probabilities to its label.
 
 One rule, used by the labelling pipeline and by `model.evaluate`, so the figures measured are
-those of the labels users get. A window says `yes` (or `no`) only when that keyword's calibrated
-probability reaches its threshold; the thresholds are chosen on val for false-keyword budgets
+those of the labels users get. A window says `yes` (or `no`) only when that keyword's score
+reaches its threshold: its calibrated probability moved by the windows around it
+(`model.context`; unchanged for a window with silence around, such as a 1 s file). The
+thresholds and the context weights are chosen on val for false-keyword budgets
 (`model.thresholds`) and stored in the artifact's `metadata.json` under `decision`.
 """
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.context import Context
 from model.contract import LABELS
 
 KEYWORDS = ("yes", "no")
@@ -21,22 +24,40 @@ DEFAULT_THRESHOLDS = {"yes": 0.5, "no": 0.5}
 
 @dataclass(frozen=True)
 class Decision:
-    """Per-keyword probability thresholds."""
+    """Per-keyword score thresholds, and the context rule that makes the scores (None: a
+    window's score is its probability)."""
 
     yes: float = DEFAULT_THRESHOLDS["yes"]
     no: float = DEFAULT_THRESHOLDS["no"]
+    context: Context | None = None
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> "Decision":
-        thresholds = metadata.get("decision", {}).get("thresholds", DEFAULT_THRESHOLDS)
-        return cls(float(thresholds["yes"]), float(thresholds["no"]))
+        stored = metadata.get("decision", {})
+        thresholds = stored.get("thresholds", DEFAULT_THRESHOLDS)
+        context = Context.from_metadata(stored["context"]) if "context" in stored else None
+        return cls(float(thresholds["yes"]), float(thresholds["no"]), context)
 
     def as_metadata(self) -> dict:
-        return {"thresholds": {"yes": self.yes, "no": self.no}}
+        context = {"context": self.context.as_metadata()} if self.context else {}
+        return {"thresholds": {"yes": self.yes, "no": self.no}, **context}
+
+    def keyword_scores(self, probabilities: np.ndarray) -> np.ndarray:
+        """One recording's windows [n, 4] (in time order) with the `yes` and `no` columns
+        replaced by the scores the thresholds apply to."""
+        return self.context.scores(probabilities) if self.context else probabilities
 
     def window_labels(self, probabilities: np.ndarray) -> np.ndarray:
-        """Label index of each window [n, 4]: the keyword whose probability is the larger of the
-        two and reaches its threshold; otherwise `unknown` or `silence`, whichever is likelier."""
+        """Label index of each window of one recording [n, 4], windows in time order: the
+        keyword whose score (keyword_scores) reaches its threshold; otherwise `unknown` or
+        `silence`, whichever is likelier."""
+        return self.clip_labels(self.keyword_scores(probabilities))
+
+    def clip_labels(self, probabilities: np.ndarray) -> np.ndarray:
+        """Label index of each row [n, 4] as a recording of that one window (a 1 s clip): the
+        keyword whose probability is the larger of the two and reaches its threshold (with
+        silence around, the context leaves it unchanged); otherwise `unknown` or `silence`,
+        whichever is likelier."""
         keyword = np.where(probabilities[:, YES] >= probabilities[:, NO], YES, NO)
         keyword_score = probabilities[np.arange(len(probabilities)), keyword]
         threshold = np.where(keyword == YES, self.yes, self.no)
@@ -47,13 +68,14 @@ class Decision:
         """(label index, deciding window) of a recording's windows [n, 4].
 
         A recording is `yes` or `no` when some window is: of the windows labelled a keyword, the
-        one with the highest keyword probability decides. With none, the most keyword-like
-        window decides, and the label is its likelier of `unknown` and `silence`. The row
-        reports the scores of the deciding window.
+        one with the highest keyword score decides. With none, the window with the highest
+        keyword probability decides, and the label is its likelier of `unknown` and `silence`.
+        The row reports the probabilities of the deciding window.
         """
-        labels = self.window_labels(probabilities)
-        keyword_scores = probabilities[:, list(KEYWORD_IDS)].max(axis=1)
+        scores = self.keyword_scores(probabilities)
+        labels = self.clip_labels(scores)
         fired = np.isin(labels, KEYWORD_IDS)
+        keyword_scores = (scores if fired.any() else probabilities)[:, list(KEYWORD_IDS)].max(1)
         window = int(
             np.argmax(np.where(fired, keyword_scores, -1.0) if fired.any() else keyword_scores)
         )

@@ -38,29 +38,49 @@ CHECK_WINDOWS = 64  # val windows on which the reloaded SavedModel must match th
 
 
 @dataclass(frozen=True)
+class FineTuning:
+    """A second run of `model.train` from the trained member (`--init`): epochs, peak learning
+    rate, and the share of silence windows replaced by non-speech sounds (`--non-speech`)."""
+
+    epochs: int
+    peak_learning_rate: float
+    non_speech_share: float
+
+
+@dataclass(frozen=True)
 class MemberRecipe:
     """How one member is trained: `model.train` with this architecture, epochs, babble share
-    (the share of noisy training clips mixed with babble instead of a noise recording) and
-    whether it learns from synthetic answer windows (`--no-keyword-phrases` when not)."""
+    (the share of noisy training clips mixed with babble instead of a noise recording),
+    whether it learns from synthetic answer windows (`--no-keyword-phrases` when not), and an
+    optional fine-tuning."""
 
     architecture: str
     epochs: int
     babble_share: float
     keyword_phrases: bool
+    fine_tuning: FineTuning | None = None
 
 
 # The same DS-CNN on raw and on loudness-normalised input (model/README.md): the second is
 # robust to gain and babble, the first keeps its failures on some noise out of the labels. Two
 # DS-CNNs score windows about twice as fast as a DS-CNN with a BC-ResNet, whose broadcast
-# residuals cost more time than their multiply-adds suggest.
+# residuals cost more time than their multiply-adds suggest. The second is fine-tuned with
+# non-speech sounds among its silence windows, so hummed tones do not sound like `no` to it.
 MEMBERS = (
     MemberRecipe("ds-cnn-m", epochs=30, babble_share=0.3, keyword_phrases=True),
-    MemberRecipe("ds-cnn-m-ln", epochs=30, babble_share=0.5, keyword_phrases=True),
+    MemberRecipe(
+        "ds-cnn-m-ln",
+        epochs=30,
+        babble_share=0.5,
+        keyword_phrases=True,
+        fine_tuning=FineTuning(epochs=8, peak_learning_rate=1e-3, non_speech_share=0.3),
+    ),
 )
 
 
 def train_members(data_dir: Path, members_dir: Path, seed: int) -> list[Path]:
-    """Train every member of MEMBERS into members_dir/<architecture>; returns their paths."""
+    """Train every member of MEMBERS into members_dir/<architecture> (a fine-tuned one into
+    members_dir/<architecture>-tuned); returns the paths of the members to combine."""
     paths = []
     for recipe in MEMBERS:
         path = members_dir / recipe.architecture
@@ -74,6 +94,21 @@ def train_members(data_dir: Path, members_dir: Path, seed: int) -> list[Path]:
             augmentation=augmentation,
             keyword_phrases=recipe.keyword_phrases,
         )
+        tuning = recipe.fine_tuning
+        if tuning:
+            tuned = members_dir / f"{recipe.architecture}-tuned"
+            train(
+                data_dir,
+                tuned,
+                seed,
+                tuning.epochs,
+                recipe.architecture,
+                augmentation=augmentation | {"non_speech_share": tuning.non_speech_share},
+                keyword_phrases=recipe.keyword_phrases,
+                init_dir=path,
+                peak_learning_rate=tuning.peak_learning_rate,
+            )
+            path = tuned
         paths.append(path)
     return paths
 

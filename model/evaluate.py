@@ -37,7 +37,13 @@ from model.data import (
     time_shift,
 )
 from model.decision import KEYWORD_IDS, KEYWORDS, Decision, count_occurrences
-from model.eval_sets import EvalRecording, continuous_speech, non_speech, spoken_answers
+from model.eval_sets import (
+    EvalRecording,
+    LongRecording,
+    continuous_speech,
+    non_speech,
+    spoken_answers,
+)
 from model.serving import KeywordModel
 
 DEFAULT_DATA = Path("../shared/data/speech_commands")
@@ -200,7 +206,7 @@ def score_metrics(
 ) -> dict:
     """Classification, keyword-error and calibration figures of [n, 4] probabilities, each clip
     labelled by `decision` as the pipeline labels a 1 s file."""
-    predicted = decision.window_labels(probabilities)
+    predicted = decision.clip_labels(probabilities)
     return {
         **classification_metrics(labels, predicted),
         **keyword_error_metrics(labels, predicted, words),
@@ -250,7 +256,7 @@ def noise_sweep_clips(data_dir: Path, split: str) -> np.ndarray:
 
 def silence_check(predict: Predict, clips: np.ndarray, decision: Decision) -> dict:
     """How many of `clips`, all of them noise, come out `silence`, and how many as a keyword."""
-    predicted = decision.window_labels(predict_in_batches(predict, clips))
+    predicted = decision.clip_labels(predict_in_batches(predict, clips))
     return {
         "clips": len(predicted),
         "silence": int((predicted == SILENCE_LABEL).sum()),
@@ -408,7 +414,7 @@ class RecordingResult:
 
 
 def recording_windows(
-    keyword_model: KeywordModel, recordings: list[EvalRecording]
+    keyword_model: KeywordModel, recordings: list[EvalRecording] | list[LongRecording]
 ) -> list[np.ndarray]:
     """Each recording's window probabilities [windows, 4], as the pipeline computes them: the
     recording written as a 16-bit WAV at its own rate, decoded, resampled, cut into 1 s windows
@@ -603,7 +609,7 @@ def format_errors(
     waveforms = load_eval_set(data_dir, split)[0]
     rows = [row for row in read_manifest(data_dir) if row.split == split]
     level_db = 20 * np.log10(np.maximum(rms(waveforms)[:, 0], 1e-10))
-    predicted = decision.window_labels(probabilities)
+    predicted = decision.clip_labels(probabilities)
     lines = [f"labelled wrong on {split}: {int((predicted != labels).sum())}"]
     for i in np.flatnonzero(predicted != labels):
         lines.append(

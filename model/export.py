@@ -83,18 +83,21 @@ def clear_artifact_dir(out_dir: Path) -> None:
 
 def model_version(out_dir: Path) -> str:
     """Content hash of what serving reads: sha256 over saved_model.pb, the variables files and
-    model.onnx (in sorted relative-path order), then the keyword thresholds stored in
-    metadata.json. The rest of metadata.json is excluded, so adding metrics keeps it, and so is
-    stream.onnx, model.onnx's computation in another order, refused when opened unless it
-    gives model.onnx's probabilities (model.serving.stream_predictor)."""
+    model.onnx (in sorted relative-path order), then the keyword thresholds and the context
+    rule stored in metadata.json. The rest of metadata.json is excluded, so adding metrics
+    keeps it, and so is stream.onnx, model.onnx's computation in another order, refused when
+    opened unless it gives model.onnx's probabilities (model.serving.stream_predictor)."""
     files = [out_dir / "saved_model.pb", *(out_dir / "variables").rglob("*"), out_dir / ONNX_FILE]
     digest = hashlib.sha256()
     for path in sorted((p for p in files if p.is_file()), key=lambda p: p.relative_to(out_dir)):
         digest.update(path.read_bytes())
     metadata_path = out_dir / METADATA_FILE
     metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
-    thresholds = metadata.get("decision", {}).get("thresholds")  # None: the default decision
+    decision = metadata.get("decision", {})
+    thresholds = decision.get("thresholds")  # None: the default decision
     digest.update(json.dumps(thresholds, sort_keys=True).encode())
+    if "context" in decision:
+        digest.update(json.dumps(decision["context"], sort_keys=True).encode())
     return "sha256:" + digest.hexdigest()[:16]
 
 

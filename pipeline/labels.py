@@ -28,6 +28,8 @@ ROW_SCHEMA = pa.schema(
         pa.field("no_count", pa.int32()),
         # Start of the window whose scores the row carries: where to listen (the report does).
         pa.field("window_start_s", pa.float32()),
+        # That window's keyword score after the context rule: what the thresholds apply to.
+        pa.field("keyword_score", pa.float32()),
     ]
 )
 
@@ -99,6 +101,7 @@ def make_rows(
         "yes_count": None,
         "no_count": None,
         "window_start_s": None,
+        "keyword_score": None,
     }
     if scores is None:
         return row, []
@@ -113,6 +116,7 @@ def make_rows(
         }
     )
     row["window_start_s"] = float(scores.starts_s[window])
+    row["keyword_score"] = float(decision.keyword_scores(probabilities)[window, [YES, NO]].max())
     row["yes_count"] = sum(occurrence.label == YES for occurrence in occurrences)
     row["no_count"] = sum(occurrence.label == NO for occurrence in occurrences)
     events = []

@@ -44,6 +44,7 @@ def test_the_schema_is_the_published_contract():
         ("yes_count", pa.int32()),
         ("no_count", pa.int32()),
         ("window_start_s", pa.float32()),
+        ("keyword_score", pa.float32()),
     ]
     assert [(field.name, field.type) for field in EVENT_SCHEMA] == [
         ("path", pa.string()),

@@ -3,9 +3,17 @@
 import numpy as np
 import pytest
 
+from model.audio import WindowCutter
 from model.decision import Decision
-from model.eval_sets import EvalRecording
-from model.thresholds import choose, false_figures
+from model.eval_sets import EvalRecording, LongRecording, PlacedKeyword
+from model.thresholds import (
+    choose,
+    choose_decision,
+    false_figures,
+    long_occurrences,
+    window_starts_s,
+    words_said,
+)
 
 #              yes   no    unknown silence
 YES_95 = [0.95, 0.01, 0.03, 0.01]
@@ -39,7 +47,29 @@ def evidence() -> dict:
             np.array([SPEECH, SPEECH, UNKNOWN_AS_NO_60, SPEECH, SPEECH], np.float32),
             np.array([SPEECH] * 5, np.float32),
         ],
+        # 3 s: windows start at -0.5, 0, ..., 2.5 s; a `no` centred at 1.5 s, heard in window 4.
+        "long": [LongRecording("e", np.zeros(48_000, np.float32), 16_000, (THREE_S_NO,))],
+        "long_windows": [np.array([SPEECH] * 4 + [NO_90] + [SPEECH] * 2, np.float32)],
     }
+
+
+THREE_S_NO = PlacedKeyword("no", 1.5)
+
+
+@pytest.mark.parametrize("samples", [16_001, 48_000, 50_123])
+def test_window_starts_are_those_the_pipeline_cuts(samples):
+    cutter = WindowCutter()
+    pieces = [cutter.add(np.zeros(samples, np.float32)), *cutter.finish()]
+    starts = np.concatenate([starts for _, starts in pieces]) / 16_000
+    assert window_starts_s(len(starts), samples / 16_000) == pytest.approx(starts)
+
+
+def test_a_long_recording_keyword_is_held_by_the_windows_around_its_centre():
+    recording = evidence()["long"][0]
+    ((label, windows),) = words_said(recording, 7)
+    assert label == "no" and list(windows) == [2, 3, 4]
+    assert long_occurrences(Decision(0.5, 0.5), evidence()) == (1.0, 1.0)
+    assert long_occurrences(Decision(0.5, 0.95), evidence()) == (0.0, 0.0)
 
 
 def test_false_figures_count_both_keywords_on_every_kind_of_evidence():
@@ -58,3 +88,16 @@ def test_the_chosen_thresholds_sit_just_above_the_false_keywords():
     assert 0.70 < chosen.yes <= 0.95 and 0.80 < chosen.no <= 0.90  # tones reach 0.80 for no
     figures = false_figures(chosen, evidence())
     assert figures["clips"] == figures["non_speech"] == figures["wrong_labels"] == 0.0
+
+
+def test_the_decision_is_fitted_and_measured_on_cross_fitted_scores():
+    decision, scored = choose_decision(evidence())
+    assert decision.context is not None
+    assert set(scored) == set(evidence())
+    for windows_of in ("answer_windows", "continuous_windows", "long_windows"):
+        for before, after in zip(evidence()[windows_of], scored[windows_of], strict=True):
+            assert after.shape == before.shape
+            # unknown and silence are kept; only the keyword columns become scores
+            assert after[:, 2:] == pytest.approx(before[:, 2:])
+    plain, unscored = choose_decision(evidence(), context=False)
+    assert plain.context is None and unscored is not None

@@ -1,0 +1,157 @@
+"""The context rule: a window's keyword score from its own probabilities and its neighbours'.
+
+The networks judge each 1 s window alone. In running speech, syllables that sound like "yes"
+or "no" ("now", "guess") fire a window that a listener would dismiss from the words around it,
+while a keyword said on its own, or to open or close an answer, has silence on at least one
+side. The rule moves a window's keyword probability by what the windows around it hear:
+
+    logit(score_k[i]) = logit(p_k[i]) + sum over d in OFFSETS of w_k[d] . f_k[i + d]
+    f_k[j] = (p_k[j], p_other_keyword[j], p_unknown[j])
+
+A neighbour outside the recording counts as silence, whose features are all zero, so a window
+with silence all around (every 1 s file, every isolated word) keeps its probability. Only a
+window that is a keyword candidate (the likelier keyword, probability at least
+CANDIDATE_FLOOR) gets a score; the others get 0. The weights are fitted by logistic regression
+with logit(p_k) as a fixed offset (`fit_context`), on val recordings (model.thresholds); pure
+NumPy, so the pipeline, evaluation and fitting share it.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.contract import LABELS
+
+YES, NO, UNKNOWN = (LABELS.index(label) for label in ("yes", "no", "unknown"))
+KEYWORD_COLUMNS = {"yes": YES, "no": NO}
+# Neighbours on each side, 0.5 s apart: two seconds of audio before and after the window.
+NEIGHBOURS = 4
+OFFSETS = tuple(d for d in range(-NEIGHBOURS, NEIGHBOURS + 1) if d)
+FEATURES = ("keyword", "other keyword", "unknown")
+CANDIDATE_FLOOR = 0.2
+PROBABILITY_EPSILON = 1e-4
+L2_PENALTY = 1.0
+
+
+@dataclass(frozen=True)
+class Context:
+    """Weights [len(OFFSETS)][len(FEATURES)] of each keyword's context rule (tuples, so a
+    Decision holding them compares and hashes by value)."""
+
+    yes: tuple[tuple[float, ...], ...]
+    no: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def from_weights(cls, yes: np.ndarray, no: np.ndarray) -> "Context":
+        return cls(*(tuple(map(tuple, np.round(w, 6).tolist())) for w in (yes, no)))
+
+    @classmethod
+    def from_metadata(cls, stored: dict) -> "Context":
+        if tuple(stored["offsets"]) != OFFSETS or tuple(stored["features"]) != FEATURES:
+            raise ValueError(
+                f"context rule over offsets {stored['offsets']} and features"
+                f" {stored['features']}: this version reads {list(OFFSETS)}, {list(FEATURES)}"
+            )
+        return cls.from_weights(*(np.asarray(stored["weights"][k]) for k in KEYWORD_COLUMNS))
+
+    def as_metadata(self) -> dict:
+        return {
+            "offsets": list(OFFSETS),
+            "features": list(FEATURES),
+            "candidate_floor": CANDIDATE_FLOOR,
+            "weights": {
+                keyword: [list(row) for row in getattr(self, keyword)]
+                for keyword in KEYWORD_COLUMNS
+            },
+        }
+
+    def scores(self, probabilities: np.ndarray) -> np.ndarray:
+        """One recording's window probabilities [n, 4] (windows in time order) with the `yes`
+        and `no` columns replaced by the windows' context scores."""
+        scored = probabilities.astype(np.float64)
+        for keyword, column in KEYWORD_COLUMNS.items():
+            candidates = keyword_candidates(probabilities, column)
+            logits = offset_logits(probabilities[:, column])
+            logits += neighbour_features(probabilities, column) @ np.ravel(getattr(self, keyword))
+            scored[:, column] = np.where(candidates, 1 / (1 + np.exp(-logits)), 0.0)
+        return scored
+
+
+def other_keyword(column: int) -> int:
+    return NO if column == YES else YES
+
+
+def keyword_candidates(probabilities: np.ndarray, column: int) -> np.ndarray:
+    """Windows whose likelier keyword is `column`, at probability CANDIDATE_FLOOR or more."""
+    own = probabilities[:, column]
+    return (own >= probabilities[:, other_keyword(column)]) & (own >= CANDIDATE_FLOOR)
+
+
+def offset_logits(probability: np.ndarray) -> np.ndarray:
+    clipped = np.clip(probability.astype(np.float64), PROBABILITY_EPSILON, 1 - PROBABILITY_EPSILON)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
+def neighbour_features(probabilities: np.ndarray, column: int) -> np.ndarray:
+    """[n, len(OFFSETS) * len(FEATURES)]: each window's neighbours' FEATURES for keyword
+    `column`; zeros for a neighbour outside the recording (silence)."""
+    n = len(probabilities)
+    own = probabilities[:, [column, other_keyword(column), UNKNOWN]].astype(np.float64)
+    padded = np.concatenate([np.zeros((NEIGHBOURS, 3)), own, np.zeros((NEIGHBOURS, 3))])
+    return np.concatenate([padded[NEIGHBOURS + d : NEIGHBOURS + d + n] for d in OFFSETS], axis=1)
+
+
+Said = tuple[tuple[str, np.ndarray], ...]  # (keyword, the windows that hold it) per word said
+
+
+def training_windows(
+    recordings: list[tuple[np.ndarray, Said]], keyword: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, offsets, targets) of the `keyword` candidates of recordings of several windows,
+    each given as (window probabilities, the words said in it).
+
+    For each `keyword` said, the most `keyword`-like candidate among the windows that hold it is
+    a positive and its other windows are left out (which of them hold enough of the word is
+    not known); every candidate outside the windows of any word said is a negative.
+    """
+    column = KEYWORD_COLUMNS[keyword]
+    features, offsets, targets = [], [], []
+    for probabilities, said in recordings:
+        candidates = keyword_candidates(probabilities, column)
+        if len(probabilities) < 2 or not candidates.any():
+            continue
+        target = np.where(candidates, 0.0, np.nan)
+        for word, windows in said:
+            held = windows[candidates[windows]]
+            target[windows] = np.nan
+            if word == keyword and len(held):
+                target[held[np.argmax(probabilities[held, column])]] = 1.0
+        windows = np.flatnonzero(~np.isnan(target))
+        features.append(neighbour_features(probabilities, column)[windows])
+        offsets.append(offset_logits(probabilities[windows, column]))
+        targets.append(target[windows])
+    if not features:
+        return np.zeros((0, len(OFFSETS) * len(FEATURES))), np.zeros(0), np.zeros(0)
+    return tuple(np.concatenate(parts) for parts in (features, offsets, targets))
+
+
+def fit_weights(features: np.ndarray, offsets: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Logistic regression without intercept and with fixed `offsets` (Newton's method, L2
+    penalty L2_PENALTY): the weights [len(OFFSETS), len(FEATURES)]."""
+    weights = np.zeros(features.shape[1])
+    for _ in range(100):
+        predicted = 1 / (1 + np.exp(-(features @ weights + offsets)))
+        gradient = features.T @ (predicted - targets) + L2_PENALTY * weights
+        curvature = (features * (predicted * (1 - predicted))[:, None]).T @ features
+        step = np.linalg.solve(curvature + L2_PENALTY * np.eye(len(weights)), gradient)
+        weights -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return weights.reshape(len(OFFSETS), len(FEATURES))
+
+
+def fit_context(recordings: list[tuple[np.ndarray, Said]]) -> Context:
+    """The context rule fitted on recordings given as (window probabilities, words said)."""
+    return Context.from_weights(
+        *(fit_weights(*training_windows(recordings, keyword)) for keyword in KEYWORD_COLUMNS)
+    )
