@@ -68,12 +68,25 @@ class Context:
     def scores(self, probabilities: np.ndarray) -> np.ndarray:
         """One recording's window probabilities [n, 4] (windows in time order) with the `yes`
         and `no` columns replaced by the windows' context scores."""
+        if len(probabilities) == 1:
+            return self.lone_scores(probabilities)
         scored = probabilities.astype(np.float64)
         for keyword, column in KEYWORD_COLUMNS.items():
             candidates = keyword_candidates(probabilities, column)
             logits = offset_logits(probabilities[:, column])
             logits += neighbour_features(probabilities, column) @ np.ravel(getattr(self, keyword))
             scored[:, column] = np.where(candidates, 1 / (1 + np.exp(-logits)), 0.0)
+        return scored
+
+    @staticmethod
+    def lone_scores(probabilities: np.ndarray) -> np.ndarray:
+        """Each row [n, 4] scored as a recording of that one window: all its neighbours are
+        silence, so a keyword candidate's score is its probability, and the others' 0."""
+        scored = probabilities.astype(np.float64)
+        for column in KEYWORD_COLUMNS.values():
+            scored[:, column] = np.where(
+                keyword_candidates(probabilities, column), probabilities[:, column], 0.0
+            )
         return scored
 
 

@@ -51,35 +51,56 @@ class Decision:
         """Label index of each window of one recording [n, 4], windows in time order: the
         keyword whose score (keyword_scores) reaches its threshold; otherwise `unknown` or
         `silence`, whichever is likelier."""
-        return self.clip_labels(self.keyword_scores(probabilities))
+        return self.threshold_labels(self.keyword_scores(probabilities))
 
     def clip_labels(self, probabilities: np.ndarray) -> np.ndarray:
-        """Label index of each row [n, 4] as a recording of that one window (a 1 s clip): the
-        keyword whose probability is the larger of the two and reaches its threshold (with
-        silence around, the context leaves it unchanged); otherwise `unknown` or `silence`,
-        whichever is likelier."""
-        keyword = np.where(probabilities[:, YES] >= probabilities[:, NO], YES, NO)
-        keyword_score = probabilities[np.arange(len(probabilities)), keyword]
+        """Label index of each row [n, 4] as a recording of that one window (a 1 s clip), as
+        window_labels gives it: with silence around, a window's score is its probability."""
+        lone = self.context.lone_scores(probabilities) if self.context else probabilities
+        return self.threshold_labels(lone)
+
+    def threshold_labels(self, scores: np.ndarray) -> np.ndarray:
+        """Label index of each window from its scores [n, 4] (keyword_scores): the keyword
+        whose score is the larger of the two and reaches its threshold; otherwise `unknown` or
+        `silence`, whichever is likelier."""
+        keyword = np.where(scores[:, YES] >= scores[:, NO], YES, NO)
+        keyword_score = scores[np.arange(len(scores)), keyword]
         threshold = np.where(keyword == YES, self.yes, self.no)
-        other = np.where(probabilities[:, UNKNOWN] >= probabilities[:, SILENCE], UNKNOWN, SILENCE)
+        other = np.where(scores[:, UNKNOWN] >= scores[:, SILENCE], UNKNOWN, SILENCE)
         return np.where(keyword_score >= threshold, keyword, other)
 
-    def label_recording(self, probabilities: np.ndarray) -> tuple[int, int]:
-        """(label index, deciding window) of a recording's windows [n, 4].
+    def decide(self, probabilities: np.ndarray) -> "RecordingDecision":
+        """The decision on a recording's windows [n, 4], in time order.
 
         A recording is `yes` or `no` when some window is: of the windows labelled a keyword, the
         one with the highest keyword score decides. With none, the window with the highest
         keyword probability decides, and the label is its likelier of `unknown` and `silence`.
-        The row reports the probabilities of the deciding window.
+        The row reports the probabilities and the keyword score of the deciding window.
         """
         scores = self.keyword_scores(probabilities)
-        labels = self.clip_labels(scores)
+        labels = self.threshold_labels(scores)
         fired = np.isin(labels, KEYWORD_IDS)
         keyword_scores = (scores if fired.any() else probabilities)[:, list(KEYWORD_IDS)].max(1)
         window = int(
             np.argmax(np.where(fired, keyword_scores, -1.0) if fired.any() else keyword_scores)
         )
-        return int(labels[window]), window
+        return RecordingDecision(int(labels[window]), window, labels, scores)
+
+    def label_recording(self, probabilities: np.ndarray) -> tuple[int, int]:
+        """(label index, deciding window) of a recording's windows [n, 4] (decide)."""
+        decided = self.decide(probabilities)
+        return decided.label, decided.window
+
+
+@dataclass(frozen=True)
+class RecordingDecision:
+    """What the decision made of one recording: its label index, the deciding window, each
+    window's label index [n] and keyword scores [n, 4] (Decision.keyword_scores)."""
+
+    label: int
+    window: int
+    window_labels: np.ndarray
+    scores: np.ndarray
 
 
 @dataclass(frozen=True)

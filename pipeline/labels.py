@@ -106,8 +106,9 @@ def make_rows(
     if scores is None:
         return row, []
     probabilities = scores.probabilities
-    label, window = decision.label_recording(probabilities)
-    occurrences = find_occurrences(decision.window_labels(probabilities), probabilities)
+    decided = decision.decide(probabilities)
+    label, window = decided.label, decided.window
+    occurrences = find_occurrences(decided.window_labels, probabilities)
     row["label"] = LABELS[label]
     row.update(
         {
@@ -116,7 +117,7 @@ def make_rows(
         }
     )
     row["window_start_s"] = float(scores.starts_s[window])
-    row["keyword_score"] = float(decision.keyword_scores(probabilities)[window, [YES, NO]].max())
+    row["keyword_score"] = float(decided.scores[window, [YES, NO]].max())
     row["yes_count"] = sum(occurrence.label == YES for occurrence in occurrences)
     row["no_count"] = sum(occurrence.label == NO for occurrence in occurrences)
     events = []
