@@ -6,7 +6,7 @@ trains each member of MEMBERS with `model.train` (seed 0, its own recipe) into `
 then writes one artifact whose output is the mean of the members' calibrated probabilities
 (each member's own val-fitted temperature folded in): a SavedModel holding both networks and a
 model.onnx checked against it, like any artifact, so the pipeline serves it unchanged; and
-chooses its keyword thresholds on val (`model.thresholds`). With
+chooses its keyword decision (context rule and thresholds) on val (`model.thresholds`). With
 `--members DIR ...` it combines artifacts trained before instead. Test figures are measured and
 stored for the report only; which members to combine was decided on val (model/README.md).
 """

@@ -82,7 +82,8 @@ class KeywordModel:
 
     @property
     def decision(self) -> Decision:
-        """The artifact's keyword thresholds: how window probabilities become labels."""
+        """The artifact's keyword decision (context rule and thresholds): how window
+        probabilities become labels."""
         return Decision.from_metadata(self.metadata)
 
     def predict(self, waveforms: np.ndarray) -> np.ndarray:

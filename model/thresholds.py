@@ -3,8 +3,8 @@
 `python -m model.thresholds [--artifact DIR] [--data DIR] [--read-speech DIR] [--write]
 [--set YES NO] [--table] [--no-context]`
 
-The decision is the context rule (model.context), fitted on the val spoken answers and
-continuous speech, and a pair of thresholds on its scores.
+The decision is the context rule (model.context), fitted on the val spoken answers,
+continuous speech and long recordings, and a pair of thresholds on its scores.
 
 The pair of thresholds (yes, no) that keeps the most recall on val while every budget in
 BUDGETS holds there: 1 s clips of other words and silence, each val word with at least

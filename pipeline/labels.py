@@ -82,9 +82,9 @@ def make_rows(
 ) -> tuple[dict, list[dict]]:
     """A file's output row and its event rows; `scores` is None for a file that failed.
 
-    The label is the model's `decision` (its keyword thresholds) on the file's windows, and the
-    events are the runs of windows that decision labels a keyword, so a file's label and its
-    events never disagree: a `yes` file has a `yes` event where its deciding window is.
+    The label is the model's `decision` (its context rule and thresholds) on the file's windows,
+    and the events are the runs of windows that decision labels a keyword, so a file's label
+    and its events never disagree: a `yes` file has a `yes` event where its deciding window is.
     """
     path = display_path(info.path)
     row = {
