@@ -224,3 +224,28 @@ def test_targets_mix_the_mean_of_the_teachers_probabilities(keyword_model, data_
     assert targets.sum(axis=1) == pytest.approx(np.ones(len(words)), abs=1e-5)
     # The teacher knows these clips, so the target still points at the true class.
     assert list(targets.argmax(axis=1)) == list(labels)
+
+
+def test_a_fine_tuned_member_starts_from_its_trained_self_and_is_the_one_combined(
+    monkeypatch, tmp_path
+):
+    """The one training command's member recipes: model.ensemble.train_members calls
+    model.train once per member and once more for a member with fine_tuning, from the first
+    run's artifact, with its non-speech share; the tuned artifact is the member combined."""
+    from model import ensemble
+
+    calls = []
+    monkeypatch.setattr(ensemble, "train", lambda *args, **kwargs: calls.append((args, kwargs)))
+    paths = ensemble.train_members(tmp_path / "data", tmp_path / "members", seed=0)
+    tuned = [recipe for recipe in ensemble.MEMBERS if recipe.fine_tuning]
+    assert tuned  # the shipped member B is fine-tuned (model/README.md)
+    assert len(calls) == len(ensemble.MEMBERS) + len(tuned)
+    for recipe in tuned:
+        base = tmp_path / "members" / recipe.architecture
+        (args, kwargs) = next(call for call in calls if call[1].get("init_dir") == base)
+        assert args[1] == tmp_path / "members" / f"{recipe.architecture}-tuned"
+        assert args[3] == recipe.fine_tuning.epochs
+        assert kwargs["peak_learning_rate"] == recipe.fine_tuning.peak_learning_rate
+        assert kwargs["augmentation"]["non_speech_share"] == recipe.fine_tuning.non_speech_share
+        assert kwargs["augmentation"]["babble_share"] == recipe.babble_share
+        assert args[1] in paths and base not in paths
