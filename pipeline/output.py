@@ -87,9 +87,14 @@ def parquet_files(directory: str, name_prefix: str = PARQUET_PREFIX) -> list[str
 
 
 def read_file_columns(path: str, columns: list[str]) -> list[dict]:
-    """The rows of one Parquet file, these columns only."""
+    """The rows of one Parquet file, these columns only; a column the file was written without
+    (by a version before it was added) reads as None."""
     with FileSystems.open(path) as file:
-        return pq.read_table(file, columns=columns).to_pylist()
+        parquet = pq.ParquetFile(file)
+        present = [column for column in columns if column in parquet.schema_arrow.names]
+        rows = parquet.read(columns=present).to_pylist()
+    missing = dict.fromkeys(column for column in columns if column not in present)
+    return [row | missing for row in rows] if missing else rows
 
 
 def summary_files(dataset_dir: str, summary: dict | None) -> list[str]:

@@ -187,13 +187,20 @@ img { display: block; height: 64px; width: 200px; image-rendering: pixelated; }
 """
 
 
+def thresholds_text(decision: dict) -> str:
+    """The model's thresholds, and what they apply to."""
+    text = ", ".join(f"{label} {value:.3f}" for label, value in decision["thresholds"].items())
+    if "context" in decision:
+        return text + " (on keyword scores: probabilities moved by the windows around them)"
+    return text + " (on keyword probabilities)"
+
+
 def run_section(summary: dict) -> str:
-    thresholds = summary["decision"]["thresholds"]
     fields = [
         ("input", summary["input"]),
         ("output", summary["output"]),
         ("model", f"{summary['model_version']} ({summary['runtime']})"),
-        ("thresholds", ", ".join(f"{label} {value:.3f}" for label, value in thresholds.items())),
+        ("thresholds", thresholds_text(summary["decision"])),
         ("runner", summary["runner"]),
         ("started, ended", f"{summary['started_at']}, {summary['ended_at']}"),
         ("wall time", f"{summary['wall_time_s']:.1f} s, {summary['files_per_s']:,.1f} files/s"),
@@ -238,6 +245,8 @@ def listening_section(tally: Tally) -> str:
             else "<em>the file cannot be read now</em>"
         )
         scores = " ".join(f"{label} {row[f'score_{label}']:.3f}" for label in LABELS)
+        if row.get("keyword_score") is not None:
+            scores += f"<br>keyword score {row['keyword_score']:.3f}"
         lines.append(
             f"<tr><td>{html.escape(item.reason)}</td><td>{html.escape(row['path'])}</td>"
             f"<td>{row['label']}</td><td>{scores}<br>window at {row['window_start_s']:.1f} s</td>"

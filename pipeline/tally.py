@@ -28,6 +28,7 @@ ERROR_EXAMPLES = 3
 TIMELINE_FILES = 20
 ROW_COLUMNS = [
     "path", "label", *SCORE_COLUMNS, "duration_s", "sample_rate", "error", "window_start_s",
+    "keyword_score",
 ]  # fmt: skip
 EVENT_COLUMNS = ["path", "label", "start_s", "end_s"]
 

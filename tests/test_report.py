@@ -11,6 +11,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import soundfile
 from websockets.sync.client import connect
@@ -212,6 +214,22 @@ def test_the_page_counts_equal_the_summary_and_it_is_self_contained(run_with_rep
     assert int(shown["error"]) == summary["errors"]
     assert not re.search(r'(src|href)="(https?:)?//', text)  # nothing fetched from anywhere
     assert "<h2>Keyword events</h2>" in text
+
+
+def test_the_page_says_what_the_thresholds_apply_to_and_each_deciding_score(run_with_report):
+    text = (run_with_report / output.REPORT_FILE).read_text()
+    assert "(on keyword scores: probabilities moved by the windows around them)" in text
+    assert text.count("keyword score ") == text.count("<audio ") > 0
+
+
+def test_rows_written_without_a_later_column_read_it_as_none(tmp_path):
+    """A labels file of a version before `keyword_score` still gives the report its rows."""
+    older = [column for column in tally.ROW_COLUMNS if column != "keyword_score"]
+    path = tmp_path / "labels-old.parquet"
+    pq.write_table(pa.Table.from_pylist([dict.fromkeys(older, None) | {"path": "a.wav"}]), path)
+    (row,) = output.read_file_columns(str(path), tally.ROW_COLUMNS)
+    assert row["path"] == "a.wav" and row["keyword_score"] is None
+    assert set(row) == set(tally.ROW_COLUMNS)
 
 
 def test_report_rebuilds_the_page_of_an_existing_output(run_with_report, capsys):
