@@ -329,6 +329,17 @@ def split_windows(mono: np.ndarray) -> np.ndarray:
     return np.concatenate([run.windows() for run, _ in pieces])
 
 
+def window_starts_s(windows: int, duration_s: float) -> np.ndarray:
+    """Start (s) of each window WindowCutter cuts from a recording of `duration_s` that gave
+    `windows` windows: every WINDOW_HOP from EDGE_PAD before the start, the last aligned to
+    EDGE_PAD after the end (for matching windows to times without the audio)."""
+    if windows == 1:
+        return np.zeros(1)
+    starts = (np.arange(windows) * WINDOW_HOP - EDGE_PAD) / SAMPLE_RATE
+    starts[-1] = duration_s + (EDGE_PAD - CLIP_SAMPLES) / SAMPLE_RATE
+    return starts
+
+
 def window_spans_s(starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     """(start, end) in seconds of the audio each window holds, for windows at `starts` of a
     recording of `length` samples at 16 kHz: a padded window holds the recording's part of it."""

@@ -436,9 +436,13 @@ def label_recordings(
     """The pipeline's decision on each recording's window probabilities."""
     results = []
     for recording, rows in zip(recordings, probabilities, strict=True):
-        label, window = decision.label_recording(rows)
-        occurrences = count_occurrences(decision.window_labels(rows))
-        results.append(RecordingResult(recording, LABELS[label], occurrences, len(rows), window))
+        decided = decision.decide(rows)
+        occurrences = count_occurrences(decided.window_labels)
+        results.append(
+            RecordingResult(
+                recording, LABELS[decided.label], occurrences, len(rows), decided.window
+            )
+        )
     return results
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.audio import EDGE_PAD, WINDOW_HOP
+from model.audio import window_starts_s
 from model.context import Context, Said, fit_context
 from model.contract import CLIP_SAMPLES, DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
 from model.data import DEFAULT_READ_SPEECH
@@ -102,17 +102,6 @@ def false_figures(decision: Decision, evidence: dict) -> dict:
         "continuous_per_10_min": 10 * sum(r.occurrences for r in speech) / minutes,
         "sentences": float(np.mean(sentences)) if sentences else 0.0,
     }
-
-
-def window_starts_s(windows: int, duration_s: float) -> np.ndarray:
-    """Start (s) of each window the pipeline cuts from a recording of `duration_s` that gave
-    `windows` windows (model.audio.WindowCutter: every 0.5 s from 0.5 s before the start, the
-    last aligned to 0.5 s after the end)."""
-    if windows == 1:
-        return np.zeros(1)
-    starts = (np.arange(windows) * WINDOW_HOP - EDGE_PAD) / SAMPLE_RATE
-    starts[-1] = duration_s + (EDGE_PAD - CLIP_SAMPLES) / SAMPLE_RATE
-    return starts
 
 
 def words_said(recording: LongRecording, windows: int) -> Said:
@@ -355,8 +344,8 @@ def main() -> None:
         choose_and_store_thresholds(args.artifact, args.data, args.read_speech, fixed, context)
         return
     evidence = gather_evidence(KeywordModel(args.artifact), args.data, args.read_speech)
-    scored = cross_fitted(evidence) if context else evidence
     if args.table:
+        scored = cross_fitted(evidence) if context else evidence
         print(operating_points(scored, [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]))
         return
     decision, scored = choose_decision(evidence, fixed, context)

@@ -21,6 +21,7 @@ from model.audio import (
     parse_pcm16_wav,
     read_recording,
     split_windows,
+    window_starts_s,
 )
 from model.contract import CLIP_SAMPLES, SAMPLE_RATE
 from tests.helpers import tone, write_wav
@@ -328,3 +329,11 @@ def test_a_stream_decodes_a_long_file_in_blocks_to_the_same_samples(tmp_path):
         blocks = list(stream.blocks())
     assert len(blocks) > 1 and stream.duration_s == pytest.approx(10)
     np.testing.assert_array_equal(np.concatenate(blocks), read_recording(str(path)).mono)
+
+
+@pytest.mark.parametrize("samples", [16_001, 48_000, 50_123])
+def test_window_starts_are_those_the_pipeline_cuts(samples):
+    cutter = WindowCutter()
+    pieces = [cutter.add(np.zeros(samples, np.float32)), *cutter.finish()]
+    starts = np.concatenate([starts for _, starts in pieces]) / 16_000
+    assert window_starts_s(len(starts), samples / 16_000) == pytest.approx(starts)

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from model.audio import WindowCutter
 from model.decision import Decision
 from model.eval_sets import EvalRecording, LongRecording, PlacedKeyword
 from model.thresholds import (
@@ -11,7 +10,6 @@ from model.thresholds import (
     choose_decision,
     false_figures,
     long_occurrences,
-    window_starts_s,
     words_said,
 )
 
@@ -54,14 +52,6 @@ def evidence() -> dict:
 
 
 THREE_S_NO = PlacedKeyword("no", 1.5)
-
-
-@pytest.mark.parametrize("samples", [16_001, 48_000, 50_123])
-def test_window_starts_are_those_the_pipeline_cuts(samples):
-    cutter = WindowCutter()
-    pieces = [cutter.add(np.zeros(samples, np.float32)), *cutter.finish()]
-    starts = np.concatenate([starts for _, starts in pieces]) / 16_000
-    assert window_starts_s(len(starts), samples / 16_000) == pytest.approx(starts)
 
 
 def test_a_long_recording_keyword_is_held_by_the_windows_around_its_centre():
