@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 from model.audio import pad_to_clip
 from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
@@ -165,6 +166,24 @@ def time_shift(waveforms: np.ndarray, rng: np.random.Generator, max_shift: int) 
         else:
             shifted[i, :shift] = waveforms[i, -shift:]
     return shifted
+
+
+def change_speed(
+    waveforms: np.ndarray, rng: np.random.Generator, share: float, factors: tuple[float, float]
+) -> np.ndarray:
+    """A random `share` of the clips played faster or slower by a factor drawn from `factors`
+    (tempo and pitch together, as a shorter or longer vocal tract says the word), the 1 s
+    window then centred on the word again: each speaker lends the network a few more voices."""
+    changed = waveforms.copy()
+    for i in np.flatnonzero(rng.random(len(waveforms)) < share):
+        factor = rng.uniform(*factors)
+        played = soxr.resample(waveforms[i], SAMPLE_RATE, SAMPLE_RATE / factor, quality="HQ")
+        start, end = active_region(played)
+        first = (start + end - CLIP_SAMPLES) // 2
+        canvas = np.zeros(len(played) + 2 * CLIP_SAMPLES, np.float32)
+        canvas[CLIP_SAMPLES : CLIP_SAMPLES + len(played)] = played
+        changed[i] = canvas[CLIP_SAMPLES + first : 2 * CLIP_SAMPLES + first]
+    return np.clip(changed, -1.0, 1.0)
 
 
 def load_read_speech(read_speech_dir: str | Path, split: str) -> tuple[list[np.ndarray], list[str]]:

@@ -31,6 +31,7 @@ from model.data import (
     SILENCE_LABEL,
     active_region,
     add_neighbours,
+    change_speed,
     fit_to_clip,
     load_noise,
     load_read_speech,
@@ -120,6 +121,10 @@ FAST_ROBUSTNESS_MODES = tuple(m for m in ROBUSTNESS_MODES if not m.startswith("r
 DISTILLATION_WEIGHT = 0.5
 AUGMENTATION = {
     "time_shift_ms": 300,
+    # Share of speech clips played 0.88-1.12 times as fast (model.data.change_speed): a speaker's
+    # word in a higher or lower, quicker or slower voice. Off in the shipped recipe.
+    "speed_share": 0.0,
+    "speed_factors": (0.88, 1.12),
     # Silence windows shifted too (zero-filled gaps, as in a padded short recording), or a share
     # of them cut shorter than 1 s and zero-padded evenly, as the pipeline pads a short recording
     # (model.data.shorten). Both fix short noise files; both are off in the shipped recipe, as no
@@ -307,12 +312,16 @@ def augment_speech(
     rng: np.random.Generator,
     augmentation: dict,
 ) -> np.ndarray:
-    """Random time shift, a neighbouring word (some clips), background or babble noise at a
-    random SNR (most clips), random gain.
+    """Random speed (some clips), time shift, a neighbouring word (some clips), background or
+    babble noise at a random SNR (most clips), random gain.
 
     `talkers` are clips of non-keyword words, so neither a neighbour nor babble holds a keyword."""
     max_shift = augmentation["time_shift_ms"] * SAMPLE_RATE // 1000
-    clips = time_shift(waveforms, rng, max_shift)
+    clips = time_shift(
+        change_speed(waveforms, rng, augmentation["speed_share"], augmentation["speed_factors"]),
+        rng,
+        max_shift,
+    )
     max_gap = augmentation["neighbour_max_gap_ms"] * SAMPLE_RATE // 1000
     draw = rng.random(len(clips))
     with_neighbour = np.flatnonzero(draw < augmentation["neighbour_share"])
@@ -778,6 +787,15 @@ def main() -> None:
         help="share of speech clips given a whole second word in the window (pair_words)",
     )
     parser.add_argument(
+        "--speed",
+        type=float,
+        default=AUGMENTATION["speed_share"],
+        metavar="SHARE",
+        help="share of speech clips played {}-{} times as fast (change_speed)".format(
+            *AUGMENTATION["speed_factors"]
+        ),
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         metavar="DIR",
@@ -814,6 +832,7 @@ def main() -> None:
             "short_silence_share": args.short_silence,
             "pair_share": args.pair_share,
             "non_speech_share": args.non_speech,
+            "speed_share": args.speed,
         },
         tuple(args.hard_negatives),
         tuple(args.select_under),
