@@ -14,6 +14,7 @@ from model.data import (
     SILENCE_LABEL,
     active_region,
     add_neighbours,
+    change_speed,
     load_noise,
     pair_words,
     place_word,
@@ -136,6 +137,21 @@ def test_a_paired_word_shares_the_window_with_the_clips_whole_word(data_dir):
         # and the neighbour's word is there too: the window holds more sound than the own word.
         rest = np.concatenate([out[: offsets[0]], out[offsets[0] + len(own) :]])
         assert rms(rest)[0] > 0.1 * rms(own)[0]
+
+
+@pytest.mark.parametrize("factor", [0.88, 1.12])
+def test_a_clip_played_faster_or_slower_has_its_word_shorter_or_longer_higher_or_lower(factor):
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(8_000) / 16_000).astype(np.float32)
+    clip = np.concatenate([np.zeros(3_000, np.float32), tone, np.zeros(5_000, np.float32)])
+    changed = change_speed(clip[None], np.random.default_rng(0), 1.0, (factor, factor))[0]
+    start, end = active_region(changed)
+    # Within two 20 ms frames of active_region (the resampler's filter rings at the edges).
+    assert end - start == pytest.approx(8_000 / factor, abs=640)
+    assert (start + end) / 2 == pytest.approx(8_000, abs=640)  # the word centred again
+    spectrum = np.abs(np.fft.rfft(changed))  # 1 Hz bins
+    assert np.argmax(spectrum) == pytest.approx(440 * factor, rel=0.01)
+    untouched = change_speed(clip[None], np.random.default_rng(0), 0.0, (factor, factor))
+    np.testing.assert_array_equal(untouched[0], clip)
 
 
 def test_a_placed_word_is_its_active_region_somewhere_in_a_second():
