@@ -51,14 +51,15 @@ class FineTuning:
 class MemberRecipe:
     """How one member is trained: `model.train` with this architecture, epochs, babble share
     (the share of noisy training clips mixed with babble instead of a noise recording),
-    whether it learns from synthetic answer windows (`--no-keyword-phrases` when not), and an
-    optional fine-tuning."""
+    whether it learns from synthetic answer windows (`--no-keyword-phrases` when not), an
+    optional fine-tuning, and the share of speech clips played faster or slower (`--speed`)."""
 
     architecture: str
     epochs: int
     babble_share: float
     keyword_phrases: bool
     fine_tuning: FineTuning | None = None
+    speed_share: float = 0.0
 
 
 # The same DS-CNN on raw and on loudness-normalised input (model/README.md): the second is
@@ -84,7 +85,10 @@ def train_members(data_dir: Path, members_dir: Path, seed: int) -> list[Path]:
     paths = []
     for recipe in MEMBERS:
         path = members_dir / recipe.architecture
-        augmentation = AUGMENTATION | {"babble_share": recipe.babble_share}
+        augmentation = AUGMENTATION | {
+            "babble_share": recipe.babble_share,
+            "speed_share": recipe.speed_share,
+        }
         train(
             data_dir,
             path,

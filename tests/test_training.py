@@ -265,3 +265,8 @@ def test_a_fine_tuned_member_starts_from_its_trained_self_and_is_the_one_combine
         assert kwargs["augmentation"]["non_speech_share"] == recipe.fine_tuning.non_speech_share
         assert kwargs["augmentation"]["babble_share"] == recipe.babble_share
         assert args[1] in paths and base not in paths
+    for recipe in ensemble.MEMBERS:
+        runs = [c for c in calls if c[0][4] == recipe.architecture]
+        assert runs and all(
+            kwargs["augmentation"]["speed_share"] == recipe.speed_share for _, kwargs in runs
+        )
