@@ -79,7 +79,9 @@ MEMBERS = (
 )
 
 
-def train_members(data_dir: Path, members_dir: Path, seed: int) -> list[Path]:
+def train_members(
+    data_dir: Path, members_dir: Path, seed: int, read_speech_dir: Path = DEFAULT_READ_SPEECH
+) -> list[Path]:
     """Train every member of MEMBERS into members_dir/<architecture> (a fine-tuned one into
     members_dir/<architecture>-tuned); returns the paths of the members to combine."""
     paths = []
@@ -96,6 +98,7 @@ def train_members(data_dir: Path, members_dir: Path, seed: int) -> list[Path]:
             recipe.epochs,
             recipe.architecture,
             augmentation=augmentation,
+            read_speech_dir=read_speech_dir,
             keyword_phrases=recipe.keyword_phrases,
         )
         tuning = recipe.fine_tuning
@@ -108,6 +111,7 @@ def train_members(data_dir: Path, members_dir: Path, seed: int) -> list[Path]:
                 tuning.epochs,
                 recipe.architecture,
                 augmentation=augmentation | {"non_speech_share": tuning.non_speech_share},
+                read_speech_dir=read_speech_dir,
                 keyword_phrases=recipe.keyword_phrases,
                 init_dir=path,
                 peak_learning_rate=tuning.peak_learning_rate,
@@ -199,7 +203,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     member_dirs = args.members or train_members(
-        args.data, args.out.with_name(args.out.name + "-members"), args.seed
+        args.data, args.out.with_name(args.out.name + "-members"), args.seed, args.read_speech
     )
     combine(member_dirs, args.out, args.data, args.read_speech)
     print(f"total {time.monotonic() - started:.0f}s")

@@ -252,7 +252,10 @@ def test_a_fine_tuned_member_starts_from_its_trained_self_and_is_the_one_combine
 
     calls = []
     monkeypatch.setattr(ensemble, "train", lambda *args, **kwargs: calls.append((args, kwargs)))
-    paths = ensemble.train_members(tmp_path / "data", tmp_path / "members", seed=0)
+    paths = ensemble.train_members(
+        tmp_path / "data", tmp_path / "members", seed=0, read_speech_dir=tmp_path / "read"
+    )
+    assert all(kwargs["read_speech_dir"] == tmp_path / "read" for _, kwargs in calls)
     tuned = [recipe for recipe in ensemble.MEMBERS if recipe.fine_tuning]
     assert tuned  # the shipped member B is fine-tuned (model/README.md)
     assert len(calls) == len(ensemble.MEMBERS) + len(tuned)
