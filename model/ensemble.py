@@ -52,7 +52,9 @@ class MemberRecipe:
     """How one member is trained: `model.train` with this architecture, epochs, babble share
     (the share of noisy training clips mixed with babble instead of a noise recording),
     whether it learns from synthetic answer windows (`--no-keyword-phrases` when not), an
-    optional fine-tuning, and the share of speech clips played faster or slower (`--speed`)."""
+    optional fine-tuning, the share of speech clips played faster or slower (`--speed`), and
+    the momentum of a moving average of the weights that is validated and kept instead of the
+    last step's weights (`--average`; None: no average)."""
 
     architecture: str
     epochs: int
@@ -60,6 +62,7 @@ class MemberRecipe:
     keyword_phrases: bool
     fine_tuning: FineTuning | None = None
     speed_share: float = 0.0
+    average_momentum: float | None = None
 
 
 # The same DS-CNN on raw and on loudness-normalised input (model/README.md): the second is
@@ -100,6 +103,7 @@ def train_members(
             augmentation=augmentation,
             read_speech_dir=read_speech_dir,
             keyword_phrases=recipe.keyword_phrases,
+            average_momentum=recipe.average_momentum,
         )
         tuning = recipe.fine_tuning
         if tuning:
@@ -115,6 +119,7 @@ def train_members(
                 keyword_phrases=recipe.keyword_phrases,
                 init_dir=path,
                 peak_learning_rate=tuning.peak_learning_rate,
+                average_momentum=recipe.average_momentum,
             )
             path = tuned
         paths.append(path)

@@ -76,6 +76,10 @@ from model.synth import (
 
 DEFAULT_EPOCHS = 30
 BATCH_SIZE = 64
+# With a moving average of the weights (`--average MOMENTUM`), the batch-norm statistics of the
+# averaged weights are re-estimated on this many training batches before each validation (the
+# statistics' own momentum, BN_MOMENTUM, forgets the trained weights' within them).
+BATCH_NORM_BATCHES = 32
 PEAK_LEARNING_RATE = 3e-3
 TF_THREADS = 2  # the machine has 2 cores, shared with other work
 LABEL_SMOOTHING = 0.1
@@ -431,6 +435,35 @@ def distillation_targets(
     return (1 - DISTILLATION_WEIGHT) * one_hot + DISTILLATION_WEIGHT * taught
 
 
+class MovingAverage:
+    """Exponential moving average of a model's trainable weights, updated after every training
+    step (`--average MOMENTUM`): validated and kept instead of the last step's weights."""
+
+    def __init__(self, momentum: float) -> None:
+        self.momentum = momentum
+        self.weights: list[np.ndarray] = []
+
+    def update(self, weights: list[np.ndarray]) -> None:
+        if not self.weights:
+            self.weights = [w.astype(np.float64) for w in weights]
+            return
+        for average, current in zip(self.weights, weights, strict=True):
+            average *= self.momentum
+            average += (1 - self.momentum) * current
+
+
+def swap_in_average(model, average: MovingAverage, waveforms: np.ndarray) -> list[np.ndarray]:
+    """Put the averaged weights into `model`, with the batch-norm statistics re-estimated for
+    them on `waveforms` (training examples); returns the trained weights it replaced, to be set
+    back before training goes on."""
+    trained = model.get_weights()
+    for variable, averaged in zip(model.trainable_variables, average.weights, strict=True):
+        variable.assign(averaged.astype(np.float32))
+    for batch in np.array_split(waveforms, max(1, len(waveforms) // BATCH_SIZE)):
+        model(batch, training=True)
+    return trained
+
+
 def speakers_kept(speakers: list[str], share: float, seed: int) -> np.ndarray:
     """Which clips, given each clip's speaker, belong to a random `share` of the speakers: a
     learning curve trains on fewer speakers, not on fewer clips of each."""
@@ -461,6 +494,7 @@ def train(
     peak_learning_rate: float = PEAK_LEARNING_RATE,
     miner_dir: Path | None = None,
     speaker_share: float = 1.0,
+    average_momentum: float | None = None,
 ) -> None:
     configure_tensorflow(seed)
     import keras
@@ -532,6 +566,18 @@ def train(
     def predict(batch: np.ndarray) -> np.ndarray:
         return model.predict(batch, batch_size=256, verbose=0)
 
+    average = MovingAverage(average_momentum) if average_momentum is not None else None
+    callbacks = (
+        [
+            keras.callbacks.LambdaCallback(
+                on_train_batch_end=lambda *_, **__: average.update(
+                    [variable.numpy() for variable in model.trainable_variables]
+                )
+            )
+        ]
+        if average
+        else []
+    )
     best_score, best_accuracy, best_balanced = -1.0, 0.0, 0.0
     best_epoch, best_weights = 0, model.get_weights()
     for epoch in range(epochs):
@@ -548,6 +594,12 @@ def train(
             initial_epoch=epoch,
             shuffle=False,
             verbose=0,
+            callbacks=callbacks,
+        )
+        trained = (
+            swap_in_average(model, average, waveforms[: BATCH_NORM_BATCHES * BATCH_SIZE])
+            if average
+            else None
         )
         # Clean first, then each selection mode.
         val_predicted = [
@@ -574,6 +626,8 @@ def train(
         if val_score > best_score:
             best_score, best_accuracy, best_balanced = val_score, val_accuracy, val_balanced[0]
             best_epoch, best_weights = epoch + 1, model.get_weights()
+        if trained is not None:
+            model.set_weights(trained)
         print(
             f"epoch {epoch + 1}/{epochs} loss {history.history['loss'][-1]:.4f}"
             f" train acc {history.history['categorical_accuracy'][-1]:.4f}"
@@ -587,6 +641,11 @@ def train(
         "weights of the epoch with the best val balanced accuracy (mean per-class recall, so"
         " keyword recall weighs as much as unknown)"
     )
+    if average_momentum is not None:
+        selection += (
+            f"; each epoch's weights are the moving average over the training steps (momentum"
+            f" {average_momentum}) with batch-norm statistics re-estimated for them"
+        )
     if selection_modes:
         selection += f", averaged over clean and {', '.join(selection_modes)}"
     if len(val_continuous):
@@ -810,6 +869,13 @@ def main() -> None:
         f" that this trained artifact hears as a keyword (p >= {MINING_FLOOR}) as unknown",
     )
     parser.add_argument(
+        "--average",
+        type=float,
+        metavar="MOMENTUM",
+        help="validate and keep a moving average of the weights over the training steps (this"
+        " momentum), with batch-norm statistics re-estimated for it, not the last step's weights",
+    )
+    parser.add_argument(
         "--speaker-share",
         type=float,
         default=1.0,
@@ -844,6 +910,7 @@ def main() -> None:
         args.peak_lr,
         args.mine_with,
         args.speaker_share,
+        args.average,
     )
 
 

@@ -34,11 +34,13 @@ from model.train import (
     READ_SPEECH_WINDOWS_PER_EPOCH,
     SILENCE_CLIPS_PER_EPOCH,
     TRAIN_SOUND_BANK,
+    MovingAverage,
     TrainingSources,
     distillation_targets,
     epoch_examples,
     mine_hard_windows,
     speakers_kept,
+    swap_in_average,
     unknown_draws,
 )
 from tests.helpers import first_test_clip
@@ -223,6 +225,71 @@ def test_training_sounds_are_none_of_the_evaluation_sounds():
         assert not train_bank & {event.tobytes() for event in sound_event_bank(16_000, seed)}
 
 
+def test_a_moving_average_starts_at_the_first_weights_and_follows_the_later_ones():
+    average = MovingAverage(momentum=0.75)
+    average.update([np.array([4.0, 0.0])])
+    np.testing.assert_allclose(average.weights[0], [4.0, 0.0])
+    average.update([np.array([0.0, 8.0])])
+    np.testing.assert_allclose(average.weights[0], [3.0, 2.0])
+    average.update([np.array([3.0, 2.0])])
+    np.testing.assert_allclose(average.weights[0], [3.0, 2.0])
+
+
+def test_the_averaged_weights_are_validated_then_the_trained_ones_come_back(data_dir):
+    """`--average`: the network validated holds the averaged weights, with batch-norm statistics
+    re-estimated for them on training examples; the trained weights it replaced come back
+    unchanged, so training goes on from them."""
+    import keras
+
+    from model.architecture import build_model
+
+    keras.utils.set_random_seed(0)
+    words = ["yes", "no", "go", "yes", "no", "go", "yes", "no"]
+    waveforms = np.stack([pad_to_clip(first_test_clip(data_dir, word)) for word in words])
+    targets = np.eye(len(LABELS), dtype=np.float32)[
+        [LABELS.index(w if w != "go" else "unknown") for w in words]
+    ]
+    model = build_model("ds-cnn-m")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy")
+    average = MovingAverage(momentum=0.8)
+    model.fit(
+        waveforms,
+        targets,
+        batch_size=2,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.LambdaCallback(
+                on_train_batch_end=lambda *_, **__: average.update(
+                    [v.numpy() for v in model.trainable_variables]
+                )
+            )
+        ],
+    )
+    trained = model.get_weights()
+    trained_trainable = [v.numpy().copy() for v in model.trainable_variables]
+    trained_statistics = [v.numpy().copy() for v in model.non_trainable_variables]
+
+    replaced = swap_in_average(model, average, waveforms)
+
+    for before, returned in zip(trained, replaced, strict=True):
+        np.testing.assert_array_equal(before, returned)
+    for variable, averaged in zip(model.trainable_variables, average.weights, strict=True):
+        np.testing.assert_allclose(variable.numpy(), averaged, rtol=1e-6, atol=1e-7)
+    # Eight steps at a high learning rate: the average lags the last step's weights.
+    assert any(
+        not np.allclose(v.numpy(), t)
+        for v, t in zip(model.trainable_variables, trained_trainable, strict=True)
+    )
+    statistics = [v.numpy() for v in model.non_trainable_variables]
+    assert all(np.isfinite(s).all() for s in statistics)
+    assert any(not np.allclose(s, t) for s, t in zip(statistics, trained_statistics, strict=True))
+    model.set_weights(replaced)
+    for restored, before in zip(model.get_weights(), trained, strict=True):
+        np.testing.assert_array_equal(restored, before)
+
+
 def test_targets_without_teachers_are_one_hot():
     targets = distillation_targets(np.array([3, 0, 2, 1]), np.zeros((4, 16_000), np.float32), [])
     np.testing.assert_array_equal(targets, np.eye(len(LABELS), dtype=np.float32)[[3, 0, 2, 1]])
@@ -271,5 +338,7 @@ def test_a_fine_tuned_member_starts_from_its_trained_self_and_is_the_one_combine
     for recipe in ensemble.MEMBERS:
         runs = [c for c in calls if c[0][4] == recipe.architecture]
         assert runs and all(
-            kwargs["augmentation"]["speed_share"] == recipe.speed_share for _, kwargs in runs
+            kwargs["augmentation"]["speed_share"] == recipe.speed_share
+            and kwargs["average_momentum"] == recipe.average_momentum
+            for _, kwargs in runs
         )
