@@ -8,8 +8,9 @@ The shipped model is an ensemble of two such networks, made by `model.ensemble`,
 Fits on `train` with on-the-fly augmentation (shift, gain, background and babble noise;
 SpecAugment inside the model) and label smoothing, optionally towards the averaged probabilities
 of earlier trained models (`--teacher DIR`, repeatable: knowledge distillation); keeps the
-weights of the epoch with the best `val` balanced accuracy (clean, or averaged over robustness
-modes with `--select-under`), fits a softmax temperature on `val`, exports a
+weights (or, with `--average`, their moving average over the training steps) of the epoch with
+the best `val` balanced accuracy (clean, or averaged over robustness modes with
+`--select-under`), fits a softmax temperature on `val`, exports a
 fresh model with those weights and the temperature folded in (SavedModel, plus model.onnx
 checked against it), then measures it on `test` (report only; test never steers training or
 calibration) and stores those figures in the metadata.
