@@ -642,15 +642,15 @@ def train(
         "weights of the epoch with the best val balanced accuracy (mean per-class recall, so"
         " keyword recall weighs as much as unknown)"
     )
+    if selection_modes:
+        selection += f", averaged over clean and {', '.join(selection_modes)}"
+    if len(val_continuous):
+        selection += ", minus the share of val read-speech windows called yes or no"
     if average_momentum is not None:
         selection += (
             f"; each epoch's weights are the moving average over the training steps (momentum"
             f" {average_momentum}) with batch-norm statistics re-estimated for them"
         )
-    if selection_modes:
-        selection += f", averaged over clean and {', '.join(selection_modes)}"
-    if len(val_continuous):
-        selection += ", minus the share of val read-speech windows called yes or no"
     # A fresh model holds only the network's variables (no optimizer state) for export.
     model = build_model(architecture)
     model.set_weights(best_weights)
