@@ -452,6 +452,16 @@ class MovingAverage:
             average *= self.momentum
             average += (1 - self.momentum) * current
 
+    def follow(self, model):
+        """A Keras callback that updates the average after every training step of `model`."""
+        import keras
+
+        return keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda *_, **__: self.update(
+                [variable.numpy() for variable in model.trainable_variables]
+            )
+        )
+
 
 def swap_in_average(model, average: MovingAverage, waveforms: np.ndarray) -> list[np.ndarray]:
     """Put the averaged weights into `model`, with the batch-norm statistics re-estimated for
@@ -568,17 +578,7 @@ def train(
         return model.predict(batch, batch_size=256, verbose=0)
 
     average = MovingAverage(average_momentum) if average_momentum is not None else None
-    callbacks = (
-        [
-            keras.callbacks.LambdaCallback(
-                on_train_batch_end=lambda *_, **__: average.update(
-                    [variable.numpy() for variable in model.trainable_variables]
-                )
-            )
-        ]
-        if average
-        else []
-    )
+    callbacks = [average.follow(model)] if average else []
     best_score, best_accuracy, best_balanced = -1.0, 0.0, 0.0
     best_epoch, best_weights = 0, model.get_weights()
     for epoch in range(epochs):

@@ -259,13 +259,7 @@ def test_the_averaged_weights_are_validated_then_the_trained_ones_come_back(data
         epochs=2,
         shuffle=False,
         verbose=0,
-        callbacks=[
-            keras.callbacks.LambdaCallback(
-                on_train_batch_end=lambda *_, **__: average.update(
-                    [v.numpy() for v in model.trainable_variables]
-                )
-            )
-        ],
+        callbacks=[average.follow(model)],
     )
     trained = model.get_weights()
     trained_trainable = [v.numpy().copy() for v in model.trainable_variables]
