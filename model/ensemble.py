@@ -31,7 +31,13 @@ from model.evaluate import (
 )
 from model.serving import saved_model_predictor
 from model.thresholds import choose_and_store_thresholds
-from model.train import AUGMENTATION, configure_tensorflow, train
+from model.train import (
+    AUGMENTATION,
+    HARD_NEGATIVE_DRAWS,
+    HARD_NEGATIVE_WORDS,
+    configure_tensorflow,
+    train,
+)
 
 DEFAULT_OUT = Path("model/artifacts/yesno")
 CHECK_WINDOWS = 64  # val windows on which the reloaded SavedModel must match the Keras models
@@ -54,7 +60,8 @@ class MemberRecipe:
     whether it learns from synthetic answer windows (`--no-keyword-phrases` when not), an
     optional fine-tuning, the share of speech clips played faster or slower (`--speed`), and
     the momentum of a moving average of the weights that is validated and kept instead of the
-    last step's weights (`--average`; None: no average)."""
+    last step's weights (`--average`; None: no average), and the unknown words drawn more often
+    than the others and how many times (`--hard-negatives`, `--hard-negative-draws`)."""
 
     architecture: str
     epochs: int
@@ -63,6 +70,8 @@ class MemberRecipe:
     fine_tuning: FineTuning | None = None
     speed_share: float = 0.0
     average_momentum: float | None = None
+    hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS
+    hard_negative_draws: int = HARD_NEGATIVE_DRAWS
 
 
 # The same DS-CNN on raw and on loudness-normalised input (model/README.md): the second is
@@ -101,6 +110,8 @@ def train_members(
             recipe.epochs,
             recipe.architecture,
             augmentation=augmentation,
+            hard_negatives=recipe.hard_negatives,
+            hard_negative_draws=recipe.hard_negative_draws,
             read_speech_dir=read_speech_dir,
             keyword_phrases=recipe.keyword_phrases,
             average_momentum=recipe.average_momentum,
@@ -115,6 +126,8 @@ def train_members(
                 tuning.epochs,
                 recipe.architecture,
                 augmentation=augmentation | {"non_speech_share": tuning.non_speech_share},
+                hard_negatives=recipe.hard_negatives,
+                hard_negative_draws=recipe.hard_negative_draws,
                 read_speech_dir=read_speech_dir,
                 keyword_phrases=recipe.keyword_phrases,
                 init_dir=path,

@@ -94,8 +94,9 @@ SILENCE_CLIPS_PER_EPOCH = 800
 TRAIN_SOUND_BANK = 5
 # Unknown words, weighted so each word counts: every clip once, a rare word's clips drawn until
 # it has MIN_DRAWS_PER_WORD, and the hard negatives (the words most often heard as yes or no)
-# twice that.
+# HARD_NEGATIVE_DRAWS times that (`--hard-negative-draws`).
 MIN_DRAWS_PER_WORD = 60
+HARD_NEGATIVE_DRAWS = 2
 HARD_NEGATIVE_WORDS = ("go", "down", "left", "nine", "six", "off", "zero", "marvin")
 # Continuous speech that holds neither keyword, as `unknown` windows: read sentences (real) and
 # word sequences (synthetic), drawn afresh each epoch.
@@ -295,16 +296,21 @@ def mine_hard_windows(
 
 
 def unknown_draws(
-    words: list[str], labels: np.ndarray, rng: np.random.Generator, hard_negatives: tuple[str, ...]
+    words: list[str],
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    hard_negatives: tuple[str, ...],
+    hard_negative_draws: int = HARD_NEGATIVE_DRAWS,
 ) -> np.ndarray:
     """Indices of one epoch's unknown clips: each word's clips, a rare word's drawn again until
-    it has MIN_DRAWS_PER_WORD, and a hard negative word's twice that."""
+    it has MIN_DRAWS_PER_WORD, and a hard negative word's `hard_negative_draws` times that."""
     words_array = np.asarray(words)
     unknown = labels == LABELS.index("unknown")
     chosen = []
     for word in sorted(set(words_array[unknown])):
         members = np.flatnonzero(unknown & (words_array == word))
-        draws = max(len(members), MIN_DRAWS_PER_WORD) * (2 if word in hard_negatives else 1)
+        weight = hard_negative_draws if word in hard_negatives else 1
+        draws = max(len(members), MIN_DRAWS_PER_WORD) * weight
         repeats, rest = divmod(draws, len(members))
         chosen += [members] * repeats + [rng.choice(members, rest, replace=False)]
     return np.concatenate(chosen)
@@ -362,6 +368,7 @@ def epoch_examples(
     rng: np.random.Generator,
     augmentation: dict,
     hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS,
+    hard_negative_draws: int = HARD_NEGATIVE_DRAWS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One epoch of augmented, shuffled training examples: keywords oversampled to
     KEYWORD_CLIPS_PER_EPOCH each, unknown words weighted by `unknown_draws`, windows of
@@ -373,7 +380,7 @@ def epoch_examples(
                 rng.choice(np.flatnonzero(labels == LABELS.index(word)), KEYWORD_CLIPS_PER_EPOCH)
                 for word in KEYWORDS
             ),
-            unknown_draws(sources.words, labels, rng, hard_negatives),
+            unknown_draws(sources.words, labels, rng, hard_negatives, hard_negative_draws),
         ]
     )
     unknown_id = LABELS.index("unknown")
@@ -496,6 +503,7 @@ def train(
     teacher_dirs: tuple[Path, ...] = (),
     augmentation: dict = AUGMENTATION,
     hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS,
+    hard_negative_draws: int = HARD_NEGATIVE_DRAWS,
     selection_modes: tuple[str, ...] = (),
     read_speech_dir: Path | None = DEFAULT_READ_SPEECH,
     synthetic: bool = True,
@@ -556,7 +564,7 @@ def train(
 
     # Fine-tuning starts from a trained artifact of the same architecture.
     model = rebuild_keras_model(init_dir, architecture) if init_dir else build_model(architecture)
-    first_epoch = epoch_examples(sources, rng, augmentation, hard_negatives)
+    first_epoch = epoch_examples(sources, rng, augmentation, hard_negatives, hard_negative_draws)
     examples_per_epoch = len(first_epoch[1])
     total_steps = epochs * -(-examples_per_epoch // BATCH_SIZE)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -585,7 +593,7 @@ def train(
         waveforms, targets = (
             first_epoch
             if epoch == 0
-            else epoch_examples(sources, rng, augmentation, hard_negatives)
+            else epoch_examples(sources, rng, augmentation, hard_negatives, hard_negative_draws)
         )
         history = model.fit(
             waveforms,
@@ -701,7 +709,7 @@ def train(
                     "yes": KEYWORD_CLIPS_PER_EPOCH,
                     "no": KEYWORD_CLIPS_PER_EPOCH,
                     "unknown": f"every word's clips, at least {MIN_DRAWS_PER_WORD} draws per"
-                    f" word, twice that for {', '.join(hard_negatives)}",
+                    f" word, {hard_negative_draws} times that for {', '.join(hard_negatives)}",
                     "continuous_speech_windows": {
                         "read_speech": sources.continuous_windows[0] if read_speech_dir else 0,
                         "synthetic": sources.continuous_windows[1] if synthetic else 0,
@@ -784,7 +792,14 @@ def main() -> None:
         nargs="+",
         default=list(HARD_NEGATIVE_WORDS),
         metavar="WORD",
-        help="unknown words drawn twice as often as the others",
+        help="unknown words drawn more often than the others (--hard-negative-draws)",
+    )
+    parser.add_argument(
+        "--hard-negative-draws",
+        type=int,
+        default=HARD_NEGATIVE_DRAWS,
+        metavar="N",
+        help="how many times a hard negative word's clips are drawn in an epoch",
     )
     parser.add_argument(
         "--read-speech",
@@ -902,6 +917,7 @@ def main() -> None:
             "speed_share": args.speed,
         },
         tuple(args.hard_negatives),
+        args.hard_negative_draws,
         tuple(args.select_under),
         args.read_speech,
         not args.no_synthetic,

@@ -105,6 +105,10 @@ def test_unknown_draws_give_every_word_its_clips_and_rare_words_more():
     assert counts[100:107].sum() == 2 * MIN_DRAWS_PER_WORD  # a rare hard word
     assert counts[100:107].min() >= 2 * MIN_DRAWS_PER_WORD // 7  # spread over its clips
     assert counts[107:].sum() == 0  # keywords are not unknown
+    heavier = unknown_draws(words, labels, np.random.default_rng(0), ("six", "cat"), 3)
+    counts = np.bincount(heavier, minlength=len(words))
+    assert (counts[:100] == 3).all()  # a common hard word: each clip three times
+    assert counts[100:107].sum() == 3 * MIN_DRAWS_PER_WORD
 
 
 def test_a_neighbour_word_leaves_the_clips_own_word_untouched(data_dir):
@@ -334,5 +338,7 @@ def test_a_fine_tuned_member_starts_from_its_trained_self_and_is_the_one_combine
         assert runs and all(
             kwargs["augmentation"]["speed_share"] == recipe.speed_share
             and kwargs["average_momentum"] == recipe.average_momentum
+            and kwargs["hard_negatives"] == recipe.hard_negatives
+            and kwargs["hard_negative_draws"] == recipe.hard_negative_draws
             for _, kwargs in runs
         )
