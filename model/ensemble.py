@@ -60,8 +60,9 @@ class MemberRecipe:
     whether it learns from synthetic answer windows (`--no-keyword-phrases` when not), an
     optional fine-tuning, the share of speech clips played faster or slower (`--speed`), and
     the momentum of a moving average of the weights that is validated and kept instead of the
-    last step's weights (`--average`; None: no average), and the unknown words drawn more often
-    than the others and how many times (`--hard-negatives`, `--hard-negative-draws`)."""
+    last step's weights (`--average`; None: no average), the unknown words drawn more often
+    than the others and how many times (`--hard-negatives`, `--hard-negative-draws`), and the
+    weight of a head that names each example's own word (`--word-head`; 0: none)."""
 
     architecture: str
     epochs: int
@@ -72,6 +73,7 @@ class MemberRecipe:
     average_momentum: float | None = None
     hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS
     hard_negative_draws: int = HARD_NEGATIVE_DRAWS
+    word_head_weight: float = 0.0
 
 
 # The same DS-CNN on raw and on loudness-normalised input (model/README.md): the second is
@@ -115,6 +117,7 @@ def train_members(
             read_speech_dir=read_speech_dir,
             keyword_phrases=recipe.keyword_phrases,
             average_momentum=recipe.average_momentum,
+            word_head_weight=recipe.word_head_weight,
         )
         tuning = recipe.fine_tuning
         if tuning:
@@ -133,6 +136,7 @@ def train_members(
                 init_dir=path,
                 peak_learning_rate=tuning.peak_learning_rate,
                 average_momentum=recipe.average_momentum,
+                word_head_weight=recipe.word_head_weight,
             )
             path = tuned
         paths.append(path)

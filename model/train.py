@@ -122,6 +122,12 @@ PHRASE_WINDOW_MARGIN_S = (0.0, 0.25)
 SYNTHETIC_NON_KEYWORDS_PER_EPOCH = 600
 # Robustness modes that need no pipeline round trip: cheap enough to score after every epoch.
 FAST_ROBUSTNESS_MODES = tuple(m for m in ROBUSTNESS_MODES if not m.startswith("rate-"))
+# With `--word-head WEIGHT`: a second output, trained beside the four classes (its loss weighted
+# by WEIGHT) and dropped at export, names each example's own word (the Speech Commands words, the
+# synthetic words, running speech, silence), so that the network learns what tells `go` from
+# `no` instead of only that both are not `yes`.
+RUNNING_SPEECH_WORD = "_speech_"
+SILENCE_WORD = "_silence_"
 # With --teacher: the training target is this share of the teachers' mean probabilities on the
 # same augmented clip, the rest the (smoothed) one-hot label (Hinton et al. 2015).
 DISTILLATION_WEIGHT = 0.5
@@ -196,11 +202,13 @@ def babble(talkers: np.ndarray, n: int, rng: np.random.Generator, augmentation: 
 @dataclass(frozen=True)
 class SyntheticPool:
     """espeak-ng speech in the training voices: single words placed in 1 s clips with their
-    labels, and whole word sequences holding no keyword."""
+    labels and words (an answer window's word is its keyword), and whole word sequences holding
+    no keyword."""
 
     clips: np.ndarray
     labels: np.ndarray
     sentences: list[np.ndarray]
+    words: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -227,27 +235,29 @@ def make_synthetic_pool(
     """The synthetic words, sentences and (with `keyword_phrases`) answer windows of one training
     run (a minute or two of espeak-ng)."""
     keyword_texts = [
-        (str(text), LABELS.index(word))
+        (str(text), word)
         for word in KEYWORDS
         for text in rng.choice(
             [word, f"{word}.", f"{word}!", f"{word}?"], SYNTHETIC_KEYWORDS_PER_WORD
         )
     ]
     other_texts = rng.choice(NON_KEYWORDS, SYNTHETIC_NON_KEYWORDS)
-    texts = keyword_texts + [(str(text), LABELS.index("unknown")) for text in other_texts]
+    texts = keyword_texts + [(str(text), str(text)) for text in other_texts]
     voices = random_voices(len(texts) + sentences, rng, TRAIN_VARIANTS)
     clips = [
         place_word(speak(text, voice), rng) for (text, _), voice in zip(texts, voices, strict=False)
     ]
     spoken = [speak(random_word_sequence(rng), voice) for voice in voices[len(texts) :]]
-    labels = [label for _, label in texts]
+    words = [word for _, word in texts]
+    labels = [LABELS.index(word) if word in KEYWORDS else LABELS.index("unknown") for word in words]
     phrases = len(KEYWORDS) * SYNTHETIC_PHRASES_PER_WORD if keyword_phrases else 0
     phrase_voices = random_voices(phrases, rng, TRAIN_VARIANTS)
     for index, voice in enumerate(phrase_voices):
         word = KEYWORDS[index % len(KEYWORDS)]
         clips.append(keyword_phrase_window(word, voice, rng))
         labels.append(LABELS.index(word))
-    return SyntheticPool(np.stack(clips), np.array(labels), spoken)
+        words.append(word)
+    return SyntheticPool(np.stack(clips), np.array(labels), spoken, np.array(words))
 
 
 def keyword_phrase_window(word: str, voice: Voice, rng: np.random.Generator) -> np.ndarray:
@@ -369,10 +379,11 @@ def epoch_examples(
     augmentation: dict,
     hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS,
     hard_negative_draws: int = HARD_NEGATIVE_DRAWS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch of augmented, shuffled training examples: keywords oversampled to
-    KEYWORD_CLIPS_PER_EPOCH each, unknown words weighted by `unknown_draws`, windows of
-    continuous speech as unknown, synthetic words, and fresh silence."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One epoch of augmented, shuffled training examples (waveforms, labels, and each
+    example's own word for `--word-head`): keywords oversampled to KEYWORD_CLIPS_PER_EPOCH each,
+    unknown words weighted by `unknown_draws`, windows of continuous speech as unknown,
+    synthetic words, and fresh silence."""
     labels = sources.labels
     indices = np.concatenate(
         [
@@ -384,11 +395,17 @@ def epoch_examples(
         ]
     )
     unknown_id = LABELS.index("unknown")
-    parts = [(sources.speech[indices], labels[indices])]
+
+    def running_speech(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        count = len(windows)
+        return windows, np.full(count, unknown_id), np.full(count, RUNNING_SPEECH_WORD)
+
+    parts = [(sources.speech[indices], labels[indices], np.asarray(sources.words)[indices])]
     talkers = sources.speech[labels == unknown_id]
     if sources.read_speech:
-        windows = speech_windows(sources.read_speech, sources.continuous_windows[0], rng)
-        parts.append((windows, np.full(len(windows), unknown_id)))
+        parts.append(
+            running_speech(speech_windows(sources.read_speech, sources.continuous_windows[0], rng))
+        )
     if sources.synthetic is not None:
         pool = sources.synthetic
         picked = np.concatenate(
@@ -402,14 +419,15 @@ def epoch_examples(
             ]
         )
         windows = speech_windows(pool.sentences, sources.continuous_windows[1], rng)
-        parts.append((pool.clips[picked], pool.labels[picked]))
-        parts.append((windows, np.full(len(windows), unknown_id)))
+        parts.append((pool.clips[picked], pool.labels[picked], pool.words[picked]))
+        parts.append(running_speech(windows))
         talkers = np.concatenate([talkers, pool.clips[pool.labels == unknown_id]])
     if sources.mined is not None and len(sources.mined):
         windows = sources.mined[rng.integers(len(sources.mined), size=MINED_WINDOWS_PER_EPOCH)]
-        parts.append((windows, np.full(len(windows), unknown_id)))
-    speech = np.concatenate([clips for clips, _ in parts])
-    speech_labels = np.concatenate([targets for _, targets in parts])
+        parts.append(running_speech(windows))
+    speech = np.concatenate([clips for clips, _, _ in parts])
+    speech_labels = np.concatenate([targets for _, targets, _ in parts])
+    speech_words = np.concatenate([words for _, _, words in parts])
     silence = make_silence(sources.noise_segments, SILENCE_CLIPS_PER_EPOCH, rng)
     if augmentation["shift_silence"]:
         silence = time_shift(silence, rng, augmentation["time_shift_ms"] * SAMPLE_RATE // 1000)
@@ -427,8 +445,40 @@ def epoch_examples(
         augmentation,
     )
     targets = np.concatenate([speech_labels, np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_LABEL)])
+    words = np.concatenate([speech_words, np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_WORD)])
     order = rng.permutation(len(targets))
-    return waveforms[order], targets[order]
+    return waveforms[order], targets[order], words[order]
+
+
+def word_vocabulary(sources: TrainingSources) -> list[str]:
+    """Every word that an epoch of `sources` can name (`--word-head`)."""
+    synthetic = list(sources.synthetic.words) if sources.synthetic else []
+    return sorted({*sources.words, *synthetic, RUNNING_SPEECH_WORD, SILENCE_WORD})
+
+
+def training_model(model, words: int, word_head_weight: float, learning_rate):
+    """What `fit` trains, compiled with Adam at `learning_rate`: `model` itself or, with a
+    `word_head_weight`, `model` with a second output, logits over `words` from the features
+    that its own logits see, so that one network learns both (the head is not exported)."""
+    import keras
+
+    class_loss = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=LABEL_SMOOTHING
+    )
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if not word_head_weight:
+        model.compile(optimizer=optimizer, loss=class_loss, metrics=["categorical_accuracy"])
+        return model
+    features = model.get_layer("logits").input
+    word_logits = keras.layers.Dense(words, name="word_logits")(features)
+    fitted = keras.Model(model.input, [model.output, word_logits], name=f"{model.name}-words")
+    fitted.compile(
+        optimizer=optimizer,
+        loss=[class_loss, keras.losses.SparseCategoricalCrossentropy(from_logits=True)],
+        loss_weights=[1.0, word_head_weight],
+        metrics=[["categorical_accuracy"], []],
+    )
+    return fitted
 
 
 def distillation_targets(
@@ -482,6 +532,12 @@ def swap_in_average(model, average: MovingAverage, waveforms: np.ndarray) -> lis
     return trained
 
 
+def train_accuracy(history: dict[str, list[float]]) -> float:
+    """The last epoch's training accuracy of the four classes, whatever Keras named it after
+    the output (`logits_categorical_accuracy` with a word head)."""
+    return next(v[-1] for k, v in history.items() if k.endswith("categorical_accuracy"))
+
+
 def speakers_kept(speakers: list[str], share: float, seed: int) -> np.ndarray:
     """Which clips, given each clip's speaker, belong to a random `share` of the speakers: a
     learning curve trains on fewer speakers, not on fewer clips of each."""
@@ -514,6 +570,7 @@ def train(
     miner_dir: Path | None = None,
     speaker_share: float = 1.0,
     average_momentum: float | None = None,
+    word_head_weight: float = 0.0,
 ) -> None:
     configure_tensorflow(seed)
     import keras
@@ -564,8 +621,10 @@ def train(
 
     # Fine-tuning starts from a trained artifact of the same architecture.
     model = rebuild_keras_model(init_dir, architecture) if init_dir else build_model(architecture)
+    vocabulary = word_vocabulary(sources) if word_head_weight else []
+    word_ids = {word: index for index, word in enumerate(vocabulary)}
     first_epoch = epoch_examples(sources, rng, augmentation, hard_negatives, hard_negative_draws)
-    examples_per_epoch = len(first_epoch[1])
+    examples_per_epoch = len(first_epoch[0])
     total_steps = epochs * -(-examples_per_epoch // BATCH_SIZE)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0,
@@ -574,13 +633,7 @@ def train(
         warmup_target=peak_learning_rate,
         warmup_steps=total_steps // 20,
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.CategoricalCrossentropy(
-            from_logits=True, label_smoothing=LABEL_SMOOTHING
-        ),
-        metrics=["categorical_accuracy"],
-    )
+    fitted = training_model(model, len(vocabulary), word_head_weight, schedule)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return model.predict(batch, batch_size=256, verbose=0)
@@ -590,14 +643,17 @@ def train(
     best_score, best_accuracy, best_balanced = -1.0, 0.0, 0.0
     best_epoch, best_weights = 0, model.get_weights()
     for epoch in range(epochs):
-        waveforms, targets = (
+        waveforms, targets, words = (
             first_epoch
             if epoch == 0
             else epoch_examples(sources, rng, augmentation, hard_negatives, hard_negative_draws)
         )
-        history = model.fit(
+        class_targets = distillation_targets(targets, waveforms, teachers)
+        history = fitted.fit(
             waveforms,
-            distillation_targets(targets, waveforms, teachers),
+            (class_targets, np.array([word_ids[word] for word in words]))
+            if word_head_weight
+            else class_targets,
             batch_size=BATCH_SIZE,
             epochs=epoch + 1,
             initial_epoch=epoch,
@@ -639,7 +695,7 @@ def train(
             model.set_weights(trained)
         print(
             f"epoch {epoch + 1}/{epochs} loss {history.history['loss'][-1]:.4f}"
-            f" train acc {history.history['categorical_accuracy'][-1]:.4f}"
+            f" train acc {train_accuracy(history.history):.4f}"
             f" val acc {val_accuracy:.4f} val balanced acc {val_balanced[0]:.4f}"
             f" read-speech windows fired {continuous_rate:.4f}"
             f" selection score {val_score:.4f} (best {best_score:.4f} @ {best_epoch})"
@@ -741,6 +797,14 @@ def train(
                 "optimizer": f"Adam, cosine decay from {peak_learning_rate} with 5% warm-up",
                 "initialised_from": KeywordModel(init_dir).version if init_dir else None,
                 "loss": f"cross-entropy, label smoothing {LABEL_SMOOTHING}",
+                "word_head": {
+                    "weight": word_head_weight,
+                    "words": len(vocabulary),
+                    "loss": "cross-entropy of each example's own word, beside the four classes;"
+                    " the head is not exported",
+                }
+                if word_head_weight
+                else None,
                 "distillation": {
                     "teachers": [teacher.version for teacher in teachers],
                     "weight": DISTILLATION_WEIGHT,
@@ -892,6 +956,14 @@ def main() -> None:
         " momentum), with batch-norm statistics re-estimated for it, not the last step's weights",
     )
     parser.add_argument(
+        "--word-head",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="also train a head that names each example's own word (its loss weighted by"
+        " WEIGHT; not exported)",
+    )
+    parser.add_argument(
         "--speaker-share",
         type=float,
         default=1.0,
@@ -928,6 +1000,7 @@ def main() -> None:
         args.mine_with,
         args.speaker_share,
         args.average,
+        args.word_head,
     )
 
 

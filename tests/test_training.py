@@ -32,7 +32,9 @@ from model.train import (
     MINED_WINDOWS_PER_EPOCH,
     MINING_FLOOR,
     READ_SPEECH_WINDOWS_PER_EPOCH,
+    RUNNING_SPEECH_WORD,
     SILENCE_CLIPS_PER_EPOCH,
+    SILENCE_WORD,
     TRAIN_SOUND_BANK,
     MovingAverage,
     TrainingSources,
@@ -41,6 +43,7 @@ from model.train import (
     mine_hard_windows,
     speakers_kept,
     swap_in_average,
+    training_model,
     unknown_draws,
 )
 from tests.helpers import first_test_clip
@@ -57,7 +60,7 @@ def sources(data_dir, words: list[str], read_speech: list[np.ndarray] = ()) -> T
 def test_an_epoch_balances_keywords_and_weights_unknown_words(data_dir):
     words = ["yes", "no", "go", "down", "cat", "left", "cat"]
     read = [np.random.default_rng(0).uniform(-0.3, 0.3, 5 * 16_000).astype(np.float32)]
-    waveforms, targets = epoch_examples(
+    waveforms, targets, named = epoch_examples(
         sources(data_dir, words, read), np.random.default_rng(0), AUGMENTATION, ("go", "down")
     )
     # go and down are hard: twice MIN_DRAWS_PER_WORD; cat (2 clips) and left: MIN_DRAWS_PER_WORD.
@@ -66,6 +69,20 @@ def test_an_epoch_balances_keywords_and_weights_unknown_words(data_dir):
     assert list(np.bincount(targets, minlength=len(LABELS))) == expected
     assert waveforms.shape == (sum(expected), 16_000)
     assert np.abs(waveforms).max() <= 1.0
+    # Each example's own word, for a word head: the clip's word, running speech, silence.
+    drawn = {word: int((named == word).sum()) for word in set(named)}
+    assert drawn == {
+        "yes": KEYWORD_CLIPS_PER_EPOCH,
+        "no": KEYWORD_CLIPS_PER_EPOCH,
+        "go": 2 * MIN_DRAWS_PER_WORD,
+        "down": 2 * MIN_DRAWS_PER_WORD,
+        "cat": MIN_DRAWS_PER_WORD,
+        "left": MIN_DRAWS_PER_WORD,
+        RUNNING_SPEECH_WORD: READ_SPEECH_WINDOWS_PER_EPOCH,
+        SILENCE_WORD: SILENCE_CLIPS_PER_EPOCH,
+    }
+    assert set(targets[named == SILENCE_WORD]) == {SILENCE_LABEL}
+    assert set(targets[np.isin(named, ["go", RUNNING_SPEECH_WORD])]) == {LABELS.index("unknown")}
 
 
 def test_mined_windows_are_what_the_miner_hears_as_keywords_and_join_each_epoch(data_dir):
@@ -80,8 +97,8 @@ def test_mined_windows_are_what_the_miner_hears_as_keywords_and_join_each_epoch(
     assert len(mined) > 0 and mined.shape[1:] == (16_000,)
     assert (miner.predict(mined)[:, :2].max(axis=1) >= MINING_FLOOR).all()
     rng = np.random.default_rng(1)
-    _, without = epoch_examples(plain, rng, AUGMENTATION)
-    _, with_mined = epoch_examples(replace(plain, mined=mined), rng, AUGMENTATION)
+    _, without, _ = epoch_examples(plain, rng, AUGMENTATION)
+    _, with_mined, _ = epoch_examples(replace(plain, mined=mined), rng, AUGMENTATION)
     unknown = LABELS.index("unknown")
     extra = (with_mined == unknown).sum() - (without == unknown).sum()
     assert extra == MINED_WINDOWS_PER_EPOCH
@@ -195,7 +212,7 @@ def test_short_silence_pads_that_share_of_the_silence_windows(
     data_dir, share, padded_low, padded_high
 ):
     augmentation = AUGMENTATION | {"short_silence_share": share, "band_limit_probability": 0.0}
-    waveforms, targets = epoch_examples(
+    waveforms, targets, _ = epoch_examples(
         sources(data_dir, ["yes", "no", "go"]), np.random.default_rng(0), augmentation
     )
     silence = waveforms[targets == SILENCE_LABEL]
@@ -215,7 +232,7 @@ def test_non_speech_sounds_replace_that_share_of_the_silence_windows(data_dir):
         for a in (plain, with_sounds)
     ]
     assert list(np.bincount(epochs[0][1])) == list(np.bincount(epochs[1][1]))
-    silence = [waveforms[targets == SILENCE_LABEL] for waveforms, targets in epochs]
+    silence = [waveforms[targets == SILENCE_LABEL] for waveforms, targets, _ in epochs]
     plain_windows = {window.tobytes() for window in silence[0]}
     replaced = np.mean([window.tobytes() not in plain_windows for window in silence[1]])
     assert 0.4 <= replaced <= 0.6
@@ -288,6 +305,38 @@ def test_the_averaged_weights_are_validated_then_the_trained_ones_come_back(data
         np.testing.assert_array_equal(restored, before)
 
 
+def test_a_word_head_learns_each_clips_word_and_leaves_the_exported_network_alone(data_dir):
+    """`--word-head`: the fitted model's first output is the network's own; its second names
+    the words (here it learns six real clips of three words, two of them `unknown`), and the
+    network to export holds no weight of the head."""
+    import keras
+
+    from model.architecture import build_model
+
+    keras.utils.set_random_seed(0)
+    words = ["no", "go", "down"] * 2
+    waveforms = np.stack([pad_to_clip(first_test_clip(data_dir, word)) for word in words])
+    labels = [LABELS.index("no"), LABELS.index("unknown"), LABELS.index("unknown")] * 2
+    model = build_model("ds-cnn")
+    fitted = training_model(model, 3, word_head_weight=1.0, learning_rate=1e-2)
+    word_ids = np.array([0, 1, 2] * 2)
+    fitted.fit(
+        waveforms,
+        (np.eye(len(LABELS), dtype=np.float32)[labels], word_ids),
+        batch_size=6,
+        epochs=40,
+        verbose=0,
+    )
+    logits, word_logits = fitted.predict(waveforms, verbose=0)
+    np.testing.assert_allclose(logits, model.predict(waveforms, verbose=0), atol=1e-5)
+    assert list(word_logits.argmax(axis=1)) == list(word_ids)
+    exported = build_model("ds-cnn")
+    exported.set_weights(model.get_weights())
+    np.testing.assert_allclose(exported.predict(waveforms, verbose=0), logits, atol=1e-5)
+    plain = build_model("ds-cnn")
+    assert training_model(plain, 3, word_head_weight=0.0, learning_rate=1e-3) is plain
+
+
 def test_targets_without_teachers_are_one_hot():
     targets = distillation_targets(np.array([3, 0, 2, 1]), np.zeros((4, 16_000), np.float32), [])
     np.testing.assert_array_equal(targets, np.eye(len(LABELS), dtype=np.float32)[[3, 0, 2, 1]])
@@ -340,5 +389,6 @@ def test_a_fine_tuned_member_starts_from_its_trained_self_and_is_the_one_combine
             and kwargs["average_momentum"] == recipe.average_momentum
             and kwargs["hard_negatives"] == recipe.hard_negatives
             and kwargs["hard_negative_draws"] == recipe.hard_negative_draws
+            and kwargs["word_head_weight"] == recipe.word_head_weight
             for _, kwargs in runs
         )
