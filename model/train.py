@@ -7,7 +7,8 @@ The shipped model is an ensemble of two such networks, made by `model.ensemble`,
 
 Fits on `train` with on-the-fly augmentation (shift, gain, background and babble noise;
 SpecAugment inside the model) and label smoothing, optionally towards the averaged probabilities
-of earlier trained models (`--teacher DIR`, repeatable: knowledge distillation); keeps the
+of earlier trained models (`--teacher DIR`, repeatable: knowledge distillation) and beside a head
+that names each example's own word (`--word-head WEIGHT`, not exported); keeps the
 weights (or, with `--average`, their moving average over the training steps) of the epoch with
 the best `val` balanced accuracy (clean, or averaged over robustness modes with
 `--select-under`), fits a softmax temperature on `val`, exports a
