@@ -105,6 +105,15 @@ def train_members(
             "babble_share": recipe.babble_share,
             "speed_share": recipe.speed_share,
         }
+        # What both runs of a member share: its recipe's training choices.
+        recipe_options = {
+            "hard_negatives": recipe.hard_negatives,
+            "hard_negative_draws": recipe.hard_negative_draws,
+            "read_speech_dir": read_speech_dir,
+            "keyword_phrases": recipe.keyword_phrases,
+            "average_momentum": recipe.average_momentum,
+            "word_head_weight": recipe.word_head_weight,
+        }
         train(
             data_dir,
             path,
@@ -112,12 +121,7 @@ def train_members(
             recipe.epochs,
             recipe.architecture,
             augmentation=augmentation,
-            hard_negatives=recipe.hard_negatives,
-            hard_negative_draws=recipe.hard_negative_draws,
-            read_speech_dir=read_speech_dir,
-            keyword_phrases=recipe.keyword_phrases,
-            average_momentum=recipe.average_momentum,
-            word_head_weight=recipe.word_head_weight,
+            **recipe_options,
         )
         tuning = recipe.fine_tuning
         if tuning:
@@ -129,14 +133,9 @@ def train_members(
                 tuning.epochs,
                 recipe.architecture,
                 augmentation=augmentation | {"non_speech_share": tuning.non_speech_share},
-                hard_negatives=recipe.hard_negatives,
-                hard_negative_draws=recipe.hard_negative_draws,
-                read_speech_dir=read_speech_dir,
-                keyword_phrases=recipe.keyword_phrases,
                 init_dir=path,
                 peak_learning_rate=tuning.peak_learning_rate,
-                average_momentum=recipe.average_momentum,
-                word_head_weight=recipe.word_head_weight,
+                **recipe_options,
             )
             path = tuned
         paths.append(path)
