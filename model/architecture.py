@@ -189,7 +189,7 @@ ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
     ),
     "tutorial-cnn": build_tutorial_cnn,
     "bc-resnet": build_bc_resnet,
-    # bc-resnet on loudness-normalised input: member B of the shipped ensemble.
+    # bc-resnet on loudness-normalised input (measured as member B: model/README.md, appendix).
     "bc-resnet-ln": lambda: build_bc_resnet(name="bc-resnet-ln", normalise_loudness=True),
 }
 
