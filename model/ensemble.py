@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.checkpoint import checkpoint_dir
 from model.contract import METADATA_FILE
 from model.data import DEFAULT_READ_SPEECH
 from model.evaluate import (
@@ -82,24 +83,42 @@ class MemberRecipe:
 # residuals cost more time than their multiply-adds suggest. The second is fine-tuned with
 # non-speech sounds among its silence windows, so hummed tones do not sound like `no` to it.
 MEMBERS = (
-    MemberRecipe("ds-cnn-m", epochs=30, babble_share=0.3, keyword_phrases=True),
+    MemberRecipe("ds-cnn-m", epochs=20, babble_share=0.3, keyword_phrases=True),
     MemberRecipe(
         "ds-cnn-m-ln",
-        epochs=30,
+        epochs=20,
         babble_share=0.5,
         keyword_phrases=True,
-        fine_tuning=FineTuning(epochs=8, peak_learning_rate=1e-3, non_speech_share=0.3),
+        fine_tuning=FineTuning(epochs=5, peak_learning_rate=1e-3, non_speech_share=0.3),
     ),
 )
 
 
+def trained_already(path: Path, seed: int, epochs: int) -> bool:
+    """Whether `path` holds a finished training run of this seed and length (no checkpoint
+    left beside it), which a rerun of the ensemble's training keeps instead of retraining."""
+    metadata_path = path / METADATA_FILE
+    if not metadata_path.exists() or checkpoint_dir(path).exists():
+        return False
+    training = json.loads(metadata_path.read_text())["training"]
+    return training.get("seed") == seed and training.get("epochs") == epochs
+
+
 def train_members(
-    data_dir: Path, members_dir: Path, seed: int, read_speech_dir: Path = DEFAULT_READ_SPEECH
+    data_dir: Path,
+    members_dir: Path,
+    seed: int,
+    read_speech_dir: Path = DEFAULT_READ_SPEECH,
+    architectures: tuple[str, ...] | None = None,
 ) -> list[Path]:
-    """Train every member of MEMBERS into members_dir/<architecture> (a fine-tuned one into
-    members_dir/<architecture>-tuned); returns the paths of the members to combine."""
+    """Train each member of MEMBERS (those of `architectures` only, when given) into
+    members_dir/<architecture> (a fine-tuned one into members_dir/<architecture>-tuned), each
+    run resuming from its checkpoint and a finished run kept; returns the paths of the members
+    to combine."""
     paths = []
     for recipe in MEMBERS:
+        if architectures is not None and recipe.architecture not in architectures:
+            continue
         path = members_dir / recipe.architecture
         augmentation = AUGMENTATION | {
             "babble_share": recipe.babble_share,
@@ -114,18 +133,22 @@ def train_members(
             "average_momentum": recipe.average_momentum,
             "word_head_weight": recipe.word_head_weight,
         }
-        train(
-            data_dir,
-            path,
-            seed,
-            recipe.epochs,
-            recipe.architecture,
-            augmentation=augmentation,
-            **recipe_options,
-        )
+        if not trained_already(path, seed, recipe.epochs):
+            train(
+                data_dir,
+                path,
+                seed,
+                recipe.epochs,
+                recipe.architecture,
+                augmentation=augmentation,
+                **recipe_options,
+            )
         tuning = recipe.fine_tuning
         if tuning:
             tuned = members_dir / f"{recipe.architecture}-tuned"
+            if trained_already(tuned, seed, tuning.epochs):
+                paths.append(tuned)
+                continue
             train(
                 data_dir,
                 tuned,
@@ -221,11 +244,21 @@ def main() -> None:
         nargs="+",
         help="combine these trained artifacts instead of training MEMBERS",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=[recipe.architecture for recipe in MEMBERS],
+        metavar="ARCH",
+        help="train only these members and do not combine: run one process per member to"
+        " train them side by side, then the command without --only combines them",
+    )
     args = parser.parse_args()
     started = time.monotonic()
-    member_dirs = args.members or train_members(
-        args.data, args.out.with_name(args.out.name + "-members"), args.seed, args.read_speech
-    )
+    members_dir = args.out.with_name(args.out.name + "-members")
+    if args.only:
+        train_members(args.data, members_dir, args.seed, args.read_speech, tuple(args.only))
+        return
+    member_dirs = args.members or train_members(args.data, members_dir, args.seed, args.read_speech)
     combine(member_dirs, args.out, args.data, args.read_speech)
     print(f"total {time.monotonic() - started:.0f}s")
 

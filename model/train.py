@@ -27,6 +27,12 @@ import soxr
 
 from model.architecture import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from model.audio import split_windows
+from model.checkpoint import capture as capture_checkpoint
+from model.checkpoint import checkpoint_dir
+from model.checkpoint import load as load_checkpoint
+from model.checkpoint import remove as remove_checkpoint
+from model.checkpoint import restore as restore_checkpoint
+from model.checkpoint import save as save_checkpoint
 from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
 from model.data import (
     DEFAULT_READ_SPEECH,
@@ -573,6 +579,31 @@ def train(
     average_momentum: float | None = None,
     word_head_weight: float = 0.0,
 ) -> None:
+    # What a checkpoint must have been written by to be resumed (model.checkpoint).
+    run_settings = {
+        name: repr(value)
+        for name, value in {
+            "data_dir": data_dir,
+            "seed": seed,
+            "epochs": epochs,
+            "architecture": architecture,
+            "teacher_dirs": teacher_dirs,
+            "augmentation": augmentation,
+            "hard_negatives": hard_negatives,
+            "hard_negative_draws": hard_negative_draws,
+            "selection_modes": selection_modes,
+            "read_speech_dir": read_speech_dir,
+            "synthetic": synthetic,
+            "keyword_phrases": keyword_phrases,
+            "continuous_scale": continuous_scale,
+            "init_dir": init_dir,
+            "peak_learning_rate": peak_learning_rate,
+            "miner_dir": miner_dir,
+            "speaker_share": speaker_share,
+            "average_momentum": average_momentum,
+            "word_head_weight": word_head_weight,
+        }.items()
+    }
     configure_tensorflow(seed)
     import keras
 
@@ -643,7 +674,18 @@ def train(
     callbacks = [average.follow(model)] if average else []
     best_score, best_accuracy, best_balanced = -1.0, 0.0, 0.0
     best_epoch, best_weights = 0, model.get_weights()
-    for epoch in range(epochs):
+    checkpoint = checkpoint_dir(out_dir)
+    resumed = load_checkpoint(checkpoint, run_settings)
+    if resumed:
+        restore_checkpoint(resumed, fitted, rng)
+        best_score, best_accuracy = resumed.best_score, resumed.best_accuracy
+        best_balanced, best_epoch = resumed.best_balanced, resumed.best_epoch
+        best_weights = resumed.best_weights
+        if average:
+            average.weights = resumed.average
+        started -= resumed.wall_seconds  # the stopped run's time counts too
+        print(f"resumed from {checkpoint} after epoch {resumed.epochs_done}", flush=True)
+    for epoch in range(resumed.epochs_done if resumed else 0, epochs):
         waveforms, targets, words = (
             first_epoch
             if epoch == 0
@@ -702,6 +744,22 @@ def train(
             f" selection score {val_score:.4f} (best {best_score:.4f} @ {best_epoch})"
             f" {time.monotonic() - started:.0f}s",
             flush=True,
+        )
+        save_checkpoint(
+            checkpoint,
+            run_settings,
+            capture_checkpoint(
+                fitted,
+                rng,
+                epochs_done=epoch + 1,
+                best_score=best_score,
+                best_accuracy=best_accuracy,
+                best_balanced=best_balanced,
+                best_epoch=best_epoch,
+                best_weights=best_weights,
+                average=average.weights if average else None,
+                wall_seconds=time.monotonic() - started,
+            ),
         )
     selection = (
         "weights of the epoch with the best val balanced accuracy (mean per-class recall, so"
@@ -826,6 +884,7 @@ def train(
             onnx=onnx,
         ),
     )
+    remove_checkpoint(checkpoint)
     metrics = evaluate_artifact(out_dir, data_dir)
     store_metrics(out_dir, metrics)
     print(format_report(metrics))
