@@ -25,6 +25,11 @@ DEFAULT_MAX_DURATION_S = 86_400.0  # 24 h; a file is decoded and scored as a str
 # Files up to this size are read whole and, if plain 16-bit PCM WAV, parsed with numpy: most
 # recordings to label are short, and libsndfile's per-file set-up costs more than the samples.
 FAST_WAV_MAX_BYTES = 256 * 1024
+# An MP3 that decodes to less than this share of the frames its header declares, less one MPEG
+# frame, was cut short (RecordingStream). Loose, as a header without a frame count (VBR without
+# a Xing header) only lets the decoder estimate the length from the file's size.
+MP3_COMPLETE_SHARE = 0.9
+MP3_FRAME_SAMPLES = 1_152
 WAVE_FORMAT_PCM = 1
 
 
@@ -92,6 +97,21 @@ class RecordingStream:
                 yield np.clip(mono, -1.0, 1.0)
         if self.frames == 0:
             raise AudioError("no_samples", "the file holds no audio frames")
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        """An MP3 whose decoded audio falls well short of the length its header declares was
+        cut (a download or copy that stopped): an error, not a label of part of it. Other
+        formats: libsndfile fails a cut FLAC or OGG itself, and a WAV header that claims more
+        than the file holds is a common writer's bug, not damage."""
+        if self._file is None or self._file.format != "MP3":
+            return
+        declared = self._file.frames
+        if self.frames < MP3_COMPLETE_SHARE * declared - MP3_FRAME_SAMPLES:
+            raise AudioError(
+                "unreadable_audio",
+                f"a truncated MP3: its header declares {declared} frames, it holds {self.frames}",
+            )
 
     def _file_blocks(self) -> Iterator[tuple[np.ndarray, bool]]:
         """(frames [n, channels], whether it is the last block) of the file."""

@@ -1,6 +1,8 @@
 """`yesno-label`: label every WAV file under --input, writing Parquet rows under --output."""
 
 import argparse
+import contextlib
+import difflib
 import logging
 import os
 import sys
@@ -29,7 +31,9 @@ def drop_unactionable_warnings(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(UNACTIONABLE_WARNINGS)
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.sources import DEFAULT_EXTENSIONS  # imports Beam: after logging is set up
+
     parser = argparse.ArgumentParser(
         prog="yesno-label",
         description="Label WAV recordings as yes / no / unknown / silence, one Parquet row "
@@ -39,10 +43,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument(
         "--input",
         required=True,
-        help="a directory (searched recursively for .wav in any letter case), a glob, "
-        "a bucket prefix, or a manifest of paths: a .txt file (one path per line), or a .csv or "
-        ".parquet file with a `path` column, local or in a bucket (relative paths are relative "
-        "to the manifest's folder)",
+        help="a directory (searched recursively for files with --extensions, following links"
+        " to folders), a glob, a bucket prefix, or a manifest of paths: a .txt file (one path"
+        " per line), or a .csv or .parquet file with a `path` column, local or in a bucket"
+        " (relative paths are relative to the manifest's folder)",
+    )
+    parser.add_argument(
+        "--extensions",
+        default=",".join(DEFAULT_EXTENSIONS),
+        help="comma-separated file extensions to label in a folder, glob or bucket prefix, any"
+        " letter case (default %(default)s; e.g. wav,flac,ogg,mp3); a manifest's files are"
+        " labelled whatever their names",
     )
     parser.add_argument(
         "--output",
@@ -109,7 +120,58 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "4096); a group is one worker's unit of work, so lower it for long recordings, "
         "for more workers to share them",
     )
+    return parser
+
+
+def beam_option_parser() -> argparse.ArgumentParser:
+    """A parser of every Beam pipeline option, built as `PipelineOptions.get_all_options` builds
+    it (which only logs the arguments it does not know, and drops them)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    with contextlib.suppress(ImportError):  # DaskRunner's options, where dask is installed
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        options_class._add_argparse_args(parser)
+    return parser
+
+
+def unknown_options(beam_args: Sequence[str]) -> list[str]:
+    """The arguments that no Beam pipeline option takes: the options, or, when every option is
+    known, a stray positional argument."""
+    unknown = beam_option_parser().parse_known_args(list(beam_args))[1]
+    return [arg for arg in unknown if arg.startswith("-")] or unknown
+
+
+def unknown_option_message(argument: str) -> str:
+    name = argument.split("=", 1)[0]
+    if not name.startswith("-"):
+        return f"unexpected argument {argument!r}"
+    known = [
+        option
+        for parser in (build_parser(), beam_option_parser())
+        for action in parser._actions
+        for option in action.option_strings
+    ]
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"unknown option {name}" + (f"; did you mean {close[0]}?" if close else "")
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """yesno-label's own arguments, and the Beam pipeline options; an argument that neither
+    takes stops the run here (exit code 2), before anything is written."""
+    parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
+    unknown = unknown_options(beam_args)
+    if unknown:
+        parser.error(unknown_option_message(unknown[0]))
+    from pipeline.sources import parse_extensions
+
+    try:
+        args.extensions = parse_extensions(args.extensions)
+    except ValueError as error:
+        parser.error(str(error))
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
     if args.files_per_group is not None and args.files_per_group < 1:
@@ -189,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         events_dir=args.events,
         progress=not args.quiet,
         files_per_group=args.files_per_group or GROUP_SIZE,
+        extensions=args.extensions,
     )
     try:
         summary = label_files(settings, PipelineOptions(beam_args))

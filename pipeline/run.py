@@ -26,9 +26,11 @@ from pipeline import output
 from pipeline.progress import ProgressReporter, read_progress
 from pipeline.report import write_report
 from pipeline.sources import (
+    DEFAULT_EXTENSIONS,
     GROUP_SIZE,
     SMALL_INPUT,
     InputPlan,
+    no_input_message,
     plan_input,
     small_input_groups,
 )
@@ -60,6 +62,7 @@ class RunSettings:
     events_dir: str | None = None  # where to write one row per keyword occurrence
     progress: bool = True  # report progress on stderr while the job runs (pipeline.progress)
     files_per_group: int = GROUP_SIZE  # files labelled and written together, at most
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # of the files a folder or prefix gives
 
 
 def read_model_metadata(model_dir: str | None) -> dict:
@@ -232,9 +235,11 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     metadata = read_model_metadata(settings.model_dir)
     model_version = metadata["model_version"]
     try:
-        plan = plan_input(settings.input_path, staging, settings.files_per_group)
+        plan = plan_input(
+            settings.input_path, staging, settings.files_per_group, settings.extensions
+        )
         if plan.exact and not plan.files:
-            raise NoInputError(f"no WAV files match --input {settings.input_path}")
+            raise NoInputError(no_input_message(settings.input_path, settings.extensions))
         skip = (
             plan_skip_existing(settings, plan, model_version, events)
             if settings.skip_existing

@@ -11,12 +11,14 @@ as in Beam's text source), or a row group of a Parquet file. The launcher only r
 manifest's size, its first bytes (or its Parquet footer) to plan the slices.
 """
 
+import collections
 import contextlib
 import csv
 import glob
 import io
 import itertools
 import json
+import logging
 import os
 import posixpath
 from collections.abc import Iterable, Iterator
@@ -36,6 +38,24 @@ SAMPLE_BYTES = 64 * 1024  # of a text manifest, to estimate its line length
 MIN_RANGE_BYTES = 256  # of a text manifest, per slice
 MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 GLOB_CHARACTERS = "*?["
+DEFAULT_EXTENSIONS = ("wav",)  # --extensions
+# Audio that libsndfile decodes: when --extensions matches nothing, these are looked for, to
+# name the flag that would find them.
+AUDIO_EXTENSIONS = (
+    "wav",
+    "flac",
+    "ogg",
+    "oga",
+    "opus",
+    "mp3",
+    "aif",
+    "aiff",
+    "aifc",
+    "au",
+    "caf",
+    "w64",
+)
+OTHER_AUDIO_LIMIT = 100_000  # files counted for that message, at most
 LISTING_DIR = "_inputs"
 
 
@@ -72,8 +92,10 @@ class InputPlan:
     exact: bool
 
 
-def is_wav(path: str) -> bool:
-    return path.lower().endswith(".wav")
+def has_extension(path: str, extensions: tuple[str, ...]) -> bool:
+    """Whether `path` ends in `.EXT` for one of `extensions` (lower case, no dot), in any
+    letter case."""
+    return path.lower().endswith(tuple("." + extension for extension in extensions))
 
 
 def is_manifest(input_path: str) -> bool:
@@ -82,22 +104,37 @@ def is_manifest(input_path: str) -> bool:
     )
 
 
-def plan_input(input_path: str, staging: str, group_size: int = GROUP_SIZE) -> InputPlan:
-    """The slices of --input: a manifest's, or those of its listing, written under staging;
-    each labelled in groups of at most `group_size` files."""
+def parse_extensions(text: str) -> tuple[str, ...]:
+    """`--extensions`: "wav,FLAC,.mp3" -> ("wav", "flac", "mp3"); ValueError when it names none."""
+    extensions = tuple(
+        dict.fromkeys(part.strip().lstrip(".").lower() for part in text.split(",") if part.strip())
+    )
+    if not extensions or not all(extensions):
+        raise ValueError(f"--extensions names no extension: {text!r}")
+    return extensions
+
+
+def plan_input(
+    input_path: str,
+    staging: str,
+    group_size: int = GROUP_SIZE,
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
+) -> InputPlan:
+    """The slices of --input: a manifest's, or those of its listing of the files with these
+    `extensions`, written under staging; each labelled in groups of at most `group_size` files."""
     if is_manifest(input_path):
         return plan_manifest(input_path, group_size)
     listing_dir = FileSystems.join(staging, LISTING_DIR)
-    return write_listing(list_input(input_path), listing_dir, group_size)
+    return write_listing(list_input(input_path, extensions), listing_dir, group_size)
 
 
 # Listing
 
 
-def list_input(input_path: str) -> Iterator[str]:
+def list_input(input_path: str, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> Iterator[str]:
     """Every file an --input names, as an absolute local path or a full URI, as it is found: an
-    existing path as it is (a directory's `.wav` entries, recursively, or one file), else a glob,
-    else a bucket prefix's `.wav` objects.
+    existing path as it is (a directory's entries with one of `extensions`, recursively, or one
+    file), else a glob, else a bucket prefix's objects with one of `extensions`.
 
     Local directories are walked here rather than through Beam's listing, which silently skips
     entries it cannot stat: a broken symlink, or a directory named `x.wav`, gets a row too. A
@@ -109,12 +146,12 @@ def list_input(input_path: str) -> Iterator[str]:
     if is_local:
         input_path = os.path.abspath(input_path)  # one spelling per file, for --skip_existing
     if is_local and os.path.isdir(input_path):
-        yield from walk_wav_files(input_path)
+        yield from walk_audio_files(input_path, extensions)
     elif is_local and os.path.lexists(input_path):
         yield input_path
     elif is_local and is_glob:
         for match in glob.iglob(input_path, recursive=True):
-            if not os.path.isdir(match) or is_wav(match):
+            if not os.path.isdir(match) or has_extension(match, extensions):
                 yield match
     elif is_glob:
         for match in FileSystems.match([input_path])[0].metadata_list:
@@ -126,21 +163,80 @@ def list_input(input_path: str) -> Iterator[str]:
     ):
         yield input_path
     else:
-        yield from (path for path in list_prefix(input_path.rstrip("/") + "/") if is_wav(path))
+        prefix = input_path.rstrip("/") + "/"
+        yield from (path for path in list_prefix(prefix) if has_extension(path, extensions))
 
 
-def walk_wav_files(directory: str) -> Iterator[str]:
-    """The `.wav` entries (any letter case; files or not) under a local directory, each folder's
-    sorted, as the walk finds them."""
+def walk_audio_files(directory: str, extensions: tuple[str, ...]) -> Iterator[str]:
+    """The entries with one of `extensions` (any letter case; files or not) under a local
+    directory, each folder's sorted, each folder before its sub-folders.
 
-    def fail(error: OSError) -> None:
-        raise ListingError(f"cannot list {error.filename}: {error.strerror}") from error
+    Links to folders are followed, as data sets are often put together from several disks with
+    them; each real folder is listed once, by the first path that reaches it, so a link loop or
+    two links to one folder never list a file twice. The paths are as reached, not resolved. A
+    broken link with one of `extensions` is listed (its row says it is broken); other broken
+    links, which may have led to folders, are counted in a warning.
+    """
+    visited: set[tuple[int, int]] = set()
+    broken_links = 0
+    pending = [directory]
+    while pending:
+        folder = pending.pop()
+        try:
+            status = os.stat(folder)
+            if (status.st_dev, status.st_ino) in visited:
+                continue
+            visited.add((status.st_dev, status.st_ino))
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as error:
+            raise ListingError(f"cannot list {error.filename}: {error.strerror}") from error
+        subfolders = []
+        for entry in entries:
+            if has_extension(entry.name, extensions):
+                yield entry.path
+            if entry.is_dir():  # follows a link
+                subfolders.append(entry.path)
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                broken_links += not has_extension(entry.name, extensions)
+        pending.extend(reversed(subfolders))
+    if broken_links:
+        logging.getLogger(__name__).warning(
+            "skipped %d broken symbolic link%s under %s (their targets do not exist)",
+            broken_links,
+            "" if broken_links == 1 else "s",
+            directory,
+        )
 
-    for folder, subfolders, files in os.walk(directory, onerror=fail):
-        subfolders.sort()
-        for name in sorted(files + subfolders):
-            if is_wav(name):
-                yield os.path.join(folder, name)
+
+def count_other_audio(
+    input_path: str, extensions: tuple[str, ...], limit: int = OTHER_AUDIO_LIMIT
+) -> collections.Counter:
+    """How many files of each AUDIO_EXTENSIONS kind but `extensions` a folder or bucket prefix
+    holds (up to `limit` in all): what to name when --extensions matched none."""
+    others = tuple(extension for extension in AUDIO_EXTENSIONS if extension not in extensions)
+    counts: collections.Counter = collections.Counter()
+    if any(char in input_path for char in GLOB_CHARACTERS) or is_manifest(input_path):
+        return counts
+    for path in itertools.islice(list_input(input_path, others), limit):
+        counts[path.rsplit(".", 1)[-1].lower()] += 1
+    return counts
+
+
+def no_input_message(input_path: str, extensions: tuple[str, ...]) -> str:
+    """Why --input gave no file, and the flag that would find the audio it holds."""
+    chosen = ", ".join("." + extension for extension in extensions)
+    counts = count_other_audio(input_path, extensions)
+    if not counts:
+        return f"no {chosen} files match --input {input_path}"
+    found = ", ".join(
+        f"{count:,}{'+' if count >= OTHER_AUDIO_LIMIT else ''} .{extension}"
+        for extension, count in counts.most_common()
+    )
+    return (
+        f"no {chosen} files under {input_path}; found {found}:"
+        f" add --extensions {','.join(extension for extension, _ in counts.most_common())}"
+    )
 
 
 def list_prefix(prefix: str) -> Iterator[str]:

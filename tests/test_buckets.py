@@ -6,6 +6,7 @@ import io
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import numpy as np
@@ -23,7 +24,7 @@ from pipeline.cli import main
 from pipeline.labels import ROW_SCHEMA
 from pipeline.loading import WindowReader
 from pipeline.sources import list_input, write_listing
-from tests.helpers import tone
+from tests.helpers import first_test_clip, read_output, tone
 from tests.servers import free_port, local_server, offline_cloud_environment
 
 BROKEN = "broken.wav"
@@ -321,3 +322,40 @@ def test_commit_to_a_bucket_root_stages_inside_it(gcs_client):
     output.commit(staging, "gs://labels-root/")
     names = sorted(blob.name for blob in gcs_client.list_blobs("labels-root"))
     assert names == ["_summary.json", "labels-new-00000.parquet"]
+
+
+def test_other_formats_in_a_bucket_are_labelled_as_the_same_files_on_disk(
+    s3, s3_endpoint, data_dir, tmp_path
+):
+    """FLAC, OGG and MP3 objects chosen by --extensions, decoded from the bucket as from disk."""
+    s3.create_bucket(Bucket="formats-in")
+    local = tmp_path / "local"
+    local.mkdir()
+    for word in ("yes", "no"):
+        for extension, (audio_format, subtype) in {
+            "flac": ("FLAC", "PCM_16"),
+            "ogg": ("OGG", "VORBIS"),
+            "mp3": ("MP3", "MPEG_LAYER_III"),
+            "wav": ("WAV", "PCM_16"),  # not chosen: not labelled
+        }.items():
+            path = local / f"{word}.{extension}"
+            soundfile.write(
+                path, first_test_clip(data_dir, word), 16_000, subtype, format=audio_format
+            )
+            s3.put_object(Bucket="formats-in", Key=f"calls/{path.name}", Body=path.read_bytes())
+    (local / "yes.wav").unlink()
+    (local / "no.wav").unlink()
+    chosen = ["--extensions", "flac,ogg,mp3"]
+    argv = ["--input", "s3://formats-in/calls/", "--output", str(tmp_path / "from_bucket")]
+    assert main([*argv, *chosen, *s3_options(s3_endpoint)]) == 0
+    assert main(["--input", str(local), "--output", str(tmp_path / "from_disk"), *chosen]) == 0
+    from_bucket = read_output(tmp_path / "from_bucket")
+    from_disk = read_output(tmp_path / "from_disk")
+    assert [row["path"].rsplit("/", 1)[1] for row in from_bucket] == sorted(
+        path.name for path in local.iterdir()
+    )
+    for bucket_row, disk_row in zip(from_bucket, from_disk, strict=True):
+        spoken = Path(disk_row["path"]).stem
+        assert (bucket_row["label"], bucket_row["error"]) == (spoken, None)
+        for label in LABELS:
+            assert bucket_row[f"score_{label}"] == disk_row[f"score_{label}"]

@@ -156,7 +156,7 @@ def test_the_tensorflow_runtime_gives_the_same_rows_as_onnx(in_process_rows, rec
 def test_an_input_that_matches_nothing_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "only.txt").write_text("no recordings here")
     assert main(["--input", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
-    assert "no WAV files match" in capsys.readouterr().err
+    assert f"no .wav files match --input {tmp_path}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
