@@ -9,7 +9,13 @@ side. The rule moves a window's keyword probability by what the windows around i
     f_k[j] = (p_k[j], p_other_keyword[j], p_unknown[j])
 
 A neighbour outside the recording counts as silence, whose features are all zero, so a window
-with silence all around (every 1 s file, every isolated word) keeps its probability. Only a
+with silence all around (every 1 s file, every isolated word) keeps its probability.
+
+A recording of at most ANSWER_MAX_WINDOWS windows (5 s) is a spoken answer, where the words
+around a keyword are the rest of the answer ("no thank you", "yes I do"), not running speech
+that a keyword-like syllable hides in: it has weights of its own, fitted on the answers and
+non-answers, and longer recordings theirs, fitted on continuous speech and long recordings.
+Only a
 window that is a keyword candidate (the likelier keyword, probability at least
 CANDIDATE_FLOOR) gets a score; the others get 0. The weights are fitted by logistic regression
 with logit(p_k) as a fixed offset (`fit_context`), on val recordings (model.thresholds); pure
@@ -26,6 +32,9 @@ YES, NO, UNKNOWN = (LABELS.index(label) for label in ("yes", "no", "unknown"))
 KEYWORD_COLUMNS = {"yes": YES, "no": NO}
 # Neighbours on each side, 0.5 s apart: two seconds of audio before and after the window.
 NEIGHBOURS = 4
+# The most windows of a recording with the answer weights: 5 s (a file of d > 1 s seconds has
+# ceil(2 d) + 1 windows 0.5 s apart, with the 0.5 s of silence read before and after it).
+ANSWER_MAX_WINDOWS = 11
 OFFSETS = tuple(d for d in range(-NEIGHBOURS, NEIGHBOURS + 1) if d)
 FEATURES = ("keyword", "other keyword", "unknown")
 CANDIDATE_FLOOR = 0.2
@@ -33,26 +42,55 @@ PROBABILITY_EPSILON = 1e-4
 L2_PENALTY = 1.0
 
 
+Weights = tuple[tuple[float, ...], ...]
+
+
+def as_tuples(weights: np.ndarray) -> Weights:
+    return tuple(map(tuple, np.round(weights, 6).tolist()))
+
+
 @dataclass(frozen=True)
 class Context:
-    """Weights [len(OFFSETS)][len(FEATURES)] of each keyword's context rule (tuples, so a
-    Decision holding them compares and hashes by value)."""
+    """Weights [len(OFFSETS)][len(FEATURES)] of each keyword's context rule, for recordings
+    longer than ANSWER_MAX_WINDOWS (`yes`, `no`) and for answers (`answer_yes`, `answer_no`)
+    (tuples, so a Decision holding them compares and hashes by value)."""
 
-    yes: tuple[tuple[float, ...], ...]
-    no: tuple[tuple[float, ...], ...]
+    yes: Weights
+    no: Weights
+    answer_yes: Weights
+    answer_no: Weights
 
     @classmethod
-    def from_weights(cls, yes: np.ndarray, no: np.ndarray) -> "Context":
-        return cls(*(tuple(map(tuple, np.round(w, 6).tolist())) for w in (yes, no)))
+    def from_weights(
+        cls,
+        yes: np.ndarray,
+        no: np.ndarray,
+        answer_yes: np.ndarray | None = None,
+        answer_no: np.ndarray | None = None,
+    ) -> "Context":
+        """The rule of these weights; without answer weights, answers get the others."""
+        answer_yes = yes if answer_yes is None else answer_yes
+        answer_no = no if answer_no is None else answer_no
+        return cls(*(as_tuples(w) for w in (yes, no, answer_yes, answer_no)))
 
     @classmethod
     def from_metadata(cls, stored: dict) -> "Context":
+        """The stored rule; one stored without answer weights applies its weights to all."""
         if tuple(stored["offsets"]) != OFFSETS or tuple(stored["features"]) != FEATURES:
             raise ValueError(
                 f"context rule over offsets {stored['offsets']} and features"
                 f" {stored['features']}: this version reads {list(OFFSETS)}, {list(FEATURES)}"
             )
-        return cls.from_weights(*(np.asarray(stored["weights"][k]) for k in KEYWORD_COLUMNS))
+        answers = stored.get("answer_weights", stored["weights"])
+        if stored.get("answer_max_windows", ANSWER_MAX_WINDOWS) != ANSWER_MAX_WINDOWS:
+            raise ValueError(
+                f"answer weights for recordings of at most {stored['answer_max_windows']}"
+                f" windows: this version applies them up to {ANSWER_MAX_WINDOWS}"
+            )
+        return cls.from_weights(
+            *(np.asarray(stored["weights"][k]) for k in KEYWORD_COLUMNS),
+            *(np.asarray(answers[k]) for k in KEYWORD_COLUMNS),
+        )
 
     def as_metadata(self) -> dict:
         return {
@@ -63,7 +101,17 @@ class Context:
                 keyword: [list(row) for row in getattr(self, keyword)]
                 for keyword in KEYWORD_COLUMNS
             },
+            "answer_max_windows": ANSWER_MAX_WINDOWS,
+            "answer_weights": {
+                keyword: [list(row) for row in getattr(self, f"answer_{keyword}")]
+                for keyword in KEYWORD_COLUMNS
+            },
         }
+
+    def weights_for(self, windows: int, keyword: str) -> np.ndarray:
+        """The flat weights of `keyword` for a recording of `windows` windows."""
+        answer = windows <= ANSWER_MAX_WINDOWS
+        return np.ravel(getattr(self, f"answer_{keyword}" if answer else keyword))
 
     def scores(self, probabilities: np.ndarray) -> np.ndarray:
         """One recording's window probabilities [n, 4] (windows in time order) with the `yes`
@@ -74,7 +122,8 @@ class Context:
         for keyword, column in KEYWORD_COLUMNS.items():
             candidates = keyword_candidates(probabilities, column)
             logits = offset_logits(probabilities[:, column])
-            logits += neighbour_features(probabilities, column) @ np.ravel(getattr(self, keyword))
+            weights = self.weights_for(len(probabilities), keyword)
+            logits += neighbour_features(probabilities, column) @ weights
             scored[:, column] = np.where(candidates, 1 / (1 + np.exp(-logits)), 0.0)
         return scored
 
@@ -164,7 +213,11 @@ def fit_weights(features: np.ndarray, offsets: np.ndarray, targets: np.ndarray) 
 
 
 def fit_context(recordings: list[tuple[np.ndarray, Said]]) -> Context:
-    """The context rule fitted on recordings given as (window probabilities, words said)."""
+    """The context rule fitted on recordings given as (window probabilities, words said): the
+    answer weights on those of at most ANSWER_MAX_WINDOWS windows, the others on the rest."""
+    answers = [r for r in recordings if len(r[0]) <= ANSWER_MAX_WINDOWS]
+    longer = [r for r in recordings if len(r[0]) > ANSWER_MAX_WINDOWS]
     return Context.from_weights(
-        *(fit_weights(*training_windows(recordings, keyword)) for keyword in KEYWORD_COLUMNS)
+        *(fit_weights(*training_windows(longer, keyword)) for keyword in KEYWORD_COLUMNS),
+        *(fit_weights(*training_windows(answers, keyword)) for keyword in KEYWORD_COLUMNS),
     )

@@ -63,19 +63,50 @@ def test_fitting_learns_to_distrust_keywords_inside_running_speech():
     rng = np.random.default_rng(0)
 
     def recording(before: list, level: float) -> np.ndarray:
+        """Longer than an answer: the weights of recordings of more than 5 s."""
         keyword = [0.02, level, 0.96 - level, 0.02]
-        return np.array([*before, keyword, SPEECH, SILENCE], np.float32)
+        return np.array([*[SILENCE] * 10, *before, keyword, SPEECH, SILENCE], np.float32)
 
     levels = rng.uniform(0.5, 1, 40)
-    said_no = (("no", np.arange(5)),)
+    said_no = (("no", np.arange(10, 15)),)
     answers = [(recording([SILENCE, SILENCE], level), said_no) for level in levels]
     speech = [(recording([SPEECH, SPEECH], level), ()) for level in levels]
     context = fit_context(answers + speech)
     assert np.asarray(context.no)[OFFSETS.index(-1), UNKNOWN_FEATURE] < -1
-    kept = np.array([context.scores(windows)[2, NO] for windows, _ in answers])
-    lowered = np.array([context.scores(windows)[2, NO] for windows, _ in speech])
+    kept = np.array([context.scores(windows)[12, NO] for windows, _ in answers])
+    lowered = np.array([context.scores(windows)[12, NO] for windows, _ in speech])
     assert (kept > lowered).all()
     assert np.mean(kept - lowered) > 0.2
+
+
+def test_an_answers_words_around_its_keyword_do_not_lower_it_as_running_speech_does():
+    """ "no thank you" in a 2 s file is an answer; the same windows inside a minute of running
+    speech are not. Fitted on both, the rule keeps the first and lowers the second."""
+    rng = np.random.default_rng(1)
+
+    def keyword(level: float) -> list[float]:
+        return [0.02, level, 0.96 - level, 0.02]
+
+    levels = rng.uniform(0.5, 1, 40)
+    answers = [
+        (np.array([keyword(level), SPEECH, SPEECH, SILENCE], np.float32), (("no", np.arange(4)),))
+        for level in levels
+    ]
+    non_answers = [
+        (np.array([SPEECH, keyword(level / 2), SPEECH, SILENCE], np.float32), ())
+        for level in levels
+    ]
+    running = [
+        (np.array([*[SPEECH] * 8, keyword(level), *[SPEECH] * 8], np.float32), ())
+        for level in levels
+    ]
+    context = fit_context(answers + non_answers + running)
+    in_answers = np.array([context.scores(windows)[0, NO] for windows, _ in answers])
+    assert (in_answers >= levels - 0.05).all()  # kept, or raised
+    in_speech = np.array([context.scores(windows)[8, NO] for windows, _ in running])
+    assert (in_speech < levels - 0.2).all()
+    stored = {"decision": Decision(0.7, 0.8, context).as_metadata()}
+    assert Decision.from_metadata(stored).context == context
 
 
 def test_a_row_reports_the_score_its_label_came_from():
