@@ -37,6 +37,7 @@ setup(
             "README.md",
             "artifacts/yesno/*",
             "artifacts/yesno/variables/*",
+            "artifacts/yesno/verifier/*",
         ]
     },
     install_requires=INSTALL_REQUIRES,

@@ -23,6 +23,7 @@ from model.contract import (
     SIGNATURE,
 )
 from model.serving import ONNX_FILE, STREAM_FILE, TOLERANCE
+from model.verifier import VERIFIER_DIR, verifier_files
 
 LICENSE_FILE = "LICENSE"
 DATA_LICENSE_FILE = "DATA_LICENSE"
@@ -36,6 +37,7 @@ ARTIFACT_ENTRIES = {
     STREAM_FILE,
     METADATA_FILE,
     DATA_LICENSE_FILE,
+    VERIFIER_DIR,
 }
 
 
@@ -82,12 +84,18 @@ def clear_artifact_dir(out_dir: Path) -> None:
 
 
 def model_version(out_dir: Path) -> str:
-    """Content hash of what serving reads: sha256 over saved_model.pb, the variables files and
-    model.onnx (in sorted relative-path order), then the keyword thresholds and the context
-    rule stored in metadata.json. The rest of metadata.json is excluded, so adding metrics
-    keeps it, and so is stream.onnx, model.onnx's computation in another order, refused when
-    opened unless it gives model.onnx's probabilities (model.serving.stream_predictor)."""
-    files = [out_dir / "saved_model.pb", *(out_dir / "variables").rglob("*"), out_dir / ONNX_FILE]
+    """Content hash of what serving reads: sha256 over saved_model.pb, the variables files,
+    model.onnx and the verifier's files (in sorted relative-path order), then the keyword
+    thresholds, the context rule and the verifier's head weight stored in metadata.json. The
+    rest of metadata.json is excluded, so adding metrics keeps it, and so is stream.onnx,
+    model.onnx's computation in another order, refused when opened unless it gives
+    model.onnx's probabilities (model.serving.stream_predictor)."""
+    files = [
+        out_dir / "saved_model.pb",
+        *(out_dir / "variables").rglob("*"),
+        out_dir / ONNX_FILE,
+        *verifier_files(out_dir),
+    ]
     digest = hashlib.sha256()
     for path in sorted((p for p in files if p.is_file()), key=lambda p: p.relative_to(out_dir)):
         digest.update(path.read_bytes())
@@ -98,15 +106,28 @@ def model_version(out_dir: Path) -> str:
     digest.update(json.dumps(thresholds, sort_keys=True).encode())
     if "context" in decision:
         digest.update(json.dumps(decision["context"], sort_keys=True).encode())
+    if "verifier" in metadata:
+        digest.update(json.dumps(metadata["verifier"]["head_weight"]).encode())
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def store_verifier(out_dir: Path, verifier: dict) -> str:
+    """Describe the verifier written into out_dir/verifier/ in metadata.json and update the
+    model version it changes; returns the new version."""
+    return store_versioned(out_dir, "verifier", verifier)
 
 
 def store_decision(out_dir: Path, decision: dict) -> str:
     """Put the keyword decision into metadata.json and the model version it changes; returns
     the new version."""
-    metadata_path = out_dir / METADATA_FILE
-    metadata = json.loads(metadata_path.read_text())
-    metadata["decision"] = decision
+    return store_versioned(out_dir, "decision", decision)
+
+
+def store_versioned(out_dir: Path, field: str, value: dict) -> str:
+    """Put a field that the model version covers into metadata.json, then the new version;
+    returns it."""
+    metadata = json.loads((out_dir / METADATA_FILE).read_text())
+    metadata[field] = value
     write_metadata(out_dir, metadata)
     metadata["model_version"] = model_version(out_dir)
     write_metadata(out_dir, metadata)

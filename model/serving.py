@@ -25,6 +25,7 @@ from model.contract import (
     SIGNATURE,
 )
 from model.decision import Decision
+from model.verifier import VERIFIER_DIR, Verifier
 
 ONNX_FILE = "model.onnx"
 STREAM_FILE = "stream.onnx"  # model.onnx_stream: model.onnx for runs of overlapping windows
@@ -75,6 +76,18 @@ class KeywordModel:
         )
         self._predict_run: Predict | None = None
         self._run_lock = threading.Lock()
+        # The second stage (model.verifier), when the artifact has one.
+        stage = self.metadata.get("verifier")
+        self._verifier = (
+            Verifier.load(
+                read_artifact_file,
+                f"{self.artifact_dir}/{VERIFIER_DIR}",
+                stage["head_weight"],
+                onnx_threads,
+            )
+            if stage
+            else None
+        )
 
     @property
     def version(self) -> str:
@@ -87,12 +100,17 @@ class KeywordModel:
         return Decision.from_metadata(self.metadata)
 
     def predict(self, waveforms: np.ndarray) -> np.ndarray:
-        """Probabilities float32 [n, 4] for waveforms float32 [n, CLIP_SAMPLES]."""
+        """Probabilities float32 [n, 4] for waveforms float32 [n, CLIP_SAMPLES]: the networks',
+        and for the keyword candidates, fused with the verifier's where the artifact has one."""
         if waveforms.ndim != 2 or waveforms.shape[1] != CLIP_SAMPLES:
             raise ValueError(f"expected [n, {CLIP_SAMPLES}] waveforms, got {waveforms.shape}")
         if len(waveforms) == 0:
             return np.zeros((0, len(LABELS)), np.float32)
-        return self._predict(np.ascontiguousarray(waveforms, dtype=np.float32))
+        waveforms = np.ascontiguousarray(waveforms, dtype=np.float32)
+        probabilities = self._predict(waveforms)
+        if self._verifier is None:
+            return probabilities
+        return self._verifier.rehear(probabilities, lambda chosen: waveforms[chosen])
 
     def predict_run(self, samples: np.ndarray) -> np.ndarray:
         """Probabilities float32 [n, 4] of the n windows every WINDOW_HOP in samples float32
@@ -105,7 +123,10 @@ class KeywordModel:
         predict_run = self._run_predictor()
         if predict_run is None:
             return self.predict(run.windows())
-        return predict_run(np.ascontiguousarray(run.samples)[np.newaxis])
+        probabilities = predict_run(np.ascontiguousarray(run.samples)[np.newaxis])
+        if self._verifier is None:
+            return probabilities
+        return self._verifier.rehear(probabilities, lambda chosen: run.windows()[chosen])
 
     def _run_predictor(self) -> Predict | None:
         """The artifact's stream model, once checked against model.onnx on a test run; None

@@ -1,0 +1,219 @@
+"""Train the verifier's head (model.verifier) and put the verifier into an artifact.
+
+`python -m model.train_verifier --artifact DIR [--embedding-models DIR] [--data DIR]
+[--read-speech DIR] [--seed 0]`
+
+The speech embedding is frozen; only the head learns, from the train split: every clip clean,
+AUGMENTED_PASSES copies of each shifted, with changed gain and with train background noise on
+most, SILENCE_WINDOWS silence windows of the train noise, and READ_SPEECH_WINDOWS windows of
+the train read sentences as `unknown` (running speech, where a keyword-like syllable must not
+pass). The epoch with the lowest val loss is kept. `--embedding-models` is a folder with
+openWakeWord 0.5.1's `melspectrogram.onnx` and `embedding_model.onnx` (its wheel's
+`openwakeword/resources/models/`, with `pip download --no-deps openwakeword==0.5.1`); by
+default those of the artifact's own verifier. Then choose the decision again on val
+(`python -m model.thresholds --artifact DIR --write`): the verifier changes the probabilities
+the thresholds apply to.
+"""
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model.contract import DEFAULT_ARTIFACT, LABELS
+from model.data import (
+    DEFAULT_READ_SPEECH,
+    load_noise,
+    load_read_speech,
+    load_split,
+    make_silence,
+    rms,
+    speech_windows,
+    time_shift,
+)
+from model.evaluate import DEFAULT_DATA, load_eval_set
+from model.verifier import (
+    EMBEDDING_FILE,
+    HEAD_FILE,
+    HEAD_WEIGHT,
+    LICENSE_FILE,
+    MEL_FILE,
+    VERIFIER_DIR,
+    Head,
+    SpeechEmbedding,
+    head_features,
+)
+
+AUGMENTED_PASSES = 3
+SILENCE_WINDOWS = 1_000
+READ_SPEECH_WINDOWS = 2_000
+SHIFT_SAMPLES = 1_600  # 100 ms either way
+GAIN_DB = (-6.0, 6.0)
+NOISE_PROBABILITY = 0.8
+NOISE_SNR_DB = (5.0, 30.0)
+EMBEDDING_BATCH = 64
+HIDDEN = (256, 128)
+DROPOUT = (0.1, 0.3, 0.3)  # of the input and of each hidden layer
+EPOCHS = 60
+PATIENCE = 6
+SOURCE = (
+    "openWakeWord 0.5.1 (Apache-2.0): melspectrogram.onnx and embedding_model.onnx, its ONNX"
+    " form of Google's speech_embedding (Apache-2.0); none of openWakeWord's wake-word models"
+)
+
+
+def augment(
+    clips: np.ndarray, noise_segments: list[np.ndarray], rng: np.random.Generator
+) -> np.ndarray:
+    """Each clip shifted up to 100 ms, its gain changed, and most mixed with a window of the
+    train noise at 5-30 dB SNR."""
+    shifted = time_shift(clips, rng, SHIFT_SAMPLES)
+    shifted *= (10 ** (rng.uniform(*GAIN_DB, len(clips)) / 20)).astype(np.float32)[:, None]
+    noisy = np.flatnonzero(rng.random(len(clips)) < NOISE_PROBABILITY)
+    for index in noisy:
+        segment = noise_segments[rng.integers(len(noise_segments))]
+        start = rng.integers(len(segment) - clips.shape[1] + 1)
+        noise = segment[start : start + clips.shape[1]]
+        snr = 10 ** (rng.uniform(*NOISE_SNR_DB) / 20)
+        level = rms(shifted[index])[0] / (max(float(rms(noise)[0]), 1e-8) * snr)
+        shifted[index] += noise * level
+    return np.clip(shifted, -1.0, 1.0).astype(np.float32)
+
+
+def training_examples(
+    data_dir: Path, read_speech_dir: Path, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The head's training waveforms [n, 16000] and labels (indices of LABELS)."""
+    clips, labels, _ = load_split(data_dir, "train")
+    noise = load_noise(data_dir, "train")
+    sentences = load_read_speech(read_speech_dir, "train")[0]
+    waveforms = [clips, *(augment(clips, noise, rng) for _ in range(AUGMENTED_PASSES))]
+    waveforms += [make_silence(noise, SILENCE_WINDOWS, rng)]
+    waveforms += [speech_windows(sentences, READ_SPEECH_WINDOWS, rng)]
+    targets = [labels] * (1 + AUGMENTED_PASSES)
+    targets += [np.full(SILENCE_WINDOWS, LABELS.index("silence"))]
+    targets += [np.full(READ_SPEECH_WINDOWS, LABELS.index("unknown"))]
+    return np.concatenate(waveforms), np.concatenate(targets)
+
+
+def embed(embedding: SpeechEmbedding, waveforms: np.ndarray) -> np.ndarray:
+    """head_features of every waveform, EMBEDDING_BATCH at a time."""
+    return np.concatenate(
+        [
+            head_features(embedding(waveforms[start : start + EMBEDDING_BATCH]))
+            for start in range(0, len(waveforms), EMBEDDING_BATCH)
+        ]
+    )
+
+
+def fit_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
+    seed: int,
+) -> tuple[Head, dict]:
+    """The head trained on standardised features, kept at its lowest val loss; and how it went."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
+    layers = [keras.Input((features.shape[1],)), keras.layers.Dropout(DROPOUT[0])]
+    for width, dropout in zip(HIDDEN, DROPOUT[1:], strict=True):
+        layers += [keras.layers.Dense(width, activation="relu"), keras.layers.Dropout(dropout)]
+    network = keras.Sequential([*layers, keras.layers.Dense(len(LABELS), activation="softmax")])
+    network.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    stop = keras.callbacks.EarlyStopping(patience=PATIENCE, restore_best_weights=True)
+    history = network.fit(
+        (features - mean) / scale,
+        labels,
+        batch_size=256,
+        epochs=EPOCHS,
+        verbose=0,
+        validation_data=((val_features - mean) / scale, val_labels),
+        callbacks=[stop],
+    ).history
+    dense = [layer for layer in network.layers if isinstance(layer, keras.layers.Dense)]
+    head = Head(mean, scale, tuple(tuple(layer.get_weights()) for layer in dense))
+    best = int(np.argmin(history["val_loss"]))
+    return head, {"epochs_run": len(history["val_loss"]), "kept_epoch": best + 1}
+
+
+def add_verifier(
+    artifact_dir: Path,
+    models_dir: Path,
+    data_dir: Path,
+    read_speech_dir: Path,
+    seed: int = 0,
+) -> str:
+    """Train the head and write the verifier into artifact_dir; returns the new model version."""
+    from model.export import store_verifier  # imports TensorFlow
+
+    started = time.monotonic()
+    embedding = SpeechEmbedding(
+        (models_dir / MEL_FILE).read_bytes(), (models_dir / EMBEDDING_FILE).read_bytes(), 2
+    )
+    waveforms, labels = training_examples(data_dir, read_speech_dir, np.random.default_rng(seed))
+    val_waveforms, val_labels, _ = load_eval_set(data_dir, "val")
+    features, val_features = embed(embedding, waveforms), embed(embedding, val_waveforms)
+    print(f"{len(features)} training examples embedded in {time.monotonic() - started:.0f}s")
+    head, fitting = fit_head(features, labels, val_features, val_labels, seed)
+    val_accuracy = float(np.mean(head.probabilities(val_features).argmax(axis=1) == val_labels))
+    directory = artifact_dir / VERIFIER_DIR
+    directory.mkdir(exist_ok=True)
+    if models_dir.resolve() != directory.resolve():
+        for name in (MEL_FILE, EMBEDDING_FILE):
+            shutil.copyfile(models_dir / name, directory / name)
+    if (models_dir / LICENSE_FILE).is_file() and models_dir.resolve() != directory.resolve():
+        shutil.copyfile(models_dir / LICENSE_FILE, directory / LICENSE_FILE)
+    np.savez(directory / HEAD_FILE, **head.as_arrays())
+    version = store_verifier(
+        artifact_dir,
+        {
+            "source": SOURCE,
+            "head_weight": HEAD_WEIGHT,
+            "fusion": "on keyword candidates (likelier keyword >= 0.2): the geometric mean of the"
+            " networks' and the head's probabilities, the head's weighted head_weight,"
+            " renormalised",
+            "head": {
+                "input": "mean and max of the clip's six embeddings (96 each), standardised",
+                "hidden": list(HIDDEN),
+                "dropout": list(DROPOUT),
+                "examples": {
+                    "train_clips": len(waveforms) - SILENCE_WINDOWS - READ_SPEECH_WINDOWS,
+                    "augmented_passes": AUGMENTED_PASSES,
+                    "silence_windows": SILENCE_WINDOWS,
+                    "read_speech_windows": READ_SPEECH_WINDOWS,
+                },
+                "seed": seed,
+                **fitting,
+                "val_accuracy": val_accuracy,
+            },
+            "wall_seconds": round(time.monotonic() - started, 1),
+        },
+    )
+    print(f"verifier written to {directory}; head val accuracy {val_accuracy:.4f}; {version}")
+    return version
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
+    parser.add_argument(
+        "--embedding-models",
+        type=Path,
+        help=f"folder holding {MEL_FILE} and {EMBEDDING_FILE} (and the licence as"
+        f" {LICENSE_FILE}); default: the artifact's own {VERIFIER_DIR}/",
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--read-speech", type=Path, default=DEFAULT_READ_SPEECH)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    models_dir = args.embedding_models or args.artifact / VERIFIER_DIR
+    add_verifier(args.artifact, models_dir, args.data, args.read_speech, args.seed)
+
+
+if __name__ == "__main__":
+    main()

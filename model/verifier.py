@@ -1,0 +1,169 @@
+"""The second stage: a pretrained speech embedding re-hears the windows the networks flag.
+
+The two networks learned from the speakers of one data set; what limits their recall is how
+well they tell `no` from `down`, `go` and `up` said by a voice they never heard. A speech
+embedding pretrained on far more speech (Google's speech_embedding, Apache-2.0, as the ONNX
+`melspectrogram.onnx` and `embedding_model.onnx` of openWakeWord 0.5.1, Apache-2.0) with a
+small head trained on the train split separates them better, but costs about ten times the
+networks' time per window. So it hears only the keyword candidates: windows whose likelier
+keyword has probability CANDIDATE_FLOOR or more (a few percent of the windows of speech
+without keywords). Their probabilities become the weighted geometric mean of the networks'
+and the head's, renormalised; every other window keeps the networks' probabilities.
+
+The artifact holds the stage in `verifier/`: the two ONNX files, the head's weights
+(`head.npz`) and the ONNX files' licence; `metadata.json` `verifier` describes it and the
+model version covers its files. onnxruntime runs it for either runtime of the networks.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.context import CANDIDATE_FLOOR
+from model.contract import CLIP_SAMPLES
+
+VERIFIER_DIR = "verifier"
+MEL_FILE = "melspectrogram.onnx"
+EMBEDDING_FILE = "embedding_model.onnx"
+HEAD_FILE = "head.npz"
+LICENSE_FILE = "LICENSE"
+FILES = (MEL_FILE, EMBEDDING_FILE, HEAD_FILE)
+INT16_SCALE = 32767  # the mel model takes samples at 16-bit scale
+EDGE_SAMPLES = 1_920  # 0.12 s of zeros on each side: 121 mel frames, 6 embedding windows
+MEL_BINS = 32
+EMBEDDING_FRAMES = 76  # mel frames per embedding (0.775 s)
+EMBEDDING_STEP = 8  # mel frames between embeddings (80 ms)
+HEAD_WEIGHT = 0.5  # of the head's log-probabilities in the geometric mean (chosen on val)
+PROBABILITY_EPSILON = 1e-7
+
+
+def candidates(probabilities: np.ndarray) -> np.ndarray:
+    """Windows [n, 4] whose likelier keyword has probability CANDIDATE_FLOOR or more: those
+    the context rule scores and the verifier re-hears."""
+    return probabilities[:, :2].max(axis=1) >= CANDIDATE_FLOOR
+
+
+def fuse(networks: np.ndarray, head: np.ndarray, head_weight: float = HEAD_WEIGHT) -> np.ndarray:
+    """The weighted geometric mean of two probability rows [n, 4], renormalised."""
+    logs = (1 - head_weight) * np.log(networks.astype(np.float64) + PROBABILITY_EPSILON)
+    logs += head_weight * np.log(head.astype(np.float64) + PROBABILITY_EPSILON)
+    fused = np.exp(logs - logs.max(axis=1, keepdims=True))
+    return (fused / fused.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def session(model_bytes: bytes, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+class SpeechEmbedding:
+    """openWakeWord's feature models: 1 s windows [n, CLIP_SAMPLES] in [-1, 1] to embeddings
+    [n, 6, 96], computed as openWakeWord's AudioFeatures computes them (mel frames / 10 + 2,
+    windows of EMBEDDING_FRAMES every EMBEDDING_STEP)."""
+
+    def __init__(self, mel_bytes: bytes, embedding_bytes: bytes, threads: int = 1):
+        self._mel = session(mel_bytes, threads)
+        self._embedding = session(embedding_bytes, threads)
+        self._mel_input = self._mel.get_inputs()[0].name
+        self._embedding_input = self._embedding.get_inputs()[0].name
+
+    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        if waveforms.ndim != 2 or waveforms.shape[1] != CLIP_SAMPLES:
+            raise ValueError(f"expected [n, {CLIP_SAMPLES}] waveforms, got {waveforms.shape}")
+        scaled = np.clip(np.round(waveforms * INT16_SCALE), -INT16_SCALE - 1, INT16_SCALE)
+        padded = np.pad(scaled, ((0, 0), (EDGE_SAMPLES, EDGE_SAMPLES))).astype(np.float32)
+        # One clip per call: the mel model scales its output to the loudest frame of the whole
+        # call, so a batch would make each clip's features depend on the others.
+        mel = np.stack(
+            [self._mel.run(None, {self._mel_input: clip[np.newaxis]})[0] for clip in padded]
+        )
+        mel = mel.reshape(len(waveforms), -1, MEL_BINS) / 10 + 2
+        starts = range(0, mel.shape[1] - EMBEDDING_FRAMES + 1, EMBEDDING_STEP)
+        windows = np.stack([mel[:, s : s + EMBEDDING_FRAMES] for s in starts], axis=1)
+        count, per_clip = windows.shape[:2]
+        flat = windows.reshape(count * per_clip, EMBEDDING_FRAMES, MEL_BINS, 1)
+        embedded = self._embedding.run(None, {self._embedding_input: flat.astype(np.float32)})[0]
+        return embedded.reshape(count, per_clip, -1)
+
+
+def head_features(embeddings: np.ndarray) -> np.ndarray:
+    """[n, 192]: the mean and the maximum of each clip's embeddings [n, windows, 96]."""
+    return np.concatenate([embeddings.mean(axis=1), embeddings.max(axis=1)], axis=1)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A standardised two-hidden-layer ReLU network over head_features, softmax over LABELS:
+    `mean` and `scale` standardise its input; `layers` are (weights, bias) pairs."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    @classmethod
+    def from_npz(cls, stored) -> "Head":
+        count = sum(1 for name in stored.files if name.startswith("weights_"))
+        layers = tuple((stored[f"weights_{i}"], stored[f"bias_{i}"]) for i in range(count))
+        return cls(stored["mean"], stored["scale"], layers)
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"mean": self.mean, "scale": self.scale}
+        for index, (weights, bias) in enumerate(self.layers):
+            arrays |= {f"weights_{index}": weights, f"bias_{index}": bias}
+        return arrays
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        hidden = (features - self.mean) / self.scale
+        for weights, bias in self.layers[:-1]:
+            hidden = np.maximum(hidden @ weights + bias, 0.0)
+        weights, bias = self.layers[-1]
+        logits = hidden @ weights + bias
+        exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+class Verifier:
+    """The second stage of an artifact: `rehear` re-scores the candidate windows."""
+
+    def __init__(self, embedding: SpeechEmbedding, head: Head, head_weight: float = HEAD_WEIGHT):
+        self.embedding = embedding
+        self.head = head
+        self.head_weight = head_weight
+
+    @classmethod
+    def load(cls, read, directory: str, head_weight: float, threads: int = 1) -> "Verifier":
+        """The verifier in `directory` of an artifact, its files read by `read(path) -> bytes`."""
+        import io
+
+        embedding = SpeechEmbedding(
+            read(f"{directory}/{MEL_FILE}"), read(f"{directory}/{EMBEDDING_FILE}"), threads
+        )
+        with np.load(io.BytesIO(read(f"{directory}/{HEAD_FILE}"))) as stored:
+            head = Head.from_npz(stored)
+        return cls(embedding, head, head_weight)
+
+    def head_probabilities(self, waveforms: np.ndarray) -> np.ndarray:
+        return self.head.probabilities(head_features(self.embedding(waveforms)))
+
+    def rehear(self, probabilities: np.ndarray, windows) -> np.ndarray:
+        """`probabilities` [n, 4] of n windows, the candidates' fused with the head's; `windows`
+        gives the waveforms [k, CLIP_SAMPLES] of the windows at given indices."""
+        chosen = np.flatnonzero(candidates(probabilities))
+        if not len(chosen):
+            return probabilities
+        heard = self.head_probabilities(np.ascontiguousarray(windows(chosen), dtype=np.float32))
+        rescored = probabilities.copy()
+        rescored[chosen] = fuse(probabilities[chosen], heard, self.head_weight)
+        return rescored
+
+
+def verifier_files(artifact_dir: Path) -> list[Path]:
+    """The files of an artifact's verifier that the model version covers (none without one)."""
+    directory = artifact_dir / VERIFIER_DIR
+    return [directory / name for name in FILES if (directory / name).is_file()]
