@@ -182,7 +182,8 @@ def add_verifier(
                 "hidden": list(HIDDEN),
                 "dropout": list(DROPOUT),
                 "examples": {
-                    "train_clips": len(waveforms) - SILENCE_WINDOWS - READ_SPEECH_WINDOWS,
+                    "train_clips": (len(waveforms) - SILENCE_WINDOWS - READ_SPEECH_WINDOWS)
+                    // (1 + AUGMENTED_PASSES),
                     "augmented_passes": AUGMENTED_PASSES,
                     "silence_windows": SILENCE_WINDOWS,
                     "read_speech_windows": READ_SPEECH_WINDOWS,
