@@ -1,7 +1,7 @@
 """Train the verifier's head (model.verifier) and put the verifier into an artifact.
 
 `python -m model.train_verifier --artifact DIR [--embedding-models DIR] [--data DIR]
-[--read-speech DIR] [--seed 0]`
+[--read-speech DIR] [--seed 0]`, or `--copy-from ARTIFACT` to reuse a trained verifier
 
 The speech embedding is frozen; only the head learns, from the train split: every clip clean,
 AUGMENTED_PASSES copies of each shifted, with changed gain and with train background noise on
@@ -199,6 +199,22 @@ def add_verifier(
     return version
 
 
+def copy_verifier(source_dir: Path, artifact_dir: Path) -> str:
+    """Put the verifier of the artifact source_dir (its files and description) into
+    artifact_dir: the head hears the audio, not the networks' output, so it serves any networks
+    of the same contract. Returns the new model version."""
+    import json
+
+    from model.contract import METADATA_FILE
+    from model.export import store_verifier
+
+    shutil.copytree(source_dir / VERIFIER_DIR, artifact_dir / VERIFIER_DIR, dirs_exist_ok=True)
+    described = json.loads((source_dir / METADATA_FILE).read_text())["verifier"]
+    version = store_verifier(artifact_dir, described)
+    print(f"verifier of {source_dir} copied to {artifact_dir}; {version}")
+    return version
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
@@ -211,7 +227,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--read-speech", type=Path, default=DEFAULT_READ_SPEECH)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--copy-from",
+        type=Path,
+        metavar="ARTIFACT",
+        help="instead of training, copy this artifact's trained verifier",
+    )
     args = parser.parse_args()
+    if args.copy_from:
+        copy_verifier(args.copy_from, args.artifact)
+        return
     models_dir = args.embedding_models or args.artifact / VERIFIER_DIR
     add_verifier(args.artifact, models_dir, args.data, args.read_speech, args.seed)
 
