@@ -4,8 +4,9 @@ Built deterministically (a seed per split) from a split's own speakers and the e
 of `model.synth`, never from anything training reads:
 
 - spoken answers (`spoken_answers`): 1-5 s files that answer yes or no ("yes please", "no thank
-  you") and files that do not ("I'm not sure", "call me later"), spoken by espeak-ng or assembled
-  from the split's clips with pauses; some in noise, some as 8 kHz telephone audio.
+  you") and files that do not ("I'm not sure", "call me later"), spoken by espeak-ng, assembled
+  from the split's clips with pauses, or a keyword clip with a piece of the split's real read
+  speech before or after it; some in noise, some as 8 kHz telephone audio.
 - continuous speech (`continuous_speech`): the split's read sentences, long synthetic readings of
   public-domain text with the keywords taken out, and chains of the split's non-keyword clips
   with no gaps. Every window of these is a non-keyword.
@@ -22,7 +23,15 @@ import numpy as np
 import soxr
 
 from model.contract import SAMPLE_RATE
-from model.data import active_region, load_noise, load_read_speech, read_audio, read_manifest, rms
+from model.data import (
+    DEFAULT_READ_SPEECH,
+    active_region,
+    load_noise,
+    load_read_speech,
+    read_audio,
+    read_manifest,
+    rms,
+)
 from model.synth import EVAL_VARIANTS, random_voices, speak
 
 ANSWERS = {
@@ -78,6 +87,7 @@ TELEPHONE_RATE = 8_000
 SEEDS = {"val": 11, "test": 23}
 EVENTS_IN_BANK = 256
 READ_SENTENCES = "read speech"  # the `kind` of continuous_speech's real read sentences
+WITH_SPEECH = "with speech"  # the `kind` of spoken answers with real speech around the keyword
 
 
 @dataclass(frozen=True)
@@ -135,11 +145,32 @@ def finish(
     return audio, SAMPLE_RATE, str(condition)
 
 
+def speech_piece(
+    recordings: list[np.ndarray], seconds: float, rng: np.random.Generator
+) -> np.ndarray:
+    """`seconds` of one of the read-speech `recordings`, at least a third of its own level (so
+    not a pause between sentences)."""
+    length = int(seconds * SAMPLE_RATE)
+    while True:
+        recording = recordings[int(rng.integers(len(recordings)))]
+        start = int(rng.integers(max(len(recording) - length, 0) + 1))
+        piece = recording[start : start + length]
+        if rms(piece)[0] >= rms(recording)[0] / 3:
+            return piece
+
+
 def spoken_answers(
-    data_dir: Path, split: str, synthetic: int = 400, assembled: int = 300
+    data_dir: Path,
+    split: str,
+    synthetic: int = 400,
+    assembled: int = 300,
+    with_speech: int = 200,
+    read_speech_dir: Path = DEFAULT_READ_SPEECH,
 ) -> list[EvalRecording]:
     """Spoken answers and non-answers of 1-5 s: `synthetic` spoken by espeak-ng in the evaluation
-    voices, `assembled` from the split's clips; in each, half answers (yes and no alike) and half
+    voices, `assembled` from the split's clips, and `with_speech` from the split's real speech
+    (a keyword clip with 0.3-1.5 s of a read sentence before or after it, as "no" + "thank
+    you"; a non-answer is the speech alone); in each, half answers (yes and no alike) and half
     non-answers."""
     rng = np.random.default_rng(SEEDS[split])
     noise = load_noise(data_dir, split)
@@ -166,6 +197,21 @@ def spoken_answers(
         audio, rate, condition = finish(np.concatenate(pieces[:-1]), noise, rng)
         name = f"assembled-{index:04d} {len(sequence)} words, {truth} {condition}"
         recordings.append(EvalRecording(name, audio, rate, truth, "assembled"))
+    sentences = load_read_speech(read_speech_dir, split)[0] if with_speech else []
+    for index in range(with_speech):
+        truth = str(truths[index % 4])
+        speech = speech_piece(sentences, rng.uniform(0.3, 1.5), rng)
+        gap = pause(rng, 0.0, 0.3)
+        if truth == "none":
+            pieces, where = [speech], "speech only"
+        else:
+            keyword = clips[truth][rng.integers(len(clips[truth]))]
+            after = bool(rng.integers(2))
+            pieces = [keyword, gap, speech] if after else [speech, gap, keyword]
+            where = f"{truth} then speech" if after else f"speech then {truth}"
+        audio, rate, condition = finish(np.concatenate(pieces), noise, rng)
+        name = f"with-speech-{index:04d} {where}, {len(speech) / SAMPLE_RATE:.1f} s {condition}"
+        recordings.append(EvalRecording(name, audio, rate, truth, WITH_SPEECH))
     return recordings
 
 

@@ -38,6 +38,7 @@ from model.data import (
 )
 from model.decision import KEYWORD_IDS, KEYWORDS, Decision, count_occurrences
 from model.eval_sets import (
+    WITH_SPEECH,
     EvalRecording,
     LongRecording,
     continuous_speech,
@@ -448,7 +449,7 @@ def label_recordings(
 
 def answers_report(results: list[RecordingResult]) -> dict:
     """Answers labelled right (yes as yes, no as no) and non-answers labelled yes or no, overall
-    and by kind (synthetic, assembled) and condition."""
+    and by kind (synthetic, assembled, with speech) and condition."""
 
     def figures(subset: list[RecordingResult]) -> dict:
         answers = [r for r in subset if r.recording.truth != "none"]
@@ -467,7 +468,7 @@ def answers_report(results: list[RecordingResult]) -> dict:
         "all": results,
         **{
             f"kind {k}": [r for r in results if r.recording.kind == k]
-            for k in ("synthetic", "assembled")
+            for k in ("synthetic", "assembled", WITH_SPEECH)
         },
         **{
             f"condition {c}": [r for r in results if condition(r) == c]
@@ -760,7 +761,7 @@ def main() -> None:
     if args.errors:
         print(format_errors(args.data, args.split, probabilities, labels, keyword_model.decision))
     if args.answers:
-        answers = spoken_answers(args.data, args.split)
+        answers = spoken_answers(args.data, args.split, read_speech_dir=args.read_speech)
         windows = recording_windows(keyword_model, answers)
         results = label_recordings(answers, windows, keyword_model.decision)
         print(format_answers(answers_report(results)))

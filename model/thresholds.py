@@ -211,7 +211,7 @@ def gather_evidence(keyword_model: KeywordModel, data_dir: Path, read_speech_dir
     """Val probabilities: every clip, the non-speech clips, and the windows of the spoken answers
     and continuous speech (model.eval_sets)."""
     waveforms, labels, words = load_eval_set(data_dir, "val")
-    answers = spoken_answers(data_dir, "val")
+    answers = spoken_answers(data_dir, "val", read_speech_dir=read_speech_dir)
     speech = continuous_speech(data_dir, read_speech_dir, "val")
     long = long_recordings(data_dir, "val", LONG_RECORDINGS)
     return {

@@ -8,6 +8,7 @@ import pytest
 
 from model.eval_sets import (
     TELEPHONE_RATE,
+    WITH_SPEECH,
     continuous_speech,
     non_speech,
     reading_text,
@@ -46,14 +47,21 @@ def test_the_reading_holds_neither_keyword_nor_its_homophone():
 
 @needs_espeak
 def test_spoken_answers_are_short_files_half_of_them_answers(data_dir):
-    recordings = spoken_answers(data_dir, "val", synthetic=24, assembled=24)
-    assert len(recordings) == 48
+    sizes = {"synthetic": 24, "assembled": 24, "with_speech": 24}
+    read_speech = data_dir.parent / "read_speech"
+    recordings = spoken_answers(data_dir, "val", **sizes, read_speech_dir=read_speech)
+    assert len(recordings) == 72
     truths = [r.truth for r in recordings]
-    assert truths.count("yes") == truths.count("no") == 12 and truths.count("none") == 24
+    assert truths.count("yes") == truths.count("no") == 18 and truths.count("none") == 36
     durations = [len(r.audio) / r.sample_rate for r in recordings]
     assert 0.5 < min(durations) and max(durations) < 6.0
     assert {r.sample_rate for r in recordings} == {16_000, TELEPHONE_RATE}
-    again = spoken_answers(data_dir, "val", synthetic=24, assembled=24)  # seeded: the same set
+    # A keyword with real speech before or after it: 1-4 s in all (with the pauses around).
+    with_speech = [r for r in recordings if r.kind == WITH_SPEECH]
+    assert len(with_speech) == 24
+    assert all(1.0 < len(r.audio) / r.sample_rate < 4.0 for r in with_speech if r.truth != "none")
+    assert {"then speech" in r.name for r in with_speech if r.truth != "none"} == {True, False}
+    again = spoken_answers(data_dir, "val", **sizes, read_speech_dir=read_speech)  # seeded
     assert [r.name for r in again] == [r.name for r in recordings]
 
 
@@ -61,7 +69,7 @@ def test_spoken_answers_are_short_files_half_of_them_answers(data_dir):
 def test_evaluation_labels_recordings_exactly_as_the_pipeline_does(
     data_dir, keyword_model, tmp_path
 ):
-    recordings = spoken_answers(data_dir, "test", synthetic=12, assembled=12)
+    recordings = spoken_answers(data_dir, "test", synthetic=12, assembled=12, with_speech=0)
     recordings += continuous_speech(data_dir, data_dir.parent / "read_speech", "test", 1, 1, 8.0)[
         -2:
     ]
