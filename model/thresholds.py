@@ -49,7 +49,7 @@ from model.evaluate import (
 )
 from model.serving import KeywordModel
 
-GRID = np.round(np.arange(0.5, 0.9951, 0.015), 3)
+GRID = np.round(np.arange(0.35, 0.9951, 0.015), 3)
 MIN_WORD_CLIPS = 20
 CONTEXT_FOLDS = 5
 # Val long recordings (model.eval_sets.long_recordings: 1-6 min, words 0.3-3 s apart, a quarter

@@ -5,14 +5,15 @@
 
 The speech embedding is frozen; only the head learns, from the train split: every clip clean,
 AUGMENTED_PASSES copies of each shifted, with changed gain and with train background noise on
-most, SILENCE_WINDOWS silence windows of the train noise, and READ_SPEECH_WINDOWS windows of
-the train read sentences as `unknown` (running speech, where a keyword-like syllable must not
-pass). The epoch with the lowest val loss is kept. `--embedding-models` is a folder with
-openWakeWord 0.5.1's `melspectrogram.onnx` and `embedding_model.onnx` (its wheel's
-`openwakeword/resources/models/`, with `pip download --no-deps openwakeword==0.5.1`); by
-default those of the artifact's own verifier. Then choose the decision again on val
-(`python -m model.thresholds --artifact DIR --write`): the verifier changes the probabilities
-the thresholds apply to.
+most, SILENCE_WINDOWS silence windows of the train noise, NON_SPEECH_WINDOWS non-speech sounds
+(hiss with tones and noise bursts from the train split's own bank, model.train's) as
+`silence`, and READ_SPEECH_WINDOWS windows of the train read sentences as `unknown` (running
+speech, where a keyword-like syllable must not pass). The epoch with the lowest val loss is
+kept. `--embedding-models` is a folder with openWakeWord 0.5.1's `melspectrogram.onnx` and
+`embedding_model.onnx` (its wheel's `openwakeword/resources/models/`, with `pip download
+--no-deps openwakeword==0.5.1`); by default those of the artifact's own verifier. Then choose
+the decision again on val (`python -m model.thresholds --artifact DIR --write`): the verifier
+changes the probabilities the thresholds apply to.
 """
 
 import argparse
@@ -33,7 +34,9 @@ from model.data import (
     speech_windows,
     time_shift,
 )
+from model.eval_sets import sound_clips
 from model.evaluate import DEFAULT_DATA, load_eval_set
+from model.train import TRAIN_SOUND_BANK
 from model.verifier import (
     EMBEDDING_FILE,
     HEAD_FILE,
@@ -48,6 +51,7 @@ from model.verifier import (
 
 AUGMENTED_PASSES = 3
 SILENCE_WINDOWS = 1_000
+NON_SPEECH_WINDOWS = 2_000
 READ_SPEECH_WINDOWS = 2_000
 SHIFT_SAMPLES = 1_600  # 100 ms either way
 GAIN_DB = (-6.0, 6.0)
@@ -91,9 +95,10 @@ def training_examples(
     sentences = load_read_speech(read_speech_dir, "train")[0]
     waveforms = [clips, *(augment(clips, noise, rng) for _ in range(AUGMENTED_PASSES))]
     waveforms += [make_silence(noise, SILENCE_WINDOWS, rng)]
+    waveforms += [sound_clips(rng, NON_SPEECH_WINDOWS, TRAIN_SOUND_BANK)]
     waveforms += [speech_windows(sentences, READ_SPEECH_WINDOWS, rng)]
     targets = [labels] * (1 + AUGMENTED_PASSES)
-    targets += [np.full(SILENCE_WINDOWS, LABELS.index("silence"))]
+    targets += [np.full(SILENCE_WINDOWS + NON_SPEECH_WINDOWS, LABELS.index("silence"))]
     targets += [np.full(READ_SPEECH_WINDOWS, LABELS.index("unknown"))]
     return np.concatenate(waveforms), np.concatenate(targets)
 
@@ -182,10 +187,13 @@ def add_verifier(
                 "hidden": list(HIDDEN),
                 "dropout": list(DROPOUT),
                 "examples": {
-                    "train_clips": (len(waveforms) - SILENCE_WINDOWS - READ_SPEECH_WINDOWS)
+                    "train_clips": (
+                        len(waveforms) - SILENCE_WINDOWS - NON_SPEECH_WINDOWS - READ_SPEECH_WINDOWS
+                    )
                     // (1 + AUGMENTED_PASSES),
                     "augmented_passes": AUGMENTED_PASSES,
                     "silence_windows": SILENCE_WINDOWS,
+                    "non_speech_windows": NON_SPEECH_WINDOWS,
                     "read_speech_windows": READ_SPEECH_WINDOWS,
                 },
                 "seed": seed,
