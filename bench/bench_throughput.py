@@ -273,14 +273,15 @@ class Run:
     labels: Counter
 
 
-def measure(command: list[str], log_stem: Path) -> Measurement:
-    """Run a child to completion; wall time, rusage (os.wait4) and its standard output."""
+def measure(command: list[str], log_stem: Path, cwd: Path | None = None) -> Measurement:
+    """Run a child to completion (in `cwd`, where `python -m` finds the code to run); wall time,
+    rusage (os.wait4) and its standard output."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     out_path, err_path = log_stem.with_suffix(".out"), log_stem.with_suffix(".err")
     load = os.getloadavg()[0]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=cwd)
         _, status, usage = os.wait4(process.pid, 0)
         wall_s = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -307,8 +308,16 @@ def worker_command(method: str, input_dir: Path, model_dir: str) -> list[str]:
     ]
 
 
-def run_method(method: str, input_dir: Path, size: int, model_dir: str, work_dir: Path) -> Run:
-    """One run of a method as a fresh process, checked to have labelled every file."""
+def run_method(
+    method: str,
+    input_dir: Path,
+    size: int,
+    model_dir: str,
+    work_dir: Path,
+    code_dir: Path | None = None,
+) -> Run:
+    """One run of a method as a fresh process, checked to have labelled every file; a pipeline
+    method runs the code of `code_dir` (a checkout of this repository) when given."""
     log_stem = work_dir / f"{method}-{size}"
     if method.startswith("pipeline"):
         output_dir = work_dir / f"out-{method}-{size}"
@@ -316,7 +325,7 @@ def run_method(method: str, input_dir: Path, size: int, model_dir: str, work_dir
         command += ["--output", str(output_dir), "--model", model_dir]
         if method == "pipeline-mp":
             command += ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
-        measurement = measure(command, log_stem)
+        measurement = measure(command, log_stem, code_dir or Path(__file__).resolve().parents[1])
         summary = json.loads((output_dir / "_summary.json").read_text())
         shutil.rmtree(output_dir)
         files, labels = summary["files"], Counter(summary["labels"])
@@ -519,6 +528,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " print the ratio of their files/s",
     )
     parser.add_argument(
+        "--baseline-code",
+        type=Path,
+        help="also run the pipeline from this checkout of another commit (a git worktree),"
+        " alternating with this one, on the same model, and print the ratio of their files/s",
+    )
+    parser.add_argument(
         "--sizes",
         type=parse_sizes,
         default=DEFAULT_SIZES,
@@ -555,19 +570,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def compare_models(args: argparse.Namespace, sets: dict[int, Path], log_dir: Path) -> None:
-    """The pipeline with --model and with --baseline-model in turn (A B A B ..., --repeat
-    rounds), so both see the same load: marginal files/s of each and their ratio per round."""
-    print(f"\n== pipeline: {args.model} against {args.baseline_model}")
+# One side of a comparison: its name, the model directory and the checkout to run (None: this).
+Variant = tuple[str, str, Path | None]
+
+
+def compare_pipelines(
+    args: argparse.Namespace, sets: dict[int, Path], log_dir: Path, variants: list[Variant]
+) -> None:
+    """The pipeline of two variants in turn (A B A B ..., --repeat rounds), so both see the
+    same load: marginal files/s of each and their ratio per round."""
+    (first, _, _), (second, _, _) = variants
+    print(f"\n== pipeline: {first} against {second}")
     for round_number in range(1, args.repeat + 1):
         rates = []
-        for model in (args.model, args.baseline_model):
-            runs = [run_method("pipeline", sets[size], size, model, log_dir) for size in args.sizes]
+        for _, model, code_dir in variants:
+            runs = [
+                run_method("pipeline", sets[size], size, model, log_dir, code_dir)
+                for size in args.sizes
+            ]
             rates.append(Scaling(*runs).marginal_files_per_s)
             print(format_run(runs[-1]), flush=True)
         print(
-            f"  round {round_number}: model {rates[0]:,.0f} files/s, baseline {rates[1]:,.0f}"
-            f" files/s, ratio {rates[0] / rates[1]:.2f}"
+            f"  round {round_number}: {first} {rates[0]:,.0f} files/s, {second}"
+            f" {rates[1]:,.0f} files/s, ratio {rates[0] / rates[1]:.2f}"
         )
 
 
@@ -605,8 +630,15 @@ def benchmark(args: argparse.Namespace, data_dir: Path) -> None:
     if scalings:
         print_targets(scalings)
         print_label_agreement(scalings)
+    model = str(Path(args.model).resolve())
     if args.baseline_model:
-        compare_models(args, sets, log_dir)
+        baseline = str(Path(args.baseline_model).resolve())
+        compare_pipelines(args, sets, log_dir, [(model, model, None), (baseline, baseline, None)])
+    if args.baseline_code:
+        code = args.baseline_code.resolve()
+        compare_pipelines(
+            args, sets, log_dir, [("this checkout", model, None), (str(code), model, code)]
+        )
     if "lengths" in args.methods:
         lengths_dir = prepare_clip_sets(data_dir)
         measurement = measure(
