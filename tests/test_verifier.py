@@ -1,0 +1,102 @@
+"""The second stage: the speech embedding re-hears the keyword candidates, and only them."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
+from model.data import load_split
+from model.export import model_version
+from model.serving import ONNX_FILE, KeywordModel, onnx_predictor
+from model.verifier import (
+    EMBEDDING_FILE,
+    HEAD_FILE,
+    MEL_FILE,
+    VERIFIER_DIR,
+    SpeechEmbedding,
+    candidates,
+    fuse,
+)
+
+VERIFIER = DEFAULT_ARTIFACT / VERIFIER_DIR
+
+
+@pytest.fixture(scope="module")
+def val_clips(data_dir) -> tuple[np.ndarray, np.ndarray]:
+    """Every tenth val clip (all words and silence) and its label."""
+    waveforms, labels, _ = load_split(data_dir, "val")
+    return waveforms[::10], labels[::10]
+
+
+def test_fusion_is_a_renormalised_weighted_geometric_mean():
+    networks = np.array([[0.7, 0.1, 0.1, 0.1], [0.05, 0.9, 0.04, 0.01]], np.float32)
+    head = np.array([[0.1, 0.1, 0.7, 0.1], [0.01, 0.97, 0.01, 0.01]], np.float32)
+    np.testing.assert_allclose(fuse(networks, head, 0.0), networks, atol=1e-6)
+    np.testing.assert_allclose(fuse(networks, head, 1.0), head, atol=1e-6)
+    fused = fuse(networks, head, 0.5)
+    np.testing.assert_allclose(fused.sum(axis=1), 1.0, atol=1e-6)
+    expected = np.sqrt(networks * head)
+    np.testing.assert_allclose(fused, expected / expected.sum(axis=1, keepdims=True), atol=1e-6)
+    # The two agree that the second row is `no`: it stays `no`, surer than either alone.
+    assert fused[1, 1] > 0.9 and fused[0].argmax() in (0, 2)
+
+
+def test_a_clip_embeds_the_same_alone_or_in_a_batch(val_clips):
+    """openWakeWord's mel model scales its output to the loudest frame of a call; the
+    embedding must not let one clip's loudness change another's features."""
+    embedding = SpeechEmbedding(
+        (VERIFIER / MEL_FILE).read_bytes(), (VERIFIER / EMBEDDING_FILE).read_bytes()
+    )
+    clips = val_clips[0][:12]
+    together = embedding(clips)
+    alone = np.concatenate([embedding(clips[i : i + 1]) for i in range(len(clips))])
+    assert together.shape == (12, 6, 96)
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+def test_only_keyword_candidates_are_reheard(val_clips):
+    """The shipped model's probabilities: the networks' (model.onnx) for every window that is
+    not a keyword candidate, and their fusion with the head's for those that are."""
+    waveforms, labels = val_clips
+    model = KeywordModel(DEFAULT_ARTIFACT)
+    networks = onnx_predictor((DEFAULT_ARTIFACT / ONNX_FILE).read_bytes())(waveforms)
+    served = model.predict(waveforms)
+    chosen = candidates(networks)
+    assert chosen[np.isin(labels, [LABELS.index("yes"), LABELS.index("no")])].mean() > 0.9
+    assert chosen[labels == LABELS.index("silence")].mean() < 0.05
+    np.testing.assert_array_equal(served[~chosen], networks[~chosen])
+    heard = model._verifier.head_probabilities(waveforms[chosen])
+    np.testing.assert_allclose(served[chosen], fuse(networks[chosen], heard), atol=1e-5)
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_the_verifier_sets_no_apart_from_down_better_than_the_networks(data_dir):
+    """Every val `no` and `down` clip: the head alone tells them apart better than the networks
+    (the share of the pairs of a `no` and a `down` clip that its `no` probability orders
+    right), which is what it is there for."""
+    waveforms, _, paths = load_split(data_dir, "val")
+    words = np.array([path.split("/")[0] for path in paths])
+    chosen = np.isin(words, ["no", "down"])
+    model = KeywordModel(DEFAULT_ARTIFACT)
+    networks = onnx_predictor((DEFAULT_ARTIFACT / ONNX_FILE).read_bytes())(waveforms[chosen])
+    heard = model._verifier.head_probabilities(waveforms[chosen])
+    is_no = words[chosen] == "no"
+
+    def ordered_right(p_no: np.ndarray) -> float:
+        return float(np.mean(p_no[is_no][:, None] > p_no[~is_no][None, :]))
+
+    assert ordered_right(heard[:, 1]) > ordered_right(networks[:, 1])
+
+
+def test_the_model_version_covers_the_verifier(tmp_path):
+    copy = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, copy)
+    shipped = json.loads((copy / METADATA_FILE).read_text())["model_version"]
+    assert model_version(copy) == shipped
+    with np.load(copy / VERIFIER_DIR / HEAD_FILE) as stored:
+        arrays = dict(stored)
+    arrays["bias_2"] = arrays["bias_2"] + 0.1
+    np.savez(copy / VERIFIER_DIR / HEAD_FILE, **arrays)
+    assert model_version(copy) != shipped
