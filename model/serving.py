@@ -3,7 +3,9 @@
 An artifact holds the SavedModel (the source of truth, serving signature `serving_default`) and,
 when `model.train`, `model.ensemble` or `model.onnx_export` wrote it, the same computation as
 `model.onnx`, checked against the SavedModel to 1e-4. onnxruntime starts in a fraction of a second
-without importing TensorFlow, and needs far less memory and time per window on a CPU.
+without importing TensorFlow, and needs far less memory and time per window on a CPU. An artifact
+with a `verifier/` (model.verifier) has its keyword candidates heard again, by onnxruntime
+whichever runtime scores the networks.
 """
 
 import json
