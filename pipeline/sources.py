@@ -14,6 +14,7 @@ manifest's size, its first bytes (or its Parquet footer) to plan the slices.
 import collections
 import contextlib
 import csv
+import functools
 import glob
 import io
 import itertools
@@ -92,10 +93,16 @@ class InputPlan:
     exact: bool
 
 
+@functools.cache
+def suffixes(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    """`.EXT` of each extension: built once per run, not once per file listed."""
+    return tuple("." + extension for extension in extensions)
+
+
 def has_extension(path: str, extensions: tuple[str, ...]) -> bool:
     """Whether `path` ends in `.EXT` for one of `extensions` (lower case, no dot), in any
     letter case."""
-    return path.lower().endswith(tuple("." + extension for extension in extensions))
+    return path.lower().endswith(suffixes(extensions))
 
 
 def is_manifest(input_path: str) -> bool:
@@ -213,7 +220,7 @@ def count_other_audio(
     input_path: str, extensions: tuple[str, ...], limit: int = OTHER_AUDIO_LIMIT
 ) -> collections.Counter:
     """How many files of each AUDIO_EXTENSIONS kind but `extensions` a folder or bucket prefix
-    holds (up to `limit` in all): what to name when --extensions matched none."""
+    holds (the first `limit` found): what to name when --extensions matched none."""
     others = tuple(extension for extension in AUDIO_EXTENSIONS if extension not in extensions)
     counts: collections.Counter = collections.Counter()
     if any(char in input_path for char in GLOB_CHARACTERS) or is_manifest(input_path):
@@ -229,10 +236,9 @@ def no_input_message(input_path: str, extensions: tuple[str, ...]) -> str:
     counts = count_other_audio(input_path, extensions)
     if not counts:
         return f"no {chosen} files match --input {input_path}"
-    found = ", ".join(
-        f"{count:,}{'+' if count >= OTHER_AUDIO_LIMIT else ''} .{extension}"
-        for extension, count in counts.most_common()
-    )
+    found = ", ".join(f"{count:,} .{extension}" for extension, count in counts.most_common())
+    if counts.total() >= OTHER_AUDIO_LIMIT:
+        found += f" among the first {OTHER_AUDIO_LIMIT:,} audio files"
     return (
         f"no {chosen} files under {input_path}; found {found}:"
         f" add --extensions {','.join(extension for extension, _ in counts.most_common())}"
