@@ -579,31 +579,9 @@ def train(
     average_momentum: float | None = None,
     word_head_weight: float = 0.0,
 ) -> None:
-    # What a checkpoint must have been written by to be resumed (model.checkpoint).
-    run_settings = {
-        name: repr(value)
-        for name, value in {
-            "data_dir": data_dir,
-            "seed": seed,
-            "epochs": epochs,
-            "architecture": architecture,
-            "teacher_dirs": teacher_dirs,
-            "augmentation": augmentation,
-            "hard_negatives": hard_negatives,
-            "hard_negative_draws": hard_negative_draws,
-            "selection_modes": selection_modes,
-            "read_speech_dir": read_speech_dir,
-            "synthetic": synthetic,
-            "keyword_phrases": keyword_phrases,
-            "continuous_scale": continuous_scale,
-            "init_dir": init_dir,
-            "peak_learning_rate": peak_learning_rate,
-            "miner_dir": miner_dir,
-            "speaker_share": speaker_share,
-            "average_momentum": average_momentum,
-            "word_head_weight": word_head_weight,
-        }.items()
-    }
+    # What a checkpoint must have been written by to be resumed (model.checkpoint): every
+    # argument but where the artifact goes.
+    run_settings = {name: repr(value) for name, value in locals().items() if name != "out_dir"}
     configure_tensorflow(seed)
     import keras
 

@@ -17,13 +17,14 @@ changes the probabilities the thresholds apply to.
 """
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from model.contract import DEFAULT_ARTIFACT, LABELS
+from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
 from model.data import (
     DEFAULT_READ_SPEECH,
     load_noise,
@@ -211,10 +212,7 @@ def copy_verifier(source_dir: Path, artifact_dir: Path) -> str:
     """Put the verifier of the artifact source_dir (its files and description) into
     artifact_dir: the head hears the audio, not the networks' output, so it serves any networks
     of the same contract. Returns the new model version."""
-    import json
-
-    from model.contract import METADATA_FILE
-    from model.export import store_verifier
+    from model.export import store_verifier  # imports TensorFlow
 
     shutil.copytree(source_dir / VERIFIER_DIR, artifact_dir / VERIFIER_DIR, dirs_exist_ok=True)
     described = json.loads((source_dir / METADATA_FILE).read_text())["verifier"]

@@ -15,6 +15,7 @@ The artifact holds the stage in `verifier/`: the two ONNX files, the head's weig
 model version covers its files. onnxruntime runs it for either runtime of the networks.
 """
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,8 +140,6 @@ class Verifier:
     @classmethod
     def load(cls, read, directory: str, head_weight: float, threads: int = 1) -> "Verifier":
         """The verifier in `directory` of an artifact, its files read by `read(path) -> bytes`."""
-        import io
-
         embedding = SpeechEmbedding(
             read(f"{directory}/{MEL_FILE}"), read(f"{directory}/{EMBEDDING_FILE}"), threads
         )
