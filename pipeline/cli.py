@@ -5,8 +5,10 @@ import contextlib
 import difflib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from model.audio import DEFAULT_MAX_DURATION_S
 from model.serving import RUNTIMES
@@ -16,10 +18,16 @@ from model.serving import RUNTIMES
 DEFAULT_BATCH_SIZE = 32
 # Exit codes (README, "Exit codes"): 0 committed; 1 the job failed (a traceback says why; the
 # output is left as it was); 2 bad arguments or input (argparse's own code too);
-# 3 more files failed than --max_error_rate allows, nothing committed.
+# 3 more files failed than --max_error_rate allows, nothing committed; 4 the commit began but
+# could not finish (the next run finishes it); 128 + the signal's number (130 Ctrl-C, 143
+# SIGTERM) stopped by a signal, nothing committed.
 EXIT_BAD_INPUT = 2
 EXIT_TOO_MANY_ERRORS = 3
+EXIT_COMMIT_INCOMPLETE = 4
 DEFAULT_MAX_ERROR_RATE = 0.5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# After a stop signal, the run has this long to clear its staging before the process ends.
+STOP_GRACE_S = 8.0
 
 
 # Warnings Beam logs that no user of this tool can act on. Without the optional GCP extra, Beam
@@ -31,7 +39,48 @@ def drop_unactionable_warnings(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(UNACTIONABLE_WARNINGS)
 
 
+class RunStopped(BaseException):
+    """A stop signal arrived: the run ends where it is and commits nothing. A BaseException,
+    so that no `except Exception` on the way (a file's error row) takes it for a failure."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise RunStopped in the main thread, once: from then on the process
+    has STOP_GRACE_S to clean up, and a second signal ends it at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    deadline: list[threading.Timer] = []
+
+    def end_now(signum: int, _frame) -> None:
+        os._exit(128 + signum)
+
+    def stop(signum: int, _frame) -> None:
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, end_now)
+        timer = threading.Timer(STOP_GRACE_S, os._exit, [128 + signum])
+        timer.daemon = True
+        timer.start()
+        deadline.append(timer)
+        raise RunStopped(signum)
+
+    previous = {stop_signal: signal.signal(stop_signal, stop) for stop_signal in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for stop_signal, handler in previous.items():
+            signal.signal(stop_signal, handler)
+        for timer in deadline:
+            timer.cancel()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.retries import add_retry_arguments
     from pipeline.sources import DEFAULT_EXTENSIONS  # imports Beam: after logging is set up
 
     parser = argparse.ArgumentParser(
@@ -120,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "4096); a group is one worker's unit of work, so lower it for long recordings, "
         "for more workers to share them",
     )
+    add_retry_arguments(parser)
     return parser
 
 
@@ -186,6 +236,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         parser.error("--max_duration_s must be positive")
     if not 0 <= args.max_error_rate <= 1:
         parser.error("--max_error_rate must be a fraction from 0 to 1")
+    if args.io_retries < 0:
+        parser.error("--io_retries must be 0 or more")
+    if args.io_retry_deadline_s <= 0:
+        parser.error("--io_retry_deadline_s must be positive")
     return args, beam_args
 
 
@@ -204,8 +258,22 @@ def format_summary(summary: dict) -> str:
             if "events" in summary
             else ""
         )
+        + format_retries(summary)
         + f"\n  wall time: {summary['wall_time_s']:.1f} s, "
         + f"{summary['files_per_s']:.1f} files/s"
+    )
+
+
+def format_retries(summary: dict) -> str:
+    """The summary's line on bucket requests tried again, if any were."""
+    retried = summary.get("io_retries", {})
+    if not retried:
+        return ""
+    busiest = sorted(retried.items(), key=lambda item: -item[1])[:4]
+    return (
+        f"\n  bucket requests retried: {sum(retried.values())} ("
+        + ", ".join(f"{operation} {count}" for operation, count in busiest)
+        + ")"
     )
 
 
@@ -241,7 +309,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.run import NoInputError, RunSettings, TooManyErrorsError, label_files
+    from pipeline.retries import RetryPolicy
+    from pipeline.run import (
+        CommitIncompleteError,
+        NoInputError,
+        RunSettings,
+        TooManyErrorsError,
+        label_files,
+    )
     from pipeline.sources import GROUP_SIZE, ListingError, ManifestError
 
     settings = RunSettings(
@@ -258,15 +333,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.quiet,
         files_per_group=args.files_per_group or GROUP_SIZE,
         extensions=args.extensions,
+        retry_policy=RetryPolicy(args.io_retries, args.io_retry_deadline_s),
     )
     try:
-        summary = label_files(settings, PipelineOptions(beam_args))
+        with stop_on_signals():
+            summary = label_files(settings, PipelineOptions(beam_args))
     except (NoInputError, FileExistsError, ListingError, ManifestError) as error:
         print(f"yesno-label: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TooManyErrorsError as error:
         print(f"yesno-label: {error}", file=sys.stderr)
         return EXIT_TOO_MANY_ERRORS
+    except CommitIncompleteError as error:
+        print(f"yesno-label: {error}", file=sys.stderr)
+        return EXIT_COMMIT_INCOMPLETE
+    except RunStopped as stopped:
+        print(
+            f"yesno-label: stopped by {stopped}: nothing was committed and the staging was"
+            " cleared (a commit already under way is finished by the next run)",
+            file=sys.stderr,
+        )
+        return 128 + stopped.signum
     print(format_summary(summary))
     return 0
 

@@ -10,6 +10,9 @@ from model.contract import LABELS
 from model.decision import KEYWORD_IDS, NO, YES, Decision, find_occurrences
 
 SCORE_COLUMNS = tuple(f"score_{label}" for label in LABELS)
+# The error kind of a file whose bytes could not be fetched, after the retries, for a reason
+# that may pass (throttling, a dropped connection): --skip_existing always tries it again.
+READ_FAILED = "read_failed"
 
 ROW_SCHEMA = pa.schema(
     [

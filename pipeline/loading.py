@@ -20,7 +20,8 @@ from model.audio import (
     join_runs,
     window_spans_s,
 )
-from pipeline.labels import RecordingInfo
+from pipeline.labels import READ_FAILED, RecordingInfo
+from pipeline.retries import is_transient
 from pipeline.storage import open_input
 
 
@@ -42,8 +43,9 @@ def check_local_file(path: str) -> None:
 class WindowReader:
     """One file's windows, cut block by block as it is decoded, so memory does not follow its
     length. After `runs()` ends, `info` says what the file held, or why it failed (any
-    failure, at the start or halfway, is the file's error, never the job's), and `spans_s()`
-    where each window lies."""
+    failure, at the start or halfway, is the file's error, never the job's: `read_failed` when
+    its bytes could not be fetched after the retries, for a reason that may pass), and
+    `spans_s()` where each window lies."""
 
     def __init__(self, path: str, max_duration_s: float, run_windows: int = 1):
         self.path = path
@@ -85,7 +87,8 @@ class WindowReader:
             self.info = RecordingInfo(self.path, error=str(error))
             return
         except Exception as error:  # noqa: BLE001 - whatever a filesystem or decoder raises is a row
-            message = f"unreadable_file: {type(error).__name__}: {error}"
+            kind = READ_FAILED if is_transient(error) else "unreadable_file"
+            message = f"{kind}: {type(error).__name__}: {error}"
             self.info = RecordingInfo(self.path, error=message)
             return
         self.info = RecordingInfo(

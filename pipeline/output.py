@@ -9,6 +9,7 @@ run leaves the previous datasets as they were and a rerun replaces them complete
 
 import ctypes
 import errno
+import functools
 import glob
 import io
 import json
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import retries
 from pipeline.progress import PROGRESS_DIR
 from pipeline.storage import is_bucket_root, write_atomically
 
@@ -129,9 +131,18 @@ class EventsDataset:
         )
 
 
+def write_json(path: str, content: dict) -> None:
+    """Write a JSON file, again after a transient failure (pipeline.retries)."""
+
+    def write() -> None:
+        with FileSystems.create(path) as file:
+            file.write(json.dumps(content, indent=2).encode())
+
+    retries.retrying("write", write)
+
+
 def write_summary(staging: str, summary: dict) -> None:
-    with FileSystems.create(FileSystems.join(staging, SUMMARY_FILE)) as file:
-        file.write(json.dumps(summary, indent=2).encode())
+    write_json(FileSystems.join(staging, SUMMARY_FILE), summary)
 
 
 def delete_directory(directory: str) -> None:
@@ -188,9 +199,8 @@ def commit(staging: str, output_dir: str, events: EventsDataset | None = None) -
             **events.as_summary(),
             "delete": _stale_files(events.staging, events.output_dir),
         }
-    with FileSystems.create(FileSystems.join(staging, JOURNAL_FILE)) as file:
-        file.write(json.dumps(journal).encode())
-    finish_bucket_commit(staging, output_dir)
+    write_json(FileSystems.join(staging, JOURNAL_FILE), journal)
+    retries.retrying("commit", lambda: finish_bucket_commit(staging, output_dir))
 
 
 def _replace_local(staging: str, output_dir: str) -> str | None:
@@ -308,7 +318,8 @@ def repair(output_dir: str) -> None:
     pattern = staging_dir(output_dir, "*")
     journals = FileSystems.match([FileSystems.join(pattern, JOURNAL_FILE)])[0].metadata_list
     for journal in journals:
-        finish_bucket_commit(journal.path.rsplit("/", 1)[0], output_dir)
+        finish = functools.partial(finish_bucket_commit, journal.path.rsplit("/", 1)[0], output_dir)
+        retries.retrying("commit", finish)
     for match in FileSystems.match([FileSystems.join(pattern, "**")])[0].metadata_list:
         FileSystems.delete([match.path])
 

@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from model.contract import DEFAULT_ARTIFACT, METADATA_FILE
 from model.decision import Decision
 from model.serving import resolve_runtime
-from pipeline import output
+from pipeline import output, retries
 from pipeline.progress import ProgressReporter, read_progress
 from pipeline.report import write_report
 from pipeline.sources import (
@@ -48,6 +48,10 @@ class TooManyErrorsError(RuntimeError):
     """More of the run's files failed than --max_error_rate allows; nothing was committed."""
 
 
+class CommitIncompleteError(RuntimeError):
+    """The commit began but could not finish, after its retries; the next run finishes it."""
+
+
 @dataclass(frozen=True)
 class RunSettings:
     input_path: str
@@ -63,6 +67,7 @@ class RunSettings:
     progress: bool = True  # report progress on stderr while the job runs (pipeline.progress)
     files_per_group: int = GROUP_SIZE  # files labelled and written together, at most
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # of the files a folder or prefix gives
+    retry_policy: retries.RetryPolicy = field(default_factory=retries.RetryPolicy)  # buckets
 
 
 def read_model_metadata(model_dir: str | None) -> dict:
@@ -219,6 +224,11 @@ def plan_skip_existing(
 
 def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     """Label every file the input names into settings.output_dir; returns the run's summary."""
+    retry_options = options.view_as(retries.IoRetryOptions)
+    retry_options.io_retries = settings.retry_policy.retries
+    retry_options.io_retry_deadline_s = settings.retry_policy.deadline_s
+    retries.apply(settings.retry_policy)
+    retries.take_counts()  # the run's own counts only
     FileSystems.set_options(options)
     started_at = datetime.datetime.now(datetime.UTC)
     started = time.monotonic()
@@ -264,6 +274,7 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
             output.discard(events.staging)
         raise
     elapsed = time.monotonic() - started
+    tally.add_io_counts(*retries.take_counts())
     summary = {
         "run_id": run_id,
         "files": tally.rows,
@@ -283,6 +294,8 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         "wall_time_s": round(elapsed, 3),
         "files_per_s": round(tally.labelled / elapsed, 2),
         "parquet_files": parquet_files,
+        "io_retries": dict(sorted(tally.io_retries.items())),
+        "io_transient_failures": dict(sorted(tally.io_failures.items())),
     }
     if events is not None:
         summary["events"] = events.as_summary()
@@ -290,8 +303,19 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
         write_events_summary(events, summary)
     output.write_summary(staging, summary)
     write_report(staging, summary, tally, events is not None)
-    output.commit(staging, settings.output_dir, events)
+    commit(staging, settings.output_dir, events)
     return summary
+
+
+def commit(staging: str, output_dir: str, events: output.EventsDataset | None) -> None:
+    """output.commit; a commit that could not finish is left to the next run (its `repair`)."""
+    try:
+        output.commit(staging, output_dir, events)
+    except Exception as error:
+        raise CommitIncompleteError(
+            f"the commit to {output_dir} could not finish ({type(error).__name__}: {error});"
+            " the next run into it finishes it"
+        ) from error
 
 
 def check_events_dir(events_dir: str, output_dir: str) -> None:

@@ -20,8 +20,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, S3Options
 from apache_beam.options.value_provider import RuntimeValueProvider
 
+from pipeline import retries
+
 WHOLE_OBJECT_LIMIT = 64 * 1024 * 1024  # bytes; a larger object is streamed by Beam's reader
-READ_ATTEMPTS = 3  # a response body cut off mid-read is fetched again, up to this many times
 S3_OPTIONS = (  # what Beam's boto3 client is built from (apache_beam.io.aws.clients.s3)
     "s3_access_key_id",
     "s3_secret_access_key",
@@ -99,12 +100,15 @@ def cached_client(key: Hashable, make: Callable[[], Any]) -> Any:
 
 
 def s3_client() -> Any:
-    """The process's boto3 S3 client for the current S3 options; boto3 reads the environment
-    (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL_S3, profiles, ...) for whatever they leave unset."""
+    """The process's boto3 S3 client for the current S3 options and retry policy; boto3 reads
+    the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL_S3, profiles, ...) for whatever they
+    leave unset."""
     values = option_values(S3Options, S3_OPTIONS)
+    attempts = retries.current().attempts
 
     def make() -> Any:
         import boto3
+        from botocore.config import Config
 
         key_id, secret, token, endpoint, disable_ssl, region, api_version, verify = values
         return boto3.session.Session().client(
@@ -117,9 +121,10 @@ def s3_client() -> Any:
             region_name=region,
             api_version=api_version,
             verify=verify,
+            config=Config(retries={"mode": "standard", "max_attempts": attempts}),
         )
 
-    return cached_client(("s3", values), make)
+    return cached_client(("s3", values, attempts), make)
 
 
 def gcs_client() -> Any:
@@ -139,24 +144,21 @@ def gcs_client() -> Any:
 
 
 def _open_s3(path: str) -> BinaryIO:
-    """One GET for the whole object; its length is known before the body is read."""
+    """One GET for the whole object; its length is known before the body is read. botocore
+    retries the request; a body cut off mid-read is fetched again (retries.retrying)."""
     from apache_beam.io.aws.s3io import parse_s3_path
-    from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 
     bucket, key = parse_s3_path(path)
-    attempt = 1
-    while True:
+
+    def fetch() -> BinaryIO:
         response = s3_client().get_object(Bucket=bucket, Key=key)
         if response["ContentLength"] > WHOLE_OBJECT_LIMIT:
             response["Body"].close()
             return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-        try:
-            with response["Body"] as body:
-                return io.BytesIO(body.read())
-        except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError):
-            if attempt == READ_ATTEMPTS:
-                raise
-            attempt += 1
+        with response["Body"] as body:
+            return io.BytesIO(body.read())
+
+    return retries.retrying("s3 GetObject body", fetch)
 
 
 def _open_gcs(path: str) -> BinaryIO:
@@ -164,18 +166,23 @@ def _open_gcs(path: str) -> BinaryIO:
     from apache_beam.io.gcp.gcsio import parse_gcs_path
 
     bucket, name = parse_gcs_path(path)
-    blob = gcs_client().bucket(bucket).get_blob(name)
+    retry = retries.gcs_retry()
+    blob = gcs_client().bucket(bucket).get_blob(name, retry=retry)
     if blob is None:
         raise FileNotFoundError(f"no such object: {path}")
     if blob.size > WHOLE_OBJECT_LIMIT:
         return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return io.BytesIO(blob.download_as_bytes())
+    return io.BytesIO(blob.download_as_bytes(retry=retry))
 
 
 def write_atomically(path: str, data: bytes) -> None:
     """Write a file under a temporary name, then rename it into place: a reader (or a retry)
-    never sees half a file, locally or on a bucket."""
+    never sees half a file, locally or on a bucket. Written again after a transient failure."""
     temporary = f"{path}.tmp"
-    with FileSystems.create(temporary) as file:
-        file.write(data)
-    FileSystems.rename([temporary], [path])
+
+    def write() -> None:
+        with FileSystems.create(temporary) as file:
+            file.write(data)
+        FileSystems.rename([temporary], [path])
+
+    retries.retrying("write", write)

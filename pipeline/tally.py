@@ -101,6 +101,14 @@ class Tally:
     slices_done: int = 0
     listed: int = 0
     received: int = 0
+    # Bucket requests that failed transiently, and those of them tried again, per operation
+    # (pipeline.retries).
+    io_failures: Counter = field(default_factory=Counter)
+    io_retries: Counter = field(default_factory=Counter)
+
+    def add_io_counts(self, retries: Counter, failures: Counter) -> None:
+        self.io_retries += retries
+        self.io_failures += failures
 
     def add_rows(self, rows: Iterable[dict], labelled: bool = True) -> None:
         """Count rows (with the columns of ROW_COLUMNS at least)."""
@@ -180,6 +188,7 @@ class Tally:
         self.slices_done += other.slices_done
         self.listed += other.listed
         self.received += other.received
+        self.add_io_counts(other.io_retries, other.io_failures)
         return self
 
     @property
@@ -192,8 +201,8 @@ class Tally:
     @classmethod
     def from_json(cls, text: str) -> "Tally":
         fields = json.loads(text)
-        for name in ("labels", "errors"):
-            fields[name] = Counter(fields[name])
+        for name in ("labels", "errors", "io_failures", "io_retries"):
+            fields[name] = Counter(fields.get(name, {}))
         fields["sample_rates"] = Counter({int(k): v for k, v in fields["sample_rates"].items()})
         return cls(**fields)
 

@@ -30,7 +30,15 @@ from apache_beam.utils.shared import Shared
 
 from model.audio import WindowRun
 from model.serving import KeywordModel
-from pipeline.labels import EVENT_SCHEMA, ROW_SCHEMA, WindowScores, display_path, make_rows
+from pipeline import retries
+from pipeline.labels import (
+    EVENT_SCHEMA,
+    READ_FAILED,
+    ROW_SCHEMA,
+    WindowScores,
+    display_path,
+    make_rows,
+)
 from pipeline.loading import WindowReader
 from pipeline.output import EVENTS_PREFIX, TALLY_FILE, group_file, write_parquet
 from pipeline.progress import ProgressRecorder
@@ -60,6 +68,7 @@ class FileSystemsDoFn(beam.DoFn):
 
     def setup(self):
         FileSystems.set_options(PipelineOptions.from_dictionary(self._filesystem_options))
+        retries.apply(retries.RetryPolicy.from_options(self._filesystem_options))
 
 
 def path_to_bytes(path: str) -> bytes:
@@ -129,7 +138,8 @@ class KeySliceByBucket(FileSystemsDoFn):
 class KeyEarlierRows(FileSystemsDoFn):
     """An earlier output's Parquet file -> (bucket, ("row", row)) for each row a rerun keeps:
     scored by this model version, with this release's columns, and without an error unless
-    `keep_errors`. The files of every other row are labelled again."""
+    `keep_errors` (never one whose audio could not be fetched: `read_failed`). The files of
+    every other row are labelled again."""
 
     def __init__(self, filesystem_options: dict, buckets: int, model_version: str, keep_errors):
         super().__init__(filesystem_options)
@@ -144,7 +154,10 @@ class KeyEarlierRows(FileSystemsDoFn):
             rows = []  # written with other columns, by another release: labelled again
         else:
             keep = pc.equal(table["model_version"], self._model_version)
-            if not self._keep_errors:
+            if self._keep_errors:
+                fetched = pc.invert(pc.starts_with(table["error"], f"{READ_FAILED}:"))
+                keep = pc.and_(keep, pc.fill_null(fetched, True))
+            else:
                 keep = pc.and_(keep, pc.is_null(table["error"]))
             rows = table.filter(keep).to_pylist()
         for row in rows:
@@ -378,6 +391,7 @@ class WriteGroup(FileSystemsDoFn):
             write_parquet(group_file(self._staging, self._run_id, group.name), all_rows, ROW_SCHEMA)
         self._files_labelled.inc(len(rows))
         self._files_kept.inc(len(group.kept_rows))
+        tally.add_io_counts(*retries.take_counts())
         yield tally
 
 
