@@ -9,6 +9,8 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from model.audio import DEFAULT_MAX_DURATION_S
 from model.serving import RUNTIMES
@@ -41,19 +43,26 @@ def drop_unactionable_warnings(record: logging.LogRecord) -> bool:
 
 class RunStopped(BaseException):
     """A stop signal arrived: the run ends where it is and commits nothing. A BaseException,
-    so that no `except Exception` on the way (a file's error row) takes it for a failure."""
+    so that no `except Exception` on the way (a file's error row) takes it for a failure;
+    Beam may still wrap it in an error of its own (label_until_stopped unwraps it)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
+@dataclass
+class Stopping:
+    signum: int | None = None  # the stop signal received, if any
+
+
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals() -> Iterator[Stopping]:
     """SIGINT and SIGTERM raise RunStopped in the main thread, once: from then on the process
     has STOP_GRACE_S to clean up, and a second signal ends it at once."""
+    stopping = Stopping()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stopping
         return
     deadline: list[threading.Timer] = []
 
@@ -61,6 +70,10 @@ def stop_on_signals() -> Iterator[None]:
         os._exit(128 + signum)
 
     def stop(signum: int, _frame) -> None:
+        stopping.signum = signum
+        # Beam logs the exception with a traceback as it unwinds each step: not news to a user
+        # who stopped the run.
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
         for stop_signal in STOP_SIGNALS:
             signal.signal(stop_signal, end_now)
         timer = threading.Timer(STOP_GRACE_S, os._exit, [128 + signum])
@@ -71,12 +84,26 @@ def stop_on_signals() -> Iterator[None]:
 
     previous = {stop_signal: signal.signal(stop_signal, stop) for stop_signal in STOP_SIGNALS}
     try:
-        yield
+        yield stopping
     finally:
         for stop_signal, handler in previous.items():
             signal.signal(stop_signal, handler)
         for timer in deadline:
             timer.cancel()
+
+
+def label_until_stopped(settings: Any, options: Any) -> dict:
+    """pipeline.run.label_files, ended by RunStopped if a stop signal arrives, whatever Beam
+    made of the exception on its way out."""
+    from pipeline.run import label_files
+
+    with stop_on_signals() as stopping:
+        try:
+            return label_files(settings, options)
+        except BaseException as error:
+            if stopping.signum is None or isinstance(error, RunStopped):
+                raise
+            raise RunStopped(stopping.signum) from error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,7 +342,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         NoInputError,
         RunSettings,
         TooManyErrorsError,
-        label_files,
     )
     from pipeline.sources import GROUP_SIZE, ListingError, ManifestError
 
@@ -336,8 +362,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         retry_policy=RetryPolicy(args.io_retries, args.io_retry_deadline_s),
     )
     try:
-        with stop_on_signals():
-            summary = label_files(settings, PipelineOptions(beam_args))
+        summary = label_until_stopped(settings, PipelineOptions(beam_args))
+    except RunStopped as stopped:
+        print(
+            f"yesno-label: stopped by {stopped}: nothing was committed and the staging was"
+            " cleared (a commit already under way is finished by the next run)",
+            file=sys.stderr,
+        )
+        return 128 + stopped.signum
     except (NoInputError, FileExistsError, ListingError, ManifestError) as error:
         print(f"yesno-label: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -347,13 +379,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommitIncompleteError as error:
         print(f"yesno-label: {error}", file=sys.stderr)
         return EXIT_COMMIT_INCOMPLETE
-    except RunStopped as stopped:
-        print(
-            f"yesno-label: stopped by {stopped}: nothing was committed and the staging was"
-            " cleared (a commit already under way is finished by the next run)",
-            file=sys.stderr,
-        )
-        return 128 + stopped.signum
     print(format_summary(summary))
     return 0
 

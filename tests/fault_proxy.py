@@ -9,8 +9,9 @@ one seeded generator in the order requests arrive. Whatever the draw, a request 
 and path (`GET /bucket/key?query`, unquoted) contains a --forbid text is answered 403, one with
 a --refuse text 503, and one with a --hold text waits (up to 60 s) before it is forwarded, so
 that a test can act while a run is at that request. `GET /_fault_proxy/stats` answers what was
-forwarded and failed, and how many requests are held now, as JSON. Upstream addresses in
-`Location` headers (resumable uploads) are rewritten to the proxy's. Listens on 127.0.0.1 only.
+forwarded and failed, and the requests held now (in all, and by --hold text), as JSON. Upstream
+addresses in `Location` headers (resumable uploads) are rewritten to the proxy's. Listens on
+127.0.0.1 only.
 """
 
 import argparse
@@ -53,13 +54,16 @@ class FaultPlan:
         self.stats = dict.fromkeys(
             ("requests", "forwarded", "slow_down", "dropped", "forbidden", "refused", "held"), 0
         )
+        self.holding: dict[str, int] = {}  # requests held now, by --hold text
 
-    def holds(self, request: str) -> bool:
-        return any(text in request for text in self.hold)
+    def held_by(self, request: str) -> list[str]:
+        return [text for text in self.hold if text in request]
 
-    def change_held(self, change: int) -> None:
+    def change_held(self, texts: list[str], change: int) -> None:
         with self._lock:
             self.stats["held"] += change
+            for text in texts:
+                self.holding[text] = self.holding.get(text, 0) + change
 
     def fate(self, request: str) -> str:
         with self._lock:
@@ -111,7 +115,7 @@ def make_handler(upstream: urllib.parse.SplitResult, plan: FaultPlan) -> type:
         def _handle(self) -> None:
             body = self._body()
             if self.path == STATS_PATH:
-                stats = json.dumps(plan.stats).encode()
+                stats = json.dumps({**plan.stats, "holding": plan.holding}).encode()
                 self._answer(200, stats, [("Content-Type", "application/json")])
                 return
             request = f"{self.command} {urllib.parse.unquote(self.path)}"
@@ -124,10 +128,11 @@ def make_handler(upstream: urllib.parse.SplitResult, plan: FaultPlan) -> type:
                 status, error = (403, FORBIDDEN) if fate == "forbidden" else (503, SLOW_DOWN)
                 self._answer(status, error, [("Content-Type", "application/xml")])
                 return
-            if plan.holds(request):
-                plan.change_held(1)
+            held_by = plan.held_by(request)
+            if held_by:
+                plan.change_held(held_by, 1)
                 time.sleep(HOLD_S)
-                plan.change_held(-1)
+                plan.change_held(held_by, -1)
             connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
             try:
                 headers = {
