@@ -8,6 +8,7 @@ import contextlib
 import os
 import stat
 from collections.abc import Iterator
+from concurrent.futures import Future
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
@@ -47,8 +48,15 @@ class WindowReader:
     its bytes could not be fetched after the retries, for a reason that may pass), and
     `spans_s()` where each window lies."""
 
-    def __init__(self, path: str, max_duration_s: float, run_windows: int = 1):
+    def __init__(
+        self,
+        path: str,
+        max_duration_s: float,
+        run_windows: int = 1,
+        fetched: Future | None = None,
+    ):
         self.path = path
+        self._fetched = fetched  # the opened bucket object, being fetched (storage.fetch_ahead)
         self._max_duration_s = max_duration_s
         self._run_windows = run_windows
         self.info: RecordingInfo | None = None
@@ -106,5 +114,6 @@ class WindowReader:
         if FileSystems.get_scheme(self.path) is None:
             check_local_file(self.path)
             return RecordingStream(self.path, self._max_duration_s)
-        file = stack.enter_context(open_input(self.path))
+        opened = self._fetched.result() if self._fetched is not None else open_input(self.path)
+        file = stack.enter_context(opened)
         return RecordingStream(file, self._max_duration_s)

@@ -195,6 +195,17 @@ def thresholds_text(decision: dict) -> str:
     return text + " (on keyword probabilities)"
 
 
+def retries_text(summary: dict) -> str:
+    """Transient failures and retries of bucket requests, per operation, the most first."""
+    failures, retried = summary["io_transient_failures"], summary.get("io_retries", {})
+    return f"{sum(retried.values()):,} of {sum(failures.values()):,} transient failures: " + (
+        ", ".join(
+            f"{operation} {retried.get(operation, 0):,} of {count:,}"
+            for operation, count in sorted(failures.items(), key=lambda item: -item[1])
+        )
+    )
+
+
 def run_section(summary: dict) -> str:
     fields = [
         ("input", summary["input"]),
@@ -207,6 +218,8 @@ def run_section(summary: dict) -> str:
         ("files", f"{summary['files']:,}, of which kept from the earlier output"
                   f" {summary['files_kept_from_earlier_output']:,}"),
     ]  # fmt: skip
+    if summary.get("io_transient_failures"):
+        fields.append(("bucket requests retried", retries_text(summary)))
     cells = "".join(
         f"<tr><th>{name}</th><td>{html.escape(str(value))}</td></tr>" for name, value in fields
     )

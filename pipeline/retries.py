@@ -66,9 +66,6 @@ class RetryPolicy:
     def attempts(self) -> int:
         return self.retries + 1
 
-    def as_options(self) -> dict:
-        return {"io_retries": self.retries, "io_retry_deadline_s": self.deadline_s}
-
     @classmethod
     def from_options(cls, options: dict | None) -> "RetryPolicy":
         """The policy a run's options dict names (defaults where it names none)."""

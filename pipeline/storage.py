@@ -12,7 +12,9 @@ when used: they come with optional extras (apache-beam[aws], apache-beam[gcp]).
 import io
 import os
 import threading
-from collections.abc import Callable, Hashable
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -23,6 +25,10 @@ from apache_beam.options.value_provider import RuntimeValueProvider
 from pipeline import retries
 
 WHOLE_OBJECT_LIMIT = 64 * 1024 * 1024  # bytes; a larger object is streamed by Beam's reader
+# Bucket objects fetched at once ahead of decoding, by one worker: a slow or retried request
+# then delays its own file, not every file behind it. At most this many objects (each at most
+# WHOLE_OBJECT_LIMIT) are held in memory before they are decoded.
+FETCH_AHEAD = 8
 S3_OPTIONS = (  # what Beam's boto3 client is built from (apache_beam.io.aws.clients.s3)
     "s3_access_key_id",
     "s3_secret_access_key",
@@ -48,6 +54,21 @@ def open_input(path: str) -> BinaryIO:
     if scheme == "gs":
         return _open_gcs(path)
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def fetch_ahead(
+    paths: Iterable[str], pool: ThreadPoolExecutor
+) -> Iterator[tuple[str, Future | None]]:
+    """Each path, in order, with its bucket object being fetched (`open_input`) in `pool`,
+    FETCH_AHEAD ahead of the path being used; None for a local path, which is read as it is
+    decoded."""
+    ahead: deque[tuple[str, Future | None]] = deque()
+    for path in paths:
+        fetched = pool.submit(open_input, path) if FileSystems.get_scheme(path) else None
+        ahead.append((path, fetched))
+        if len(ahead) > FETCH_AHEAD:
+            yield ahead.popleft()
+    yield from ahead
 
 
 def is_bucket_root(path: str) -> bool:
@@ -129,7 +150,7 @@ def s3_client() -> Any:
 
 def gcs_client() -> Any:
     """The process's google-cloud-storage client, made by Beam's own factory (Google default
-    credentials, impersonation, STORAGE_EMULATOR_HOST) for the current options."""
+    credentials, impersonation, STORAGE_EMULATOR_HOST) for the current options and emulator."""
     values = option_values(GoogleCloudOptions, GCS_OPTIONS)
 
     def make() -> Any:
@@ -140,7 +161,7 @@ def gcs_client() -> Any:
             options = PipelineOptions.from_dictionary(options or {})
         return create_storage_client(options)
 
-    return cached_client(("gs", values), make)
+    return cached_client(("gs", values, os.environ.get("STORAGE_EMULATOR_HOST")), make)
 
 
 def _open_s3(path: str) -> BinaryIO:

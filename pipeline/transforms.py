@@ -43,7 +43,7 @@ from pipeline.loading import WindowReader
 from pipeline.output import EVENTS_PREFIX, TALLY_FILE, group_file, write_parquet
 from pipeline.progress import ProgressRecorder
 from pipeline.sources import PathSource, batched, read_source
-from pipeline.storage import write_atomically
+from pipeline.storage import FETCH_AHEAD, fetch_ahead, write_atomically
 from pipeline.tally import Tally
 
 # Batches scored at once, each by a one-thread onnxruntime call: on 2 cores this keeps both busy
@@ -230,6 +230,7 @@ class LabelGroup(FileSystemsDoFn):
     process through `Shared`, and shared by its threads. Batches are scored in SCORING_THREADS
     threads while the next one is decoded: onnxruntime, TensorFlow, libsndfile and soxr release
     the GIL, so every core works, and at most SCORING_THREADS + 1 batches are held at once.
+    Bucket recordings are fetched FETCH_AHEAD files ahead (pipeline.storage.fetch_ahead).
     """
 
     def __init__(
@@ -258,9 +259,11 @@ class LabelGroup(FileSystemsDoFn):
             tag=f"{self._model_dir or 'shipped model'} ({self._runtime})",
         )
         self._scorer = ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="score")
+        self._fetcher = ThreadPoolExecutor(FETCH_AHEAD, thread_name_prefix="fetch")
 
     def teardown(self):
         self._scorer.shutdown()
+        self._fetcher.shutdown(cancel_futures=True)
 
     def process(self, group: Group) -> Iterator[tuple[Group, list[dict], list[dict]]]:
         rows: list[dict] = []
@@ -302,8 +305,9 @@ class LabelGroup(FileSystemsDoFn):
         each file joins `in_progress` as it is opened, in order."""
         pending: Batch = []
         pending_windows = 0
-        for encoded in encoded_paths:
-            reader = WindowReader(path_from_bytes(encoded), self._max_duration_s, self._batch_size)
+        paths = (path_from_bytes(encoded) for encoded in encoded_paths)
+        for path, fetched in fetch_ahead(paths, self._fetcher):
+            reader = WindowReader(path, self._max_duration_s, self._batch_size, fetched)
             file = FileInProgress(reader)
             in_progress.append(file)
             for run in reader.runs():

@@ -138,6 +138,8 @@ def test_a_fifth_of_s3_requests_failing_loses_nothing(flaky_s3, clips, local_row
     assert failed["slow_down"] > 20 and failed["dropped"] > 5, failed
     assert sum(summary["io_retries"].values()) > 20, summary["io_retries"]
     assert summary["io_retries"].get("s3 GetObject", 0) > 0
+    report = client.get_object(Bucket="labels-out", Key="flaky/_report.html")["Body"].read()
+    assert b"bucket requests retried" in report
 
     manifest = "path\n" + "".join(f"clips/{name}\n" for name in clips)
     client.put_object(Bucket="audio-in", Key="clips.csv", Body=manifest.encode())
