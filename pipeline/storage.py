@@ -12,9 +12,8 @@ when used: they come with optional extras (apache-beam[aws], apache-beam[gcp]).
 import io
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -25,8 +24,8 @@ from apache_beam.options.value_provider import RuntimeValueProvider
 from pipeline import retries
 
 WHOLE_OBJECT_LIMIT = 64 * 1024 * 1024  # bytes; a larger object is streamed by Beam's reader
-# Bucket objects fetched at once ahead of decoding, by one worker: a slow or retried request
-# then delays its own file, not every file behind it. At most this many objects (each at most
+# Bucket objects fetched at once, ahead of decoding, by one worker: a slow or retried request
+# then delays its own file, not the files behind it. At most this many objects (each at most
 # WHOLE_OBJECT_LIMIT) are held in memory before they are decoded.
 FETCH_AHEAD = 8
 S3_OPTIONS = (  # what Beam's boto3 client is built from (apache_beam.io.aws.clients.s3)
@@ -59,16 +58,26 @@ def open_input(path: str) -> BinaryIO:
 def fetch_ahead(
     paths: Iterable[str], pool: ThreadPoolExecutor
 ) -> Iterator[tuple[str, Future | None]]:
-    """Each path, in order, with its bucket object being fetched (`open_input`) in `pool`,
-    FETCH_AHEAD ahead of the path being used; None for a local path, which is read as it is
-    decoded."""
-    ahead: deque[tuple[str, Future | None]] = deque()
+    """Each path with its bucket object fetched (`open_input`) in `pool`, FETCH_AHEAD at a time,
+    yielded as the fetches complete, so a slow or retried one holds back no other file (the
+    order of a group's files does not matter: its rows are sorted). A local path comes at once,
+    with None: it is read as it is decoded."""
+    in_flight: dict[Future, str] = {}
+
+    def completed() -> Iterator[tuple[str, Future]]:
+        done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+        for fetched in done:
+            yield in_flight.pop(fetched), fetched
+
     for path in paths:
-        fetched = pool.submit(open_input, path) if FileSystems.get_scheme(path) else None
-        ahead.append((path, fetched))
-        if len(ahead) > FETCH_AHEAD:
-            yield ahead.popleft()
-    yield from ahead
+        if FileSystems.get_scheme(path) is None:
+            yield path, None
+            continue
+        if len(in_flight) == FETCH_AHEAD:
+            yield from completed()
+        in_flight[pool.submit(open_input, path)] = path
+    while in_flight:
+        yield from completed()
 
 
 def is_bucket_root(path: str) -> bool:
