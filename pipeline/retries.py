@@ -14,8 +14,8 @@ than wrapped in loops of our own:
 `apply` puts the policy in place in a process (the launcher, and each worker in
 `FileSystemsDoFn.setup`). Steps of our own that move several objects (the commit) are redone
 whole by `retrying`, until the deadline. Every transient failure and retry is counted per
-operation, in Beam's metrics and in this process's counts, which the run's tally adds up
-(`take_counts`) for the summary and the report.
+operation in this process's counts, which each group written takes (`take_counts`) into
+Beam's metrics and into the run's tally, for the summary and the report.
 """
 
 import os
@@ -124,14 +124,11 @@ def current() -> RetryPolicy:
 
 
 def count(operation: str, retried: bool) -> None:
-    """One transient failure of `operation`, retried or not (its last attempt)."""
+    """One transient failure of `operation`, retried or not (its last attempt), in any thread."""
     with _lock:
         _failures[operation] += 1
         if retried:
             _retries[operation] += 1
-    Metrics.counter(METRICS_NAMESPACE, f"transient_failures {operation}").inc()
-    if retried:
-        Metrics.counter(METRICS_NAMESPACE, f"retries {operation}").inc()
 
 
 def take_counts() -> tuple[Counter, Counter]:
@@ -142,6 +139,15 @@ def take_counts() -> tuple[Counter, Counter]:
         taken = _retries, _failures
         _retries, _failures = Counter(), Counter()
     return taken
+
+
+def add_to_metrics(retried: Counter, failures: Counter) -> None:
+    """Counts taken (take_counts) into Beam's metrics, from a DoFn: Beam counts only in the
+    thread that runs it, and requests are made in other threads too (fetching ahead)."""
+    for operation, count_ in failures.items():
+        Metrics.counter(METRICS_NAMESPACE, f"transient_failures {operation}").inc(count_)
+    for operation, count_ in retried.items():
+        Metrics.counter(METRICS_NAMESPACE, f"retries {operation}").inc(count_)
 
 
 def is_transient(error: BaseException) -> bool:

@@ -395,7 +395,9 @@ class WriteGroup(FileSystemsDoFn):
             write_parquet(group_file(self._staging, self._run_id, group.name), all_rows, ROW_SCHEMA)
         self._files_labelled.inc(len(rows))
         self._files_kept.inc(len(group.kept_rows))
-        tally.add_io_counts(*retries.take_counts())
+        retried, failures = retries.take_counts()
+        tally.add_io_counts(retried, failures)
+        retries.add_to_metrics(retried, failures)
         yield tally
 
 

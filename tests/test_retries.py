@@ -94,3 +94,35 @@ def test_the_policy_travels_in_the_pipeline_options():
     travelled = options.get_all_options(drop_default=True)
     assert retries.RetryPolicy.from_options(travelled) == retries.RetryPolicy(3, 42.0)
     assert retries.RetryPolicy.from_options({}) == retries.RetryPolicy()
+
+
+def test_counts_reach_beams_metrics_through_the_group_written(tmp_path, quick_backoff):
+    """Requests retried in any thread of a worker (here: a step before WriteGroup) are counted
+    into Beam's metrics by the next group written, once."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from pipeline.transforms import Group, WriteGroup
+
+    def fetch_with_one_retry(group: Group) -> tuple[Group, list, list]:
+        call, _ = failing(1, ConnectionResetError())
+        retries.retrying("s3 GetObject", call)
+        return group, [], []
+
+    pipeline = beam.Pipeline(runner=fn_runner.FnApiRunner())
+    _ = (
+        pipeline
+        | beam.Create([Group("0", []), Group("1", [])])
+        | beam.Map(fetch_with_one_retry)
+        | beam.ParDo(WriteGroup({}, str(tmp_path), None, "run"))
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {
+        counter.key.metric.name: counter.committed
+        for counter in result.metrics().query(MetricsFilter().with_namespace("yesno.io"))[
+            "counters"
+        ]
+    }
+    assert counters == {"retries s3 GetObject": 2, "transient_failures s3 GetObject": 2}
