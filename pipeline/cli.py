@@ -41,6 +41,12 @@ def drop_unactionable_warnings(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(UNACTIONABLE_WARNINGS)
 
 
+def drop_beam_errors(record: logging.LogRecord) -> bool:
+    """Once a run is stopped, Beam logs the stop as an error, with a traceback, at every step it
+    unwinds (its workers' too): not news to the user who stopped it."""
+    return not record.name.startswith("apache_beam")
+
+
 class RunStopped(BaseException):
     """A stop signal arrived: the run ends where it is and commits nothing. A BaseException,
     so that no `except Exception` on the way (a file's error row) takes it for a failure;
@@ -71,9 +77,8 @@ def stop_on_signals() -> Iterator[Stopping]:
 
     def stop(signum: int, _frame) -> None:
         stopping.signum = signum
-        # Beam logs the exception with a traceback as it unwinds each step: not news to a user
-        # who stopped the run.
-        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(drop_beam_errors)
         for stop_signal in STOP_SIGNALS:
             signal.signal(stop_signal, end_now)
         timer = threading.Timer(STOP_GRACE_S, os._exit, [128 + signum])
