@@ -65,12 +65,12 @@ class Stopping:
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[Stopping]:
     """SIGINT and SIGTERM raise RunStopped in the main thread, once: from then on the process
-    has STOP_GRACE_S to clean up, and a second signal ends it at once."""
+    has STOP_GRACE_S to clean up and end (threads still waiting on a bucket would hold its exit
+    longer: then it ends there), and a second signal ends it at once."""
     stopping = Stopping()
     if threading.current_thread() is not threading.main_thread():
         yield stopping
         return
-    deadline: list[threading.Timer] = []
 
     def end_now(signum: int, _frame) -> None:
         os._exit(128 + signum)
@@ -81,10 +81,9 @@ def stop_on_signals() -> Iterator[Stopping]:
             handler.addFilter(drop_beam_errors)
         for stop_signal in STOP_SIGNALS:
             signal.signal(stop_signal, end_now)
-        timer = threading.Timer(STOP_GRACE_S, os._exit, [128 + signum])
-        timer.daemon = True
-        timer.start()
-        deadline.append(timer)
+        deadline = threading.Timer(STOP_GRACE_S, os._exit, [128 + signum])
+        deadline.daemon = True
+        deadline.start()
         raise RunStopped(signum)
 
     previous = {stop_signal: signal.signal(stop_signal, stop) for stop_signal in STOP_SIGNALS}
@@ -93,8 +92,6 @@ def stop_on_signals() -> Iterator[Stopping]:
     finally:
         for stop_signal, handler in previous.items():
             signal.signal(stop_signal, handler)
-        for timer in deadline:
-            timer.cancel()
 
 
 def label_until_stopped(settings: Any, options: Any) -> dict:

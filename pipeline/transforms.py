@@ -263,7 +263,7 @@ class LabelGroup(FileSystemsDoFn):
 
     def teardown(self):
         self._scorer.shutdown()
-        self._fetcher.shutdown(cancel_futures=True)
+        self._fetcher.shutdown(wait=False, cancel_futures=True)  # a stopped run waits for none
 
     def process(self, group: Group) -> Iterator[tuple[Group, list[dict], list[dict]]]:
         rows: list[dict] = []
