@@ -15,7 +15,7 @@ INSTALL_REQUIRES = [
     "soundfile>=0.12",
     "soxr>=0.3",
     # The model is served from model.onnx by onnxruntime (model/serving.py); onnx writes it at
-    # training time (model/onnx_export.py). onnx 1.23 needs protobuf >= 6.31.1.
+    # training time (model/export/onnx_export.py). onnx 1.23 needs protobuf >= 6.31.1.
     "onnx>=1.23,<1.24",
     "onnxruntime>=1.31,<1.32",
 ]
@@ -31,7 +31,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["model", "pipeline"],
+    packages=["model", "model.training", "model.evaluation", "model.export", "pipeline"],
     package_data={
         "model": [
             "README.md",
@@ -45,7 +45,7 @@ setup(
         "dask": DASK,
         "aws": AWS,
         "gcp": GCP,
-        "plots": ["matplotlib>=3.8"],  # only for `python -m model.evaluate --plots`
+        "plots": ["matplotlib>=3.8"],  # only for `python -m model.evaluation.evaluate --plots`
         "test": [
             *DASK,
             *AWS,

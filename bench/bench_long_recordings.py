@@ -2,8 +2,8 @@
 
     python bench/bench_long_recordings.py [--files 30] [--false-alarm-minutes 60]
 
-- Accuracy: `model.eval_sets.long_recordings` of the test split (1-6 min, words 0.3-3 s apart
-  over a noise floor, a quarter of them `yes` or `no`, stored at 8, 16 and 44.1 kHz), labelled
+- Accuracy: `model.evaluation.eval_sets.long_recordings` of the test split (1-6 min, words 0.3-3 s
+  apart over a noise floor, a quarter of them `yes` or `no`, stored at 8, 16 and 44.1 kHz), labelled
   with `yesno-label --events`; each event is matched to the keyword whose centre it holds
   (`match_events`): recall and precision of occurrences, and the error of their centres.
 - False alarms per hour: the same kind of recordings with no keyword at all.
@@ -35,8 +35,8 @@ import pyarrow.parquet as pq
 import soundfile
 
 from model.contract import DEFAULT_ARTIFACT
-from model.eval_sets import long_recordings, match_events
-from model.evaluate import DEFAULT_DATA
+from model.evaluation.eval_sets import long_recordings, match_events
+from model.evaluation.evaluate import DEFAULT_DATA
 from model.serving import STREAM_FILE
 
 SPEED_SECONDS = 3_600

@@ -39,7 +39,7 @@ from model.contract import (
     SAMPLE_RATE,
     SIGNATURE,
 )
-from model.eval_sets import sound_events
+from model.evaluation.eval_sets import sound_events
 
 BATCH_SIZE = 256
 SEED = 20_260_601

@@ -1,11 +1,11 @@
 """The keyword decision: from a recording's window probabilities to its label.
 
-One rule, used by the labelling pipeline and by `model.evaluate`, so the figures measured are
-those of the labels users get. A window says `yes` (or `no`) only when that keyword's score
+One rule, used by the labelling pipeline and by `model.evaluation.evaluate`, so the figures measured
+are those of the labels users get. A window says `yes` (or `no`) only when that keyword's score
 reaches its threshold: its calibrated probability moved by the windows around it
 (`model.context`; unchanged for a window with silence around, such as a 1 s file). The
 thresholds and the context weights are chosen on val for false-keyword budgets
-(`model.thresholds`) and stored in the artifact's `metadata.json` under `decision`.
+(`model.evaluation.thresholds`) and stored in the artifact's `metadata.json` under `decision`.
 """
 
 from dataclasses import dataclass

@@ -1,11 +1,11 @@
 """Load the exported model and score batches of waveforms, with onnxruntime or TensorFlow.
 
 An artifact holds the SavedModel (the source of truth, serving signature `serving_default`) and,
-when `model.train`, `model.ensemble` or `model.onnx_export` wrote it, the same computation as
-`model.onnx`, checked against the SavedModel to 1e-4. onnxruntime starts in a fraction of a second
-without importing TensorFlow, and needs far less memory and time per window on a CPU. An artifact
-with a `verifier/` (model.verifier) has its keyword candidates heard again, by onnxruntime
-whichever runtime scores the networks.
+when `model.training.train`, `model.training.ensemble` or `model.export.onnx_export` wrote it, the
+same computation as `model.onnx`, checked against the SavedModel to 1e-4. onnxruntime starts in a
+fraction of a second without importing TensorFlow, and needs far less memory and time per window on
+a CPU. An artifact with a `verifier/` (model.verifier) has its keyword candidates heard again, by
+onnxruntime whichever runtime scores the networks.
 """
 
 import json
@@ -30,7 +30,7 @@ from model.decision import Decision
 from model.verifier import VERIFIER_DIR, Verifier
 
 ONNX_FILE = "model.onnx"
-STREAM_FILE = "stream.onnx"  # model.onnx_stream: model.onnx for runs of overlapping windows
+STREAM_FILE = "stream.onnx"  # model.export.onnx_stream: model.onnx for runs of overlapping windows
 STREAM_INPUT = "samples"
 # Largest allowed |probability difference| of a reloaded SavedModel from the Keras model and of
 # model.onnx from the SavedModel (checked at export), and of the stream model from model.onnx
@@ -60,7 +60,7 @@ class KeywordModel:
         onnx_threads: int = ONNX_THREADS,
     ):
         self.artifact_dir = artifact_location(artifact_dir)
-        self.metadata = json.loads(read_artifact_file(f"{self.artifact_dir}/{METADATA_FILE}"))
+        self.metadata = read_metadata(self.artifact_dir)
         if tuple(self.metadata["labels"]) != LABELS:
             raise ValueError(f"{self.artifact_dir}: labels {self.metadata['labels']} != {LABELS}")
         self.runtime = resolve_runtime(self.artifact_dir, runtime)
@@ -70,7 +70,7 @@ class KeywordModel:
             if self.runtime == "onnx"
             else saved_model_predictor(self.artifact_dir)
         )
-        # The stream model (model.onnx_stream), opened and checked on first use: short files
+        # The stream model (model.export.onnx_stream), opened and checked on first use: short files
         # never need it.
         stream_path = f"{self.artifact_dir}/{STREAM_FILE}"
         self._stream_path = (
@@ -118,7 +118,7 @@ class KeywordModel:
         """Probabilities float32 [n, 4] of the n windows every WINDOW_HOP in samples float32
         [CLIP_SAMPLES + WINDOW_HOP * (n - 1)] (a model.audio.WindowRun): what `predict` gives
         for those windows, computed from the run with each STFT frame once
-        (model.onnx_stream) when the artifact's model.onnx allows it."""
+        (model.export.onnx_stream) when the artifact's model.onnx allows it."""
         run = WindowRun(np.asarray(samples, dtype=np.float32))
         if len(run.samples) != CLIP_SAMPLES + WINDOW_HOP * (run.count - 1) or run.count < 1:
             raise ValueError(f"{len(run.samples)} samples are not a run of windows")
@@ -191,8 +191,8 @@ def onnx_predictor(
 
 
 def stream_predictor(stream_bytes: bytes, predict: Predict, threads: int) -> Predict | None:
-    """A predictor of a stream model (model.onnx_stream), if it gives what `predict` (model.onnx)
-    gives on a test run of loud, quiet and silent windows, to TOLERANCE; else None."""
+    """A predictor of a stream model (model.export.onnx_stream), if it gives what `predict`
+    (model.onnx) gives on a test run of loud, quiet and silent windows, to TOLERANCE; else None."""
     session_predict = onnx_predictor(stream_bytes, threads, STREAM_INPUT)
     rng = np.random.default_rng(0)
     levels = np.repeat([0.3, 0.01, 0.0, 1e-4, 0.05], WINDOW_HOP)  # one level per half window
@@ -205,6 +205,12 @@ def stream_predictor(stream_bytes: bytes, predict: Predict, threads: int) -> Pre
 
 def _is_local(path: str) -> bool:
     return "://" not in path
+
+
+def read_metadata(artifact_dir: str | Path | None) -> dict:
+    """An artifact's metadata.json (None: the shipped model's), read without loading TensorFlow
+    for a local artifact: the one way the labeller and the model read it."""
+    return json.loads(read_artifact_file(f"{artifact_location(artifact_dir)}/{METADATA_FILE}"))
 
 
 def read_artifact_file(path: str) -> bytes:

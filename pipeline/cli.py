@@ -26,7 +26,6 @@ DEFAULT_BATCH_SIZE = 32
 EXIT_BAD_INPUT = 2
 EXIT_TOO_MANY_ERRORS = 3
 EXIT_COMMIT_INCOMPLETE = 4
-DEFAULT_MAX_ERROR_RATE = 0.5
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # After a stop signal, the run has this long to clear its staging before the process ends.
 STOP_GRACE_S = 8.0
@@ -110,6 +109,7 @@ def label_until_stopped(settings: Any, options: Any) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.retries import add_retry_arguments
+    from pipeline.run import DEFAULT_MAX_ERROR_RATE
     from pipeline.sources import DEFAULT_EXTENSIONS  # imports Beam: after logging is set up
 
     parser = argparse.ArgumentParser(

@@ -7,7 +7,6 @@ per few thousand files): the job reads the input itself, labels, writes and adds
 
 import contextlib
 import datetime
-import json
 import math
 import os
 import time
@@ -19,9 +18,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from model.contract import DEFAULT_ARTIFACT, METADATA_FILE
 from model.decision import Decision
-from model.serving import resolve_runtime
+from model.serving import read_metadata, resolve_runtime
 from pipeline import output, retries
 from pipeline.progress import ProgressReporter, read_progress
 from pipeline.report import write_report
@@ -38,6 +36,7 @@ from pipeline.tally import Tally
 from pipeline.transforms import LabelGroups, SkipExisting
 
 LOCAL_RUNNER_NAMES = {None, "directrunner", "direct"}
+DEFAULT_MAX_ERROR_RATE = 0.5  # share of failed files above which nothing is committed
 
 
 class NoInputError(ValueError):
@@ -61,7 +60,7 @@ class RunSettings:
     max_duration_s: float
     skip_existing: bool = False
     runtime: str = "auto"  # model.serving.RUNTIMES
-    max_error_rate: float = 1.0  # share of failed files above which nothing is committed
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     keep_error_rows: bool = False  # with skip_existing: keep earlier error rows, do not retry
     events_dir: str | None = None  # where to write one row per keyword occurrence
     progress: bool = True  # report progress on stderr while the job runs (pipeline.progress)
@@ -70,16 +69,9 @@ class RunSettings:
     retry_policy: retries.RetryPolicy = field(default_factory=retries.RetryPolicy)  # buckets
 
 
-def read_model_metadata(model_dir: str | None) -> dict:
-    """The model's metadata.json, read without loading TensorFlow."""
-    metadata = FileSystems.join(str(model_dir or DEFAULT_ARTIFACT), METADATA_FILE)
-    with FileSystems.open(metadata) as file:
-        return json.load(file)
-
-
 def read_model_version(model_dir: str | None) -> str:
     """The model's content hash, from its metadata."""
-    return read_model_metadata(model_dir)["model_version"]
+    return read_metadata(model_dir)["model_version"]
 
 
 def make_runner(options: PipelineOptions):
@@ -242,7 +234,7 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     if settings.events_dir is not None:
         events_staging = output.staging_dir(settings.events_dir, run_id)
         events = output.EventsDataset(settings.events_dir, events_staging, run_id)
-    metadata = read_model_metadata(settings.model_dir)
+    metadata = read_metadata(settings.model_dir)
     model_version = metadata["model_version"]
     try:
         plan = plan_input(

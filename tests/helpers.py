@@ -8,7 +8,7 @@ import pytest
 import soundfile
 
 from model.contract import LABELS
-from model.data import read_audio, read_manifest
+from model.training.data import read_audio, read_manifest
 from pipeline.labels import ROW_SCHEMA
 
 

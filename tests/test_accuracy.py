@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data import read_audio, read_manifest, silence_windows
+from model.training.data import read_audio, read_manifest, silence_windows
 from pipeline.cli import main
 from tests.helpers import read_output, write_wav
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.audio import AudioError, read_recording
-from model.data import read_audio, read_manifest
+from model.training.data import read_audio, read_manifest
 from pipeline.cli import main
 from pipeline.loading import WindowReader
 from tests.helpers import tone, write_wav

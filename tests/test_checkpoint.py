@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.checkpoint import (
+from model.training.checkpoint import (
     EpochState,
     capture,
     checkpoint_dir,
@@ -42,7 +42,7 @@ def progress(epochs_done: int) -> dict:
 
 
 def fit_epoch(model, generator: np.random.Generator) -> None:
-    """One epoch whose examples come from `generator`, as model.train draws them."""
+    """One epoch whose examples come from `generator`, as model.training.train draws them."""
     inputs = generator.standard_normal((32, 8)).astype(np.float32)
     model.fit(inputs, inputs[:, :4] * 2, batch_size=8, epochs=1, verbose=0, shuffle=False)
 

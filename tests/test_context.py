@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from model.context import FEATURES, OFFSETS, Context, fit_context
+from model.context import FEATURES, OFFSETS, Context
 from model.contract import LABELS
 from model.decision import Decision
+from model.training.context_fit import fit_context
 from pipeline.labels import RecordingInfo, WindowScores, make_rows
 
 #                 yes   no    unknown silence

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from model.eval_sets import (
+from model.evaluation.eval_sets import (
     TELEPHONE_RATE,
     WITH_SPEECH,
     continuous_speech,
@@ -14,8 +14,8 @@ from model.eval_sets import (
     reading_text,
     spoken_answers,
 )
-from model.evaluate import answers_report, label_recordings, recording_windows
-from model.synth import EVAL_VARIANTS, TRAIN_VARIANTS, espeak_available
+from model.evaluation.evaluate import answers_report, label_recordings, recording_windows
+from model.training.synth import EVAL_VARIANTS, TRAIN_VARIANTS, espeak_available
 from pipeline.cli import main
 from tests.helpers import read_output, write_wav
 

@@ -11,8 +11,8 @@ import soxr
 
 from model.audio import read_recording, split_windows
 from model.contract import LABELS
-from model.data import load_noise
-from model.eval_sets import long_recording, match_events, split_clips
+from model.evaluation.eval_sets import long_recording, match_events, split_clips
+from model.training.data import load_noise
 from pipeline import output
 from pipeline.cli import main
 from pipeline.loading import WindowReader

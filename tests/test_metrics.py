@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from model.contract import LABELS
-from model.data import load_noise, rms
 from model.decision import Decision
-from model.evaluate import (
+from model.evaluation.evaluate import (
     NOISE_SWEEP_HOP,
     NOISE_SWEEP_LEVELS_DB,
     classification_metrics,
@@ -19,6 +18,7 @@ from model.evaluate import (
     silence_check,
     softmax,
 )
+from model.training.data import load_noise, rms
 
 
 def test_classification_metrics_count_what_was_right():

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.architecture import ARCHITECTURES, build_model
 from model.audio import WINDOW_HOP, WindowRun
 from model.contract import (
     CLIP_SAMPLES,
@@ -21,10 +20,11 @@ from model.contract import (
     SAMPLE_RATE,
     SIGNATURE,
 )
-from model.data import load_read_speech, load_split, silence_windows
 from model.decision import Decision
-from model.export import model_version, store_decision
+from model.export.artifact import model_version, store_decision
 from model.serving import ONNX_FILE, STREAM_FILE, TOLERANCE, KeywordModel
+from model.training.architecture import ARCHITECTURES, build_model
+from model.training.data import load_read_speech, load_split, silence_windows
 
 
 def test_metadata_describes_the_artifact():
@@ -80,7 +80,7 @@ def test_outputs_follow_the_label_order(keyword_model, data_dir):
 
 
 def test_the_shipped_onnx_model_matches_the_saved_model_on_real_clips(data_dir):
-    from model.onnx_export import TOLERANCE, check_onnx
+    from model.export.onnx_export import TOLERANCE, check_onnx
 
     speech, _, _ = load_split(data_dir, "test")
     clips = np.concatenate([speech[:300], silence_windows(data_dir, "test", 40, seed=3)])
@@ -122,7 +122,7 @@ def test_a_run_scores_as_its_windows_with_each_frame_once(keyword_model, data_di
 
 
 def test_the_shipped_stream_model_is_derived_from_its_model_onnx():
-    from model.onnx_stream import stream_model_bytes
+    from model.export.onnx_stream import stream_model_bytes
 
     model_bytes = (DEFAULT_ARTIFACT / ONNX_FILE).read_bytes()
     assert stream_model_bytes(model_bytes) == (DEFAULT_ARTIFACT / STREAM_FILE).read_bytes()
@@ -172,7 +172,7 @@ def network_with_moved_statistics(architecture: str, seed: int):
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_every_architecture_exports_to_onnx_with_the_same_outputs(architecture, data_dir, tmp_path):
     """Against Keras on real clips."""
-    from model.onnx_export import TOLERANCE, export_onnx
+    from model.export.onnx_export import TOLERANCE, export_onnx
     from model.serving import onnx_predictor
 
     model = network_with_moved_statistics(architecture, seed=0)
@@ -190,8 +190,8 @@ def test_an_ensemble_exports_the_mean_of_its_members(data_dir, tmp_path):
     the mean of the members' own softmax outputs computed here."""
     import onnx
 
-    from model.export import export_saved_model
-    from model.onnx_export import TOLERANCE, write_onnx
+    from model.export.artifact import export_saved_model
+    from model.export.onnx_export import TOLERANCE, write_onnx
     from model.serving import KeywordModel
 
     members = [

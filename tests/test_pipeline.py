@@ -141,8 +141,8 @@ def test_installed_command_multi_process_gives_the_same_rows(in_process_rows, re
 def test_the_tensorflow_runtime_gives_the_same_rows_as_onnx(in_process_rows, recordings, tmp_path):
     """--runtime tensorflow scores with the SavedModel that model.onnx is checked against.
 
-    Real speech agrees to 1e-6 (and to model.onnx_export.TOLERANCE, 1e-4, on every val and test
-    clip checked in test_model_contract); hum.wav, a 50 Hz hum one 8-bit step high, differs by
+    Real speech agrees to 1e-6 (and to model.export.onnx_export.TOLERANCE, 1e-4, on every val and
+    test clip checked in test_model_contract); hum.wav, a 50 Hz hum one 8-bit step high, differs by
     1.3e-4: near digital silence the log of a tiny float32 spectrum magnifies each runtime's
     rounding. Labels must not change."""
     output = tmp_path / "tensorflow"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from model.decision import Decision
-from model.eval_sets import EvalRecording, LongRecording, PlacedKeyword
-from model.thresholds import (
+from model.evaluation.eval_sets import EvalRecording, LongRecording, PlacedKeyword
+from model.evaluation.thresholds import (
     choose,
     choose_decision,
     false_figures,

@@ -9,7 +9,8 @@ import pytest
 
 from model.audio import pad_to_clip
 from model.contract import LABELS
-from model.data import (
+from model.evaluation.eval_sets import SEEDS, sound_event_bank
+from model.training.data import (
     SHORT_RECORDING_SAMPLES,
     SILENCE_LABEL,
     active_region,
@@ -23,8 +24,7 @@ from model.data import (
     shorten,
     speech_windows,
 )
-from model.eval_sets import SEEDS, sound_event_bank
-from model.train import (
+from model.training.train import (
     AUGMENTATION,
     DISTILLATION_WEIGHT,
     KEYWORD_CLIPS_PER_EPOCH,
@@ -239,7 +239,7 @@ def test_non_speech_sounds_replace_that_share_of_the_silence_windows(data_dir):
 
 
 def test_training_sounds_are_none_of_the_evaluation_sounds():
-    """model.eval_sets.non_speech measures val and test with banks of their own."""
+    """model.evaluation.eval_sets.non_speech measures val and test with banks of their own."""
     train_bank = {event.tobytes() for event in sound_event_bank(16_000, TRAIN_SOUND_BANK)}
     for split, seed in SEEDS.items():
         assert seed != TRAIN_SOUND_BANK, split
@@ -262,7 +262,7 @@ def test_the_averaged_weights_are_validated_then_the_trained_ones_come_back(data
     unchanged, so training goes on from them."""
     import keras
 
-    from model.architecture import build_model
+    from model.training.architecture import build_model
 
     keras.utils.set_random_seed(0)
     words = ["yes", "no", "go", "yes", "no", "go", "yes", "no"]
@@ -311,7 +311,7 @@ def test_a_word_head_learns_each_clips_word_and_leaves_the_exported_network_alon
     network to export holds no weight of the head."""
     import keras
 
-    from model.architecture import build_model
+    from model.training.architecture import build_model
 
     keras.utils.set_random_seed(0)
     words = ["no", "go", "down"] * 2
@@ -359,8 +359,8 @@ def test_targets_mix_the_mean_of_the_teachers_probabilities(keyword_model, data_
 def test_a_fine_tuned_member_starts_from_its_trained_self_and_is_the_one_combined(
     monkeypatch, tmp_path
 ):
-    """The one training command's member recipes: model.ensemble.train_members calls
-    model.train once per member and once more for a member with fine_tuning, from the first
+    """The one training command's member recipes: model.training.ensemble.train_members calls
+    model.training.train once per member and once more for a member with fine_tuning, from the first
     run's artifact, with its non-speech share; the tuned artifact is the member combined."""
     from model import ensemble
 

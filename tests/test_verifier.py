@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
-from model.data import load_split
-from model.export import model_version
+from model.export.artifact import model_version
 from model.serving import ONNX_FILE, KeywordModel, onnx_predictor
+from model.training.data import load_split
 from model.verifier import (
     EMBEDDING_FILE,
     HEAD_FILE,

@@ -1,6 +1,6 @@
 """Choose the keyword decision on val for false-keyword budgets, and store it in the artifact.
 
-`python -m model.thresholds [--artifact DIR] [--data DIR] [--read-speech DIR] [--write]
+`python -m model.evaluation.thresholds [--artifact DIR] [--data DIR] [--read-speech DIR] [--write]
 [--set YES NO] [--table] [--no-context]`
 
 The decision is the context rule (model.context), fitted on the val spoken answers,
@@ -14,8 +14,8 @@ share of wrong `yes` and of wrong `no` labels. The thresholds are chosen, and th
 measured, on cross-fitted scores: each of CONTEXT_FOLDS parts of the recordings scored by the
 rule fitted on the others, so neither rests on recordings the rule was fitted to. `--write`
 stores the rule (fitted on all of them), the thresholds, the budgets and the val figures under
-`decision` in metadata.json, where the pipeline and `model.evaluate` read them, and updates the
-model version, which covers the decision. Only val is read: test stays for reporting.
+`decision` in metadata.json, where the pipeline and `model.evaluation.evaluate` read them, and
+updates the model version, which covers the decision. Only val is read: test stays for reporting.
 """
 
 import argparse
@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from model.audio import window_starts_s
-from model.context import Context, Said, fit_context
+from model.context import Context, Said
 from model.contract import CLIP_SAMPLES, DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
-from model.data import DEFAULT_READ_SPEECH
 from model.decision import KEYWORD_IDS, KEYWORDS, Decision, keyword_runs
-from model.eval_sets import (
+from model.evaluation.eval_sets import (
     READ_SENTENCES,
     LongRecording,
     continuous_speech,
@@ -38,7 +37,7 @@ from model.eval_sets import (
     non_speech,
     spoken_answers,
 )
-from model.evaluate import (
+from model.evaluation.evaluate import (
     DEFAULT_DATA,
     answers_report,
     continuous_report,
@@ -48,12 +47,15 @@ from model.evaluate import (
     recording_windows,
 )
 from model.serving import KeywordModel
+from model.training.context_fit import fit_context
+from model.training.data import DEFAULT_READ_SPEECH
 
 GRID = np.round(np.arange(0.35, 0.9951, 0.015), 3)
 MIN_WORD_CLIPS = 20
 CONTEXT_FOLDS = 5
-# Val long recordings (model.eval_sets.long_recordings: 1-6 min, words 0.3-3 s apart, a quarter
-# of them keywords): keywords inside running speech, for the context rule and the recall score.
+# Val long recordings (model.evaluation.eval_sets.long_recordings: 1-6 min, words 0.3-3 s apart, a
+# quarter of them keywords): keywords inside running speech, for the context rule and the recall
+# score.
 LONG_RECORDINGS = 30
 # For both keywords together: share of non-keyword clips labelled yes or no, the same for the
 # worst single word and for non-speech clips, share of non-answer files, occurrences per 10
@@ -122,7 +124,8 @@ def words_said(recording: LongRecording, windows: int) -> Said:
 
 def long_occurrences(decision: Decision, evidence: dict) -> tuple[float, float]:
     """(recall, precision) of the keyword occurrences in the val long recordings, matched as
-    bench/bench_long_recordings.py matches the pipeline's events (model.eval_sets.match_events)."""
+    bench/bench_long_recordings.py matches the pipeline's events
+    (model.evaluation.eval_sets.match_events)."""
     found = events = said = 0
     for recording, windows in zip(evidence["long"], evidence["long_windows"], strict=True):
         starts = window_starts_s(len(windows), len(recording.audio) / recording.sample_rate)
@@ -209,7 +212,7 @@ def choose(evidence: dict) -> Decision:
 
 def gather_evidence(keyword_model: KeywordModel, data_dir: Path, read_speech_dir: Path) -> dict:
     """Val probabilities: every clip, the non-speech clips, and the windows of the spoken answers
-    and continuous speech (model.eval_sets)."""
+    and continuous speech (model.evaluation.eval_sets)."""
     waveforms, labels, words = load_eval_set(data_dir, "val")
     answers = spoken_answers(data_dir, "val", read_speech_dir=read_speech_dir)
     speech = continuous_speech(data_dir, read_speech_dir, "val")
@@ -280,7 +283,7 @@ def choose_and_store_thresholds(
 ) -> dict:
     """Choose the artifact's decision on val (or take `fixed` thresholds), and store it with its
     val figures in its metadata.json, updating the model version."""
-    from model.export import store_decision  # imports TensorFlow: only when writing
+    from model.export.artifact import store_decision  # imports TensorFlow: only when writing
 
     evidence = gather_evidence(KeywordModel(artifact_dir), data_dir, read_speech_dir)
     decision, scored = choose_decision(evidence, fixed, context)

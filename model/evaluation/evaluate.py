@@ -1,7 +1,7 @@
 """Score the exported model on the test split and report the figures the model card quotes.
 
-`python -m model.evaluate [--artifact DIR] [--data DIR] [--split val|test] [--write-metadata]
-[--robustness [MODE ...]] [--plots DIR] [--errors]`
+`python -m model.evaluation.evaluate [--artifact DIR] [--data DIR] [--split val|test]
+[--write-metadata] [--robustness [MODE ...]] [--plots DIR] [--errors]`
 
 Loads the artifact exactly as consumers do (model.serving.KeywordModel), scores every speech clip
 of the split plus 200 deterministic silence windows from that split's time portion of the noise
@@ -24,7 +24,17 @@ import soxr
 
 from model.audio import read_recording, split_windows
 from model.contract import CLIP_SAMPLES, DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
-from model.data import (
+from model.decision import KEYWORD_IDS, KEYWORDS, Decision, count_occurrences
+from model.evaluation.eval_sets import (
+    WITH_SPEECH,
+    EvalRecording,
+    LongRecording,
+    continuous_speech,
+    non_speech,
+    spoken_answers,
+)
+from model.serving import KeywordModel
+from model.training.data import (
     DEFAULT_READ_SPEECH,
     SHORT_RECORDING_SAMPLES,
     SILENCE_LABEL,
@@ -36,16 +46,6 @@ from model.data import (
     silence_windows,
     time_shift,
 )
-from model.decision import KEYWORD_IDS, KEYWORDS, Decision, count_occurrences
-from model.eval_sets import (
-    WITH_SPEECH,
-    EvalRecording,
-    LongRecording,
-    continuous_speech,
-    non_speech,
-    spoken_answers,
-)
-from model.serving import KeywordModel
 
 DEFAULT_DATA = Path("../shared/data/speech_commands")
 # Noise files shorter than a second: this split's silence windows cut short and zero-padded.
@@ -736,7 +736,8 @@ def main() -> None:
     parser.add_argument(
         "--answers",
         action="store_true",
-        help="label the split's spoken answers and non-answers (model.eval_sets; needs espeak-ng)",
+        help="label the split's spoken answers and non-answers (model.evaluation.eval_sets;"
+        " needs espeak-ng)",
     )
     parser.add_argument(
         "--continuous",

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from model.contract import SAMPLE_RATE
-from model.feature_settings import (
+from model.training.feature_settings import (
     FFT_LENGTH,
     FRAMES,
     HOP_SAMPLES,

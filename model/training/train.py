@@ -1,9 +1,10 @@
 """Train one yes / no / unknown / silence network and export it, in one reproducible command.
 
-`python -m model.train --data ../shared/data/speech_commands --arch ds-cnn-m-ln --epochs 40 --out D`
+`python -m model.training.train --data ../shared/data/speech_commands --arch ds-cnn-m-ln --epochs 40
+--out D`
 
-The shipped model is an ensemble of two such networks, made by `model.ensemble`, which calls
-`train` for each member.
+The shipped model is an ensemble of two such networks, made by `model.training.ensemble`, which
+calls `train` for each member.
 
 Fits on `train` with on-the-fly augmentation (shift, gain, background and babble noise;
 SpecAugment inside the model) and label smoothing, optionally towards the averaged probabilities
@@ -25,16 +26,34 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from model.architecture import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from model.audio import split_windows
-from model.checkpoint import capture as capture_checkpoint
-from model.checkpoint import checkpoint_dir
-from model.checkpoint import load as load_checkpoint
-from model.checkpoint import remove as remove_checkpoint
-from model.checkpoint import restore as restore_checkpoint
-from model.checkpoint import save as save_checkpoint
 from model.contract import CLIP_SAMPLES, LABELS, SAMPLE_RATE
-from model.data import (
+from model.decision import KEYWORD_IDS, KEYWORDS, Decision
+from model.evaluation.eval_sets import sound_clips
+from model.evaluation.evaluate import (
+    DEFAULT_DATA,
+    ROBUSTNESS_MODES,
+    classification_metrics,
+    evaluate_artifact,
+    expected_calibration_error,
+    fit_temperature,
+    format_report,
+    load_eval_set,
+    negative_log_likelihood,
+    predict_in_batches,
+    robustness_probabilities,
+    softmax,
+    store_metrics,
+)
+from model.serving import KeywordModel
+from model.training.architecture import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from model.training.checkpoint import capture as capture_checkpoint
+from model.training.checkpoint import checkpoint_dir
+from model.training.checkpoint import load as load_checkpoint
+from model.training.checkpoint import remove as remove_checkpoint
+from model.training.checkpoint import restore as restore_checkpoint
+from model.training.checkpoint import save as save_checkpoint
+from model.training.data import (
     DEFAULT_READ_SPEECH,
     SILENCE_LABEL,
     active_region,
@@ -55,25 +74,7 @@ from model.data import (
     speech_windows,
     time_shift,
 )
-from model.decision import KEYWORD_IDS, KEYWORDS, Decision
-from model.eval_sets import sound_clips
-from model.evaluate import (
-    DEFAULT_DATA,
-    ROBUSTNESS_MODES,
-    classification_metrics,
-    evaluate_artifact,
-    expected_calibration_error,
-    fit_temperature,
-    format_report,
-    load_eval_set,
-    negative_log_likelihood,
-    predict_in_batches,
-    robustness_probabilities,
-    softmax,
-    store_metrics,
-)
-from model.serving import KeywordModel
-from model.synth import (
+from model.training.synth import (
     NON_KEYWORDS,
     TRAIN_VARIANTS,
     Voice,
@@ -97,7 +98,8 @@ LABEL_SMOOTHING = 0.1
 # the unknown word closest to `no`).
 KEYWORD_CLIPS_PER_EPOCH = 1800
 SILENCE_CLIPS_PER_EPOCH = 800
-# The bank of non-speech sounds trained on (val and test have their own, model.eval_sets.SEEDS).
+# The bank of non-speech sounds trained on (val and test have their own,
+# model.evaluation.eval_sets.SEEDS).
 TRAIN_SOUND_BANK = 5
 # Unknown words, weighted so each word counts: every clip once, a rare word's clips drawn until
 # it has MIN_DRAWS_PER_WORD, and the hard negatives (the words most often heard as yes or no)
@@ -140,19 +142,19 @@ SILENCE_WORD = "_silence_"
 DISTILLATION_WEIGHT = 0.5
 AUGMENTATION = {
     "time_shift_ms": 300,
-    # Share of speech clips played 0.88-1.12 times as fast (model.data.change_speed): a speaker's
-    # word in a higher or lower, quicker or slower voice. Off in the shipped recipe.
+    # Share of speech clips played 0.88-1.12 times as fast (model.training.data.change_speed): a
+    # speaker's word in a higher or lower, quicker or slower voice. Off in the shipped recipe.
     "speed_share": 0.0,
     "speed_factors": (0.88, 1.12),
     # Silence windows shifted too (zero-filled gaps, as in a padded short recording), or a share
     # of them cut shorter than 1 s and zero-padded evenly, as the pipeline pads a short recording
-    # (model.data.shorten). Both fix short noise files; both are off in the shipped recipe, as no
-    # model trained with them has passed selection yet (model/README.md).
+    # (model.training.data.shorten). Both fix short noise files; both are off in the shipped recipe,
+    # as no model trained with them has passed selection yet (model/README.md).
     "shift_silence": False,
     "short_silence_share": 0.0,
     # Share of silence windows replaced by non-speech sounds (hiss with harmonic tones and noise
-    # bursts, model.eval_sets.sound_clips) from a bank of the train split's own: sounds that are
-    # no speech must not be heard as a keyword. Off in the shipped recipe.
+    # bursts, model.evaluation.eval_sets.sound_clips) from a bank of the train split's own: sounds
+    # that are no speech must not be heard as a keyword. Off in the shipped recipe.
     "non_speech_share": 0.0,
     "noise_probability": 0.8,
     "noise_snr_db": (0.0, 30.0),
@@ -163,7 +165,7 @@ AUGMENTATION = {
     "neighbour_share": 0.4,
     "neighbour_max_gap_ms": 150,
     # Share of speech clips (apart from those) given a whole second word in the same window, as a
-    # spoken answer's window holds "yes I" (model.data.pair_words); the label stays true.
+    # spoken answer's window holds "yes I" (model.training.data.pair_words); the label stays true.
     "pair_share": 0.0,
     "gain": (0.03, 2.0),  # -30 dB to +6 dB
     # Share of all clips (speech and silence) band-limited like audio recorded at a low rate.
@@ -579,20 +581,20 @@ def train(
     average_momentum: float | None = None,
     word_head_weight: float = 0.0,
 ) -> None:
-    # What a checkpoint must have been written by to be resumed (model.checkpoint): every
+    # What a checkpoint must have been written by to be resumed (model.training.checkpoint): every
     # argument but where the artifact goes.
     run_settings = {name: repr(value) for name, value in locals().items() if name != "out_dir"}
     configure_tensorflow(seed)
     import keras
 
-    from model.architecture import build_model, describe
-    from model.export import (
+    from model.export.artifact import (
         artifact_metadata,
         copy_data_license,
         export_saved_model,
         write_metadata,
     )
-    from model.onnx_export import rebuild_keras_model, write_onnx
+    from model.export.onnx_export import rebuild_keras_model, write_onnx
+    from model.training.architecture import build_model, describe
 
     started = time.monotonic()
     rng = np.random.default_rng(seed)

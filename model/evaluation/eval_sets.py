@@ -1,7 +1,7 @@
 """Evaluation recordings beyond 1 s clips: spoken answers, and continuous speech without keywords.
 
 Built deterministically (a seed per split) from a split's own speakers and the evaluation voices
-of `model.synth`, never from anything training reads:
+of `model.training.synth`, never from anything training reads:
 
 - spoken answers (`spoken_answers`): 1-5 s files that answer yes or no ("yes please", "no thank
   you") and files that do not ("I'm not sure", "call me later"), spoken by espeak-ng, assembled
@@ -23,7 +23,7 @@ import numpy as np
 import soxr
 
 from model.contract import SAMPLE_RATE
-from model.data import (
+from model.training.data import (
     DEFAULT_READ_SPEECH,
     active_region,
     load_noise,
@@ -32,7 +32,7 @@ from model.data import (
     read_manifest,
     rms,
 )
-from model.synth import EVAL_VARIANTS, random_voices, speak
+from model.training.synth import EVAL_VARIANTS, random_voices, speak
 
 ANSWERS = {
     "yes": (

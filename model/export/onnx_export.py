@@ -5,13 +5,13 @@ float32 [batch, 16000] in, `probabilities` = softmax(logits / temperature) float
 log-mel front end included, dynamic batch. It is written directly with the `onnx` helper API from
 the Keras model's layers and weights (no tf2onnx), in NCHW layout:
 
-- Front end (model/features.py): the 512-point real DFT of each Hann-windowed 480-sample frame is
-  factorised Cooley-Tukey style as 512 = 16 x 32. Stage 1 is one grouped Conv1D over the waveform
-  viewed as [batch, 32, 500] (window, 16-point DFT and twiddle factors folded into its weights,
-  stride 10 = hop 320 / 32), stage 2 one MatMul with the 32-point DFT matrix; then magnitude,
-  the mel matrix of features.py and log(x + 1e-6). About 2.5 M multiply-adds per window instead
-  of 12 M for a direct DFT-basis matmul (what tf2onnx emits for tf.signal.stft), and no DFT/STFT
-  op (onnxruntime's are slower than TensorFlow's FFT).
+- Front end (model/training/features.py): the 512-point real DFT of each Hann-windowed 480-sample
+  frame is factorised Cooley-Tukey style as 512 = 16 x 32. Stage 1 is one grouped Conv1D over the
+  waveform viewed as [batch, 32, 500] (window, 16-point DFT and twiddle factors folded into its
+  weights, stride 10 = hop 320 / 32), stage 2 one MatMul with the 32-point DFT matrix; then
+  magnitude, the mel matrix of features.py and log(x + 1e-6). About 2.5 M multiply-adds per window
+  instead of 12 M for a direct DFT-basis matmul (what tf2onnx emits for tf.signal.stft), and no
+  DFT/STFT op (onnxruntime's are slower than TensorFlow's FFT).
 - Network: Conv2D / DepthwiseConv2D with the following BatchNormalization folded into the
   convolution, ReLU / swish, Add, mean over an axis, (Global)pooling, Resizing (bilinear),
   Flatten, Dense; Dropout, SpatialDropout2D and SpecAugment are inference-time identities. This
@@ -23,150 +23,32 @@ the Keras model's layers and weights (no tf2onnx), in NCHW layout:
   end, a loudness gain being applied after the mel projection) is computed once.
 
 `onnx` builds the file (training, export); `onnxruntime` serves it (model/serving.py), with no
-TensorFlow import. `model.train` and `model.ensemble` write it next to the SavedModel and check it
-against the SavedModel on val; `python -m model.onnx_export ARTIFACT` adds it to a one-network
-artifact trained before.
+TensorFlow import. `model.training.train` and `model.training.ensemble` write it next to the
+SavedModel and check it against the SavedModel on val; `python -m model.export.onnx_export ARTIFACT`
+adds it to a one-network artifact trained before.
 
-Command: `python -m model.onnx_export model/artifacts/yesno-members/ds-cnn-m [--arch ds-cnn-m]`
+Command: `python -m model.export.onnx_export model/artifacts/yesno-members/ds-cnn-m [--arch
+ds-cnn-m]`
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model.contract import CLIP_SAMPLES, INPUT_NAME, LABELS, METADATA_FILE, OUTPUT_NAME, SIGNATURE
+from model.export.onnx_graph import OPSET, GraphBuilder, gain_of_power, log_mel
 from model.serving import ONNX_FILE, TOLERANCE, onnx_predictor, saved_model_predictor
 
 if TYPE_CHECKING:
     import keras
     import onnx
 
-    from model.export import Member
-
-# Opset 18 (ReduceMean axes as an input, Split num_outputs); onnxruntime >= 1.14 runs it. The IR
-# version is pinned to the minimum for the opset: the `onnx` package writes its newest IR
-# version by default (14 for onnx 1.23), which older onnxruntime releases refuse to load.
-OPSET = 18
-DFT_SPLIT = 32  # N2 of FFT_LENGTH = N1 * N2; must divide FFT_LENGTH, HOP_SAMPLES and CLIP_SAMPLES
-
-
-@dataclass
-class _Builder:
-    """Accumulates ONNX nodes and initializers with unique names."""
-
-    nodes: list = field(default_factory=list)
-    initializers: list = field(default_factory=list)
-    count: int = 0
-
-    def name(self, hint: str) -> str:
-        self.count += 1
-        return f"{hint}_{self.count}"
-
-    def const(self, hint: str, value: Any, dtype: Any = np.float32) -> str:
-        from onnx import numpy_helper
-
-        name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
-
-    def ints(self, hint: str, *values: int) -> str:
-        return self.const(hint, list(values), np.int64)
-
-    def op(self, op_type: str, inputs: list[str], hint: str, outputs: int = 1, **attrs: Any):
-        from onnx import helper
-
-        names = [self.name(hint) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=names[0], **attrs))
-        return names[0] if outputs == 1 else names
-
-
-def _hann(length: int) -> np.ndarray:
-    """tf.signal.hann_window(length), periodic, in float64."""
-    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)
-
-
-def _log_mel(b: _Builder, waveform: str, mel_matrix: np.ndarray, gain: str | None = None) -> str:
-    """waveform [batch, CLIP_SAMPLES] -> log-mel [batch, 1, FRAMES, MEL_BINS] (NCHW of the Keras
-    [batch, FRAMES, MEL_BINS, 1]), as model.features.LogMelSpectrogram; with `gain` [batch, 1],
-    the log-mel of waveform x gain (the mel spectrum is scaled, which is the same for a gain > 0:
-    the STFT, its magnitude and the mel projection are all linear in it)."""
-    from model.feature_settings import FRAMES, LOG_OFFSET
-
-    x = _mel_spectrum(b, waveform, mel_matrix, -1, FRAMES)
-    if gain is not None:
-        x = b.op("Mul", [x, b.op("Unsqueeze", [gain, b.ints("axis", 2)], "gain_3d")], "scaled")
-    x = b.op("Log", [b.op("Add", [x, b.const("log_offset", LOG_OFFSET)], "mel_offset")], "log")
-    x = b.op("Transpose", [x], "log_mel_t", perm=[0, 2, 1])  # [batch, f, mel]
-    return b.op("Unsqueeze", [x, b.ints("axis", 1)], "log_mel")
-
-
-def _mel_spectrum(
-    b: _Builder, waveform: str, mel_matrix: np.ndarray, batch: int, frames: int
-) -> str:
-    """waveform [batch, samples] -> mel magnitudes [batch, MEL_BINS, frames] of its STFT frames
-    (model.features' framing, no padding). One of `batch` and `frames` may be -1 (dynamic): a
-    batch of 1 s clips has FRAMES frames each; a single stream of any length (model.onnx_stream)
-    is a batch of 1."""
-    from model.feature_settings import FFT_LENGTH, HOP_SAMPLES, MEL_BINS, WINDOW_SAMPLES
-
-    n2_count = DFT_SPLIT
-    if FFT_LENGTH % n2_count or HOP_SAMPLES % n2_count or CLIP_SAMPLES % n2_count:
-        raise NotImplementedError(f"DFT_SPLIT {n2_count} must divide fft, hop and clip length")
-    n1_count = FFT_LENGTH // n2_count  # stage-1 DFT size (16)
-    taps = -(-WINDOW_SAMPLES // n2_count)  # stage-1 kernel: window rows of n2_count samples (15)
-    stride = HOP_SAMPLES // n2_count
-    if frames != -1 and (CLIP_SAMPLES // n2_count - taps) // stride + 1 != frames:
-        raise NotImplementedError(f"the factorised framing does not give {frames} frames")
-    k2_count = FFT_LENGTH // 2 // n1_count + 1  # k = k1 + n1_count * k2 covers 0..FFT_LENGTH/2
-    window = np.zeros(taps * n2_count)
-    window[:WINDOW_SAMPLES] = _hann(WINDOW_SAMPLES)
-
-    # Sample m = n2_count * n1 + n2 of a frame, bin k = k1 + n1_count * k2:
-    # X[k] = sum_n2 e^{-2pi i n2 k2 / n2_count} * B[n2, k1],
-    # B[n2, k1] = sum_n1 x[m] w[m] e^{-2pi i (n1 k1 / n1_count + n2 k1 / FFT_LENGTH)}.
-    n1, k1, n2 = np.arange(taps), np.arange(n1_count), np.arange(n2_count)
-    phase = (
-        2 * np.pi * (np.outer(k1, n1)[None] / n1_count + np.outer(n2, k1)[:, :, None] / FFT_LENGTH)
-    )  # [n2, k1, n1]
-    taper = window.reshape(taps, n2_count).T[:, None, :]  # [n2, 1, n1]
-    stage1 = np.stack([taper * np.cos(phase), -taper * np.sin(phase)], axis=1)  # [n2, ri, k1, n1]
-    stage1 = stage1.reshape(n2_count * 2 * n1_count, 1, taps)
-    angle = 2 * np.pi * np.outer(np.arange(k2_count), n2) / n2_count  # [k2, n2]
-    stage2 = np.zeros((2, k2_count, n2_count, 2))  # [(re, im) out, k2, n2, (re, im) in]
-    stage2[0, :, :, 0], stage2[0, :, :, 1] = np.cos(angle), np.sin(angle)
-    stage2[1, :, :, 0], stage2[1, :, :, 1] = -np.sin(angle), np.cos(angle)
-    stage2 = stage2.reshape(2 * k2_count, 2 * n2_count)
-    bins = k2_count * n1_count  # row k2 * n1_count + k1 is bin k; rows past FFT_LENGTH/2 unused
-    mel = np.zeros((bins, MEL_BINS))
-    mel[: FFT_LENGTH // 2 + 1] = mel_matrix
-
-    columns = CLIP_SAMPLES // n2_count if batch == -1 else -1
-    columns_major = b.op("Reshape", [waveform, b.ints("shape", batch, columns, n2_count)], "blocks")
-    x = b.op("Transpose", [columns_major], "by_phase", perm=[0, 2, 1])  # [batch, n2, columns]
-    x = b.op(
-        "Conv",
-        [x, b.const("dft_stage1", stage1)],
-        "dft_stage1",
-        group=n2_count,
-        kernel_shape=[taps],
-        strides=[stride],
-    )  # [batch, (n2, ri, k1), frames]
-    frame_columns = -1 if frames == -1 else n1_count * frames
-    x = b.op("Reshape", [x, b.ints("shape", batch, 2 * n2_count, frame_columns)], "stage1")
-    x = b.op("MatMul", [b.const("dft_stage2", stage2), x], "dft")  # [batch, (ri, k2), (k1, f)]
-    x = b.op("Mul", [x, x], "power_parts")
-    parts = -1 if frames == -1 else k2_count * n1_count * frames
-    x = b.op("Reshape", [x, b.ints("shape", batch, 2, parts)], "parts")
-    real, imag = b.op("Split", [x], "part", outputs=2, axis=1, num_outputs=2)
-    x = b.op("Sqrt", [b.op("Add", [real, imag], "power")], "magnitude")
-    x = b.op("Reshape", [x, b.ints("shape", batch, bins, frames)], "spectrum")  # [batch, k, f]
-    return b.op("MatMul", [b.const("mel_matrix_t", mel.T), x], "mel")  # [batch, mel, f]
+    from model.export.artifact import Member
 
 
 def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -206,7 +88,7 @@ def _nchw_axis(axis: int, rank: int) -> int:
     return {0: 0, 1: 2, 2: 3, 3: 1}[axis] if rank == 4 else axis
 
 
-def _activation(b: _Builder, x: str, activation: Any, where: str) -> str:
+def _activation(b: GraphBuilder, x: str, activation: Any, where: str) -> str:
     name = getattr(activation, "__name__", str(activation))
     if name == "linear":
         return x
@@ -219,22 +101,14 @@ def _activation(b: _Builder, x: str, activation: Any, where: str) -> str:
     raise NotImplementedError(f"{where}: activation {name!r}")
 
 
-def _loudness_gain(b: _Builder, waveform: str) -> str:
-    """The gain [batch, 1] that model.features.LoudnessNormalisation applies to waveform."""
-    from model.feature_settings import TARGET_RMS
+def _loudness_gain(b: GraphBuilder, waveform: str) -> str:
+    """The gain [batch, 1] that model.training.features.LoudnessNormalisation applies to
+    waveform."""
+    from model.training.feature_settings import TARGET_RMS
 
     power = b.op("Mul", [waveform, waveform], "square")
     mean_power = b.op("ReduceMean", [power, b.ints("axes", 1)], "mean_power", keepdims=1)
     return gain_of_power(b, mean_power, TARGET_RMS)
-
-
-def gain_of_power(b: _Builder, mean_power: str, target_rms: float) -> str:
-    """target_rms / max(sqrt(mean_power), RMS_FLOOR): the loudness gain of a mean power."""
-    from model.feature_settings import RMS_FLOOR
-
-    level = b.op("Sqrt", [mean_power], "rms")
-    level = b.op("Max", [level, b.const("rms_floor", RMS_FLOOR)], "level")
-    return b.op("Div", [b.const("target_rms", target_rms), level], "gain")
 
 
 def _keras_graph(model: keras.Model) -> list[tuple[Any, list, list]]:
@@ -251,10 +125,10 @@ def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
     import keras
     from onnx import TensorProto, checker, helper
 
-    from model.features import LogMelSpectrogram, LoudnessNormalisation
+    from model.training.features import LogMelSpectrogram, LoudnessNormalisation
 
     layers = keras.layers
-    b = _Builder()
+    b = GraphBuilder()
     names: dict[int, str] = {}  # id(KerasTensor) -> ONNX tensor name
     steps = _keras_graph(keras_model)
     consumers: dict[int, list] = {}
@@ -277,7 +151,7 @@ def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
             names[id(out)] = x
         elif isinstance(operation, LogMelSpectrogram):
             mel_matrix = np.asarray(operation.mel_matrix, np.float64)
-            names[id(out)] = _log_mel(b, x, mel_matrix, gains.get(id(inputs[0])))
+            names[id(out)] = log_mel(b, x, mel_matrix, gains.get(id(inputs[0])))
         elif isinstance(operation, LoudnessNormalisation):
             gain = _loudness_gain(b, x)
             if all(isinstance(c, LogMelSpectrogram) for c in consumers.get(id(out), [])):
@@ -448,7 +322,7 @@ def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
         graph,
         opset_imports=opsets,
         ir_version=helper.find_min_ir_version_for(opsets),
-        producer_name="yesno-label model/onnx_export.py",
+        producer_name="yesno-label model/export/onnx_export.py",
         doc_string=f"{keras_model.name}: {INPUT_NAME} float32 [batch, {CLIP_SAMPLES}] -> "
         f"{OUTPUT_NAME} float32 [batch, {len(LABELS)}] = softmax(logits / temperature)",
     )
@@ -494,8 +368,8 @@ def build_members_onnx(members: list[Member]) -> onnx.ModelProto:
 
     Each member's graph is built by build_onnx and its names prefixed (`m0/`, `m1/`, ...); an
     Identity feeds it the shared waveform input, and a Mean node averages their outputs, as
-    model.export.calibrated_probabilities does in the SavedModel. What the members compute alike
-    (the log-mel front end up to the mel spectrum) is computed once.
+    model.export.artifact.calibrated_probabilities does in the SavedModel. What the members
+    compute alike (the log-mel front end up to the mel spectrum) is computed once.
     """
     from onnx import checker, compose, helper
 
@@ -572,12 +446,12 @@ def rebuild_keras_model(saved_model_dir: str | Path, architecture: str) -> keras
     """A Keras model with the weights of an exported SavedModel, for artifacts trained earlier.
 
     Keras 3 cannot reload the SavedModel, so the architecture is rebuilt with
-    `model.architecture.build_model` and every variable of the serving signature is assigned
-    by name (`conv/kernel:0` -> `conv/kernel`); the names and shapes must match exactly.
+    `model.training.architecture.build_model` and every variable of the serving signature is
+    assigned by name (`conv/kernel:0` -> `conv/kernel`); the names and shapes must match exactly.
     """
     import tensorflow as tf
 
-    from model.architecture import build_model
+    from model.training.architecture import build_model
 
     loaded = tf.saved_model.load(str(saved_model_dir))  # keep alive: the signature holds weak refs
     saved = loaded.signatures[SIGNATURE].variables
@@ -597,10 +471,10 @@ def rebuild_keras_model(saved_model_dir: str | Path, architecture: str) -> keras
 
 
 def write_onnx(artifact_dir: Path, members: list[Member], waveforms: np.ndarray) -> dict:
-    """Export model.onnx (and its stream model, model.onnx_stream) into artifact_dir, check it
-    against the SavedModel there on waveforms, and return what to record under "onnx" in
+    """Export model.onnx (and its stream model, model.export.onnx_stream) into artifact_dir, check
+    it against the SavedModel there on waveforms, and return what to record under "onnx" in
     metadata.json."""
-    from model.onnx_stream import write_stream_onnx
+    from model.export.onnx_stream import write_stream_onnx
 
     export_onnx(members, artifact_dir / ONNX_FILE)
     write_stream_onnx(artifact_dir)
@@ -615,9 +489,9 @@ def write_onnx(artifact_dir: Path, members: list[Member], waveforms: np.ndarray)
 def main() -> None:
     import argparse
 
-    from model.architecture import ARCHITECTURES
-    from model.evaluate import DEFAULT_DATA, load_eval_set
-    from model.export import write_metadata
+    from model.evaluation.evaluate import DEFAULT_DATA, load_eval_set
+    from model.export.artifact import write_metadata
+    from model.training.architecture import ARCHITECTURES
 
     parser = argparse.ArgumentParser(description="Add model.onnx to a trained artifact.")
     parser.add_argument("artifact", type=Path)
@@ -630,7 +504,9 @@ def main() -> None:
     args = parser.parse_args()
     metadata = json.loads((args.artifact / METADATA_FILE).read_text())
     if "members" in metadata["architecture"]:
-        parser.error("an ensemble: rebuild it with model.ensemble, which writes model.onnx too")
+        parser.error(
+            "an ensemble: rebuild it with model.training.ensemble, which writes model.onnx too"
+        )
     keras_model = rebuild_keras_model(args.artifact, args.arch or metadata["architecture"]["name"])
     val_waveforms, _, _ = load_eval_set(args.data, "val")
     temperature = metadata.get("calibration", {}).get("temperature", 1.0)  # 1: uncalibrated

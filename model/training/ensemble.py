@@ -1,14 +1,16 @@
 """Train the shipped model, an ensemble of two networks, in one command; or combine trained ones.
 
-`python -m model.ensemble --data ../shared/data/speech_commands --out model/artifacts/yesno`
+`python -m model.training.ensemble --data ../shared/data/speech_commands --out
+model/artifacts/yesno`
 
-trains each member of MEMBERS with `model.train` (seed 0, its own recipe) into `<out>-members/`,
-then writes one artifact whose output is the mean of the members' calibrated probabilities
-(each member's own val-fitted temperature folded in): a SavedModel holding both networks and a
-model.onnx checked against it, like any artifact, so the pipeline serves it unchanged; and
-chooses its keyword decision (context rule and thresholds) on val (`model.thresholds`). With
-`--members DIR ...` it combines artifacts trained before instead. Test figures are measured and
-stored for the report only; which members to combine was decided on val (model/README.md).
+trains each member of MEMBERS with `model.training.train` (seed 0, its own recipe) into
+`<out>-members/`, then writes one artifact whose output is the mean of the members' calibrated
+probabilities (each member's own val-fitted temperature folded in): a SavedModel holding both
+networks and a model.onnx checked against it, like any artifact, so the pipeline serves it
+unchanged; and chooses its keyword decision (context rule and thresholds) on val
+(`model.evaluation.thresholds`). With `--members DIR ...` it combines artifacts trained before
+instead. Test figures are measured and stored for the report only; which members to combine was
+decided on val (model/README.md).
 """
 
 import argparse
@@ -17,10 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.checkpoint import checkpoint_dir
 from model.contract import METADATA_FILE
-from model.data import DEFAULT_READ_SPEECH
-from model.evaluate import (
+from model.evaluation.evaluate import (
     DEFAULT_DATA,
     evaluate_artifact,
     expected_calibration_error,
@@ -30,9 +30,11 @@ from model.evaluate import (
     predict_in_batches,
     store_metrics,
 )
+from model.evaluation.thresholds import choose_and_store_thresholds
 from model.serving import saved_model_predictor
-from model.thresholds import choose_and_store_thresholds
-from model.train import (
+from model.training.checkpoint import checkpoint_dir
+from model.training.data import DEFAULT_READ_SPEECH
+from model.training.train import (
     AUGMENTATION,
     HARD_NEGATIVE_DRAWS,
     HARD_NEGATIVE_WORDS,
@@ -46,8 +48,9 @@ CHECK_WINDOWS = 64  # val windows on which the reloaded SavedModel must match th
 
 @dataclass(frozen=True)
 class FineTuning:
-    """A second run of `model.train` from the trained member (`--init`): epochs, peak learning
-    rate, and the share of silence windows replaced by non-speech sounds (`--non-speech`)."""
+    """A second run of `model.training.train` from the trained member (`--init`): epochs, peak
+    learning rate, and the share of silence windows replaced by non-speech sounds
+    (`--non-speech`)."""
 
     epochs: int
     peak_learning_rate: float
@@ -56,8 +59,8 @@ class FineTuning:
 
 @dataclass(frozen=True)
 class MemberRecipe:
-    """How one member is trained: `model.train` with this architecture, epochs, babble share
-    (the share of noisy training clips mixed with babble instead of a noise recording),
+    """How one member is trained: `model.training.train` with this architecture, epochs, babble
+    share (the share of noisy training clips mixed with babble instead of a noise recording),
     whether it learns from synthetic answer windows (`--no-keyword-phrases` when not), an
     optional fine-tuning, the share of speech clips played faster or slower (`--speed`), and
     the momentum of a moving average of the weights that is validated and kept instead of the
@@ -168,14 +171,14 @@ def train_members(
 def combine(member_dirs: list[Path], out_dir: Path, data_dir: Path, read_speech_dir: Path) -> dict:
     """Write the ensemble artifact of the trained artifacts member_dirs; returns its metadata."""
     configure_tensorflow(seed=0)
-    from model.architecture import feature_macs
-    from model.export import (
+    from model.export.artifact import (
         artifact_metadata,
         copy_data_license,
         export_saved_model,
         write_metadata,
     )
-    from model.onnx_export import rebuild_keras_model, write_onnx
+    from model.export.onnx_export import rebuild_keras_model, write_onnx
+    from model.training.architecture import feature_macs
 
     started = time.monotonic()
     metadata = [json.loads((path / METADATA_FILE).read_text()) for path in member_dirs]

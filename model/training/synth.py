@@ -1,8 +1,9 @@
 """Synthetic speech from Debian's `espeak-ng`: many voices, rates and pitches, as 16 kHz floats.
 
 Used twice, with disjoint voices: training adds synthetic keywords, near-miss words and word
-sequences (TRAIN voices), and `model.evaluate --answers` builds spoken answers and non-answers
-(EVAL voices). espeak-ng is a program, not a Python package: `apt-get install espeak-ng`.
+sequences (TRAIN voices), and `model.evaluation.evaluate --answers` builds spoken answers and
+non-answers (EVAL voices). espeak-ng is a program, not a Python package: `apt-get install
+espeak-ng`.
 """
 
 import io

@@ -1,12 +1,12 @@
 """Compare exported candidate models on the same val and test clips in one run.
 
-`python -m model.compare --data ../shared/data/speech_commands ARTIFACT_DIR...`
+`python -m model.evaluation.compare --data ../shared/data/speech_commands ARTIFACT_DIR...`
 
 Prints a markdown table: parameters, multiply-adds per window, training epochs, val and test
-accuracy, false keyword rate, ECE, val robust accuracy (model.evaluate.robust_accuracy), the val
-short-noise files labelled silence and val noise-sweep windows labelled a keyword, and throughput
-(windows/s through KeywordModel.predict at batch 256, best of THROUGHPUT_REPEATS timed passes
-after a warm-up). Only val figures may pick the model to ship; test figures are reported.
+accuracy, false keyword rate, ECE, val robust accuracy (model.evaluation.evaluate.robust_accuracy),
+the val short-noise files labelled silence and val noise-sweep windows labelled a keyword, and
+throughput (windows/s through KeywordModel.predict at batch 256, best of THROUGHPUT_REPEATS timed
+passes after a warm-up). Only val figures may pick the model to ship; test figures are reported.
 """
 
 import argparse
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.evaluate import (
+from model.evaluation.evaluate import (
     BATCH_SIZE,
     DEFAULT_DATA,
     ROBUSTNESS_MODES,

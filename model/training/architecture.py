@@ -20,8 +20,8 @@ from collections.abc import Callable
 import keras
 
 from model.contract import CLIP_SAMPLES, LABELS
-from model.feature_settings import FFT_LENGTH, FRAMES, MEL_BINS, WINDOW_SAMPLES
-from model.features import LogMelSpectrogram, LoudnessNormalisation
+from model.training.feature_settings import FFT_LENGTH, FRAMES, MEL_BINS, WINDOW_SAMPLES
+from model.training.features import LogMelSpectrogram, LoudnessNormalisation
 
 DEFAULT_ARCHITECTURE = "ds-cnn-m"
 BN_MOMENTUM = 0.9  # moving statistics settle within an epoch, so val accuracy is meaningful early
@@ -181,7 +181,7 @@ DEEP_BLOCK_STRIDES = (1, 2, 1, 1, 1, 1)
 ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
     "ds-cnn": build_ds_cnn,
     "ds-cnn-m": lambda: build_ds_cnn_m(name="ds-cnn-m"),
-    # ds-cnn-m on loudness-normalised input (model.features.LoudnessNormalisation).
+    # ds-cnn-m on loudness-normalised input (model.training.features.LoudnessNormalisation).
     "ds-cnn-m-ln": lambda: build_ds_cnn_m(name="ds-cnn-m-ln", normalise_loudness=True),
     "ds-cnn-m-deep": lambda: build_ds_cnn_m(name="ds-cnn-m-deep", block_strides=DEEP_BLOCK_STRIDES),
     "ds-cnn-m-deep-ln": lambda: build_ds_cnn_m(

@@ -16,7 +16,7 @@ opens it and uses it only if they agree to model.serving.TOLERANCE, and scores w
 otherwise (or when an artifact has none). It is written here, not at load time, because
 importing the `onnx` package takes longer than scoring a minute of audio.
 
-Command: `python -m model.onnx_stream model/artifacts/yesno`
+Command: `python -m model.export.onnx_stream model/artifacts/yesno`
 """
 
 from __future__ import annotations
@@ -28,26 +28,26 @@ import numpy as np
 
 from model.audio import WINDOW_HOP
 from model.contract import CLIP_SAMPLES, INPUT_NAME, LABELS, OUTPUT_NAME
-from model.onnx_export import _Builder, _mel_spectrum, gain_of_power
+from model.export.onnx_graph import GraphBuilder, gain_of_power, mel_spectrum
 from model.serving import ONNX_FILE, STREAM_FILE, STREAM_INPUT
 
 if TYPE_CHECKING:
     import onnx
 
 PREFIX = "stream/"
-# Hints of the initializers that model.onnx_export names: the mel projection (transposed) and the
-# numerator of a loudness-normalisation gain.
+# Hints of the initializers that model.export.onnx_export names: the mel projection (transposed) and
+# the numerator of a loudness-normalisation gain.
 MEL_MATRIX_HINT = "mel_matrix_t"
 TARGET_RMS_HINT = "target_rms"
 
 
 def stream_model_bytes(model_bytes: bytes) -> bytes | None:
-    """The stream model of a model.onnx written by model.onnx_export, or None when its front end
-    is not one this module recognises."""
+    """The stream model of a model.onnx written by model.export.onnx_export, or None when its front
+    end is not one this module recognises."""
     import onnx
     from onnx import TensorProto, checker, helper
 
-    from model.feature_settings import FFT_LENGTH, HOP_SAMPLES
+    from model.training.feature_settings import FFT_LENGTH, HOP_SAMPLES
 
     if WINDOW_HOP % HOP_SAMPLES or CLIP_SAMPLES != 2 * WINDOW_HOP:
         return None
@@ -57,9 +57,9 @@ def stream_model_bytes(model_bytes: bytes) -> bytes | None:
     mel_nodes = _nodes_reading(graph, "MatMul", MEL_MATRIX_HINT, initializers)
     gain_nodes = _nodes_reading(graph, "Div", TARGET_RMS_HINT, initializers)
     if len(mel_nodes) != 1:
-        return None  # every member shares one front end in a graph made by model.onnx_export
+        return None  # every member shares one front end in a graph made by model.export.onnx_export
 
-    b = _Builder()
+    b = GraphBuilder()
     mel_t = onnx.numpy_helper.to_array(initializers[mel_nodes[0].input[0]])  # [mel, bins]
     mel_matrix = mel_t.T[: FFT_LENGTH // 2 + 1].astype(np.float64)
     produced = {mel_nodes[0].output[0]: _window_mel(b, mel_matrix)}
@@ -91,7 +91,7 @@ def stream_model_bytes(model_bytes: bytes) -> bytes | None:
         stream_graph,
         opset_imports=model.opset_import,
         ir_version=model.ir_version,
-        producer_name="yesno-label model/onnx_stream.py",
+        producer_name="yesno-label model/export/onnx_stream.py",
         doc_string=f"{STREAM_INPUT} float32 [1, {CLIP_SAMPLES} + {WINDOW_HOP} * (n - 1)] -> "
         f"{OUTPUT_NAME} float32 [n, {len(LABELS)}] of the windows every {WINDOW_HOP} samples",
     )
@@ -111,12 +111,12 @@ def write_stream_onnx(artifact_dir: str | Path) -> str | None:
     return STREAM_FILE
 
 
-def _window_mel(b: _Builder, mel_matrix: np.ndarray) -> str:
+def _window_mel(b: GraphBuilder, mel_matrix: np.ndarray) -> str:
     """The mel spectrum of each window, [n, MEL_BINS, FRAMES], gathered from the run's."""
-    from model.feature_settings import FRAMES, HOP_SAMPLES
+    from model.training.feature_settings import FRAMES, HOP_SAMPLES
 
     hop_frames = WINDOW_HOP // HOP_SAMPLES
-    run_mel = _mel_spectrum(b, STREAM_INPUT, mel_matrix, 1, -1)  # [1, mel, run frames]
+    run_mel = mel_spectrum(b, STREAM_INPUT, mel_matrix, 1, -1)  # [1, mel, run frames]
     run_frames = b.op(
         "Gather", [b.op("Shape", [run_mel], "run_shape"), b.ints("frame_axis", 2)], "run_frames"
     )  # [1]
@@ -149,8 +149,9 @@ def _window_mel(b: _Builder, mel_matrix: np.ndarray) -> str:
     return b.op("Transpose", [gathered], "window_mel", perm=[1, 0, 2])
 
 
-def _window_gain(b: _Builder, target_rms: float) -> str:
-    """model.onnx_export._loudness_gain of each window, [n, 1], from the power of its halves."""
+def _window_gain(b: GraphBuilder, target_rms: float) -> str:
+    """model.export.onnx_export._loudness_gain of each window, [n, 1], from the power of its
+    halves."""
     halves = b.op("Reshape", [STREAM_INPUT, b.ints("shape", -1, WINDOW_HOP)], "halves")
     square = b.op("Mul", [halves, halves], "square")
     half_power = b.op("ReduceSum", [square, b.ints("axes", 1)], "half_power", keepdims=0)

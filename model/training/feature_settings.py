@@ -1,5 +1,5 @@
-"""The numbers of the log-mel front end (model/features.py), free of TensorFlow, so that serving
-code (model/onnx_stream.py) can use them without importing it."""
+"""The numbers of the log-mel front end (model/training/features.py), free of TensorFlow, so that
+serving code (model/export/onnx_stream.py) can use them without importing it."""
 
 from model.contract import CLIP_SAMPLES
 

@@ -1,19 +1,19 @@
 """Train the verifier's head (model.verifier) and put the verifier into an artifact.
 
-`python -m model.train_verifier --artifact DIR [--embedding-models DIR] [--data DIR]
+`python -m model.training.train_verifier --artifact DIR [--embedding-models DIR] [--data DIR]
 [--read-speech DIR] [--seed 0]`, or `--copy-from ARTIFACT` to reuse a trained verifier
 
 The speech embedding is frozen; only the head learns, from the train split: every clip clean,
 AUGMENTED_PASSES copies of each shifted, with changed gain and with train background noise on
 most, SILENCE_WINDOWS silence windows of the train noise, NON_SPEECH_WINDOWS non-speech sounds
-(hiss with tones and noise bursts from the train split's own bank, model.train's) as
+(hiss with tones and noise bursts from the train split's own bank, model.training.train's) as
 `silence`, and READ_SPEECH_WINDOWS windows of the train read sentences as `unknown` (running
 speech, where a keyword-like syllable must not pass). The epoch with the lowest val loss is
 kept. `--embedding-models` is a folder with openWakeWord 0.5.1's `melspectrogram.onnx` and
 `embedding_model.onnx` (its wheel's `openwakeword/resources/models/`, with `pip download
 --no-deps openwakeword==0.5.1`); by default those of the artifact's own verifier. Then choose
-the decision again on val (`python -m model.thresholds --artifact DIR --write`): the verifier
-changes the probabilities the thresholds apply to.
+the decision again on val (`python -m model.evaluation.thresholds --artifact DIR --write`): the
+verifier changes the probabilities the thresholds apply to.
 """
 
 import argparse
@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
-from model.data import (
+from model.evaluation.eval_sets import sound_clips
+from model.evaluation.evaluate import DEFAULT_DATA, load_eval_set
+from model.training.data import (
     DEFAULT_READ_SPEECH,
     load_noise,
     load_read_speech,
@@ -35,9 +37,7 @@ from model.data import (
     speech_windows,
     time_shift,
 )
-from model.eval_sets import sound_clips
-from model.evaluate import DEFAULT_DATA, load_eval_set
-from model.train import TRAIN_SOUND_BANK
+from model.training.train import TRAIN_SOUND_BANK
 from model.verifier import (
     EMBEDDING_FILE,
     HEAD_FILE,
@@ -155,7 +155,7 @@ def add_verifier(
     seed: int = 0,
 ) -> str:
     """Train the head and write the verifier into artifact_dir; returns the new model version."""
-    from model.export import store_verifier  # imports TensorFlow
+    from model.export.artifact import store_verifier  # imports TensorFlow
 
     started = time.monotonic()
     embedding = SpeechEmbedding(
@@ -212,7 +212,7 @@ def copy_verifier(source_dir: Path, artifact_dir: Path) -> str:
     """Put the verifier of the artifact source_dir (its files and description) into
     artifact_dir: the head hears the audio, not the networks' output, so it serves any networks
     of the same contract. Returns the new model version."""
-    from model.export import store_verifier  # imports TensorFlow
+    from model.export.artifact import store_verifier  # imports TensorFlow
 
     shutil.copytree(source_dir / VERIFIER_DIR, artifact_dir / VERIFIER_DIR, dirs_exist_ok=True)
     described = json.loads((source_dir / METADATA_FILE).read_text())["verifier"]

@@ -1,7 +1,7 @@
 """Resume a training run from the end of its last finished epoch.
 
 A member trains for an hour or more on two cores, and a process can be stopped midway. After
-every epoch `model.train` writes what its epoch loop carries to the next epoch into
+every epoch `model.training.train` writes what its epoch loop carries to the next epoch into
 `<out>.checkpoint/`: the network's and the optimizer's variables (the step count, so the
 learning-rate schedule goes on where it was, and Adam's moments), the state of the generator
 that draws and augments each epoch's examples, the best epoch so far with its weights, and the

@@ -1,0 +1,1 @@
+"""Evaluation on val and test, and the choice of the decision on val."""

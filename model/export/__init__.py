@@ -1,0 +1,1 @@
+"""Export: the SavedModel, its ONNX form and the artifact's metadata."""

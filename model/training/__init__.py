@@ -1,0 +1,1 @@
+"""Training: data, the networks, the verifier's head and the shipped pair."""

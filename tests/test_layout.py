@@ -1,0 +1,83 @@
+"""The layout holds: each package imports alone (no import cycle), and labelling loads only the
+runtime modules of `model`, never training, evaluation or export."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = sorted(
+    ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for directory in ("model", "pipeline")
+    for path in (ROOT / directory).rglob("*.py")
+)
+OFFLINE = ("model.training", "model.evaluation", "model.export")
+
+
+def python(code: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_each_module_imports_alone():
+    """Each module imported first, with no module of the project loaded before it (a cycle
+    fails then); third-party modules stay loaded between them, so one process does it."""
+    modules = [module.removesuffix(".__init__") for module in PACKAGES]
+    python(
+        "import importlib, sys\n"
+        f"for module in {modules!r}:\n"
+        "    for loaded in [m for m in sys.modules if m.split('.')[0] in ('model', 'pipeline')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    importlib.import_module(module)\n"
+    )
+
+
+def test_labelling_loads_no_training_evaluation_or_export_module(recordings, tmp_path):
+    """A whole run through the CLI, in a fresh process: the modules it loaded."""
+    loaded = python(
+        "import sys\n"
+        "from pipeline.cli import main\n"
+        f"assert main(['--input', {str(recordings)!r}, '--output', {str(tmp_path / 'out')!r},"
+        " '--quiet', '--events', " + repr(str(tmp_path / "events")) + "]) == 0\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('model'))))"
+    ).split()
+    assert "model.serving" in loaded
+    assert [module for module in loaded if module.startswith(OFFLINE)] == []
+
+
+def project_imports(module: str) -> set[str]:
+    """The project modules `module` imports anywhere in it (at the top or inside a function)."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        imported |= {name for name in names if name in MODULES}
+    return imported
+
+
+MODULES = {module for module in PACKAGES if not module.endswith("__init__")}
+
+
+def test_no_import_cycle_even_through_imports_inside_functions():
+    graph = {module: project_imports(module) for module in MODULES}
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for imported in sorted(graph[module]):
+            if state.get(imported) == "open":
+                cycle = [*path[path.index(imported) :], imported]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if imported not in state:
+                visit(imported, [*path, imported])
+        state[module] = "done"
+
+    for module in sorted(MODULES):
+        if module not in state:
+            visit(module, [module])
