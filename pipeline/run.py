@@ -33,7 +33,7 @@ from pipeline.sources import (
     small_input_groups,
 )
 from pipeline.tally import Tally
-from pipeline.transforms import LabelGroups, SkipExisting
+from pipeline.transforms import JobSettings, LabelGroups, SkipExisting
 
 LOCAL_RUNNER_NAMES = {None, "directrunner", "direct"}
 DEFAULT_MAX_ERROR_RATE = 0.5  # share of failed files above which nothing is committed
@@ -121,13 +121,9 @@ def spread_groups_on_dask(options: PipelineOptions, num_groups: int) -> None:
 
 
 def run_pipeline(
-    settings: RunSettings,
     options: PipelineOptions,
     plan: InputPlan,
-    staging: str,
-    run_id: str,
-    model_version: str,
-    events: output.EventsDataset | None,
+    job: JobSettings,
     skip_existing: SkipExisting | None,
 ) -> None:
     if runner_name(options).lower().startswith("dask"):
@@ -136,19 +132,7 @@ def run_pipeline(
         _ = (
             pipeline
             | "Slices" >> beam.Create(list(enumerate(plan.sources)))
-            | "LabelGroups"
-            >> LabelGroups(
-                options,
-                settings.model_dir,
-                model_version,
-                settings.batch_size,
-                settings.max_duration_s,
-                staging,
-                run_id,
-                settings.runtime,
-                events.staging if events else None,
-                skip_existing,
-            )
+            | "LabelGroups" >> LabelGroups(options, job, skip_existing)
         )
 
 
@@ -214,8 +198,52 @@ def plan_skip_existing(
     )
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run about to start: its id, staging, the events dataset it writes (with --events),
+    the model's metadata, and when it started."""
+
+    run_id: str
+    staging: str
+    events: output.EventsDataset | None
+    metadata: dict
+    started_at: datetime.datetime
+    started: float  # time.monotonic()
+
+    @property
+    def model_version(self) -> str:
+        return self.metadata["model_version"]
+
+    def discard(self) -> None:
+        output.discard(self.staging)
+        if self.events is not None:
+            output.discard(self.events.staging)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a finished, checked job left in staging."""
+
+    tally: Tally
+    parquet_files: list[str]
+
+
 def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     """Label every file the input names into settings.output_dir; returns the run's summary."""
+    run = prepare(settings, options)
+    try:
+        result = execute(settings, options, run)
+    except BaseException:
+        run.discard()
+        raise
+    summary = summarise(settings, options, run, result)
+    commit(run.staging, settings.output_dir, run.events)
+    return summary
+
+
+def prepare(settings: RunSettings, options: PipelineOptions) -> PreparedRun:
+    """Put the retry policy and the filesystems in place, finish or clear what an earlier run
+    left, check the outputs, and name the run and its staging."""
     retry_options = options.view_as(retries.IoRetryOptions)
     retry_options.io_retries = settings.retry_policy.retries
     retry_options.io_retry_deadline_s = settings.retry_policy.deadline_s
@@ -229,73 +257,89 @@ def label_files(settings: RunSettings, options: PipelineOptions) -> dict:
     if settings.events_dir is not None:
         check_events_dir(settings.events_dir, settings.output_dir)
     run_id = started_at.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    staging = output.staging_dir(settings.output_dir, run_id)
     events = None
     if settings.events_dir is not None:
         events_staging = output.staging_dir(settings.events_dir, run_id)
         events = output.EventsDataset(settings.events_dir, events_staging, run_id)
+    staging = output.staging_dir(settings.output_dir, run_id)
     metadata = read_metadata(settings.model_dir)
-    model_version = metadata["model_version"]
-    try:
-        plan = plan_input(
-            settings.input_path, staging, settings.files_per_group, settings.extensions
-        )
-        if plan.exact and not plan.files:
-            raise NoInputError(no_input_message(settings.input_path, settings.extensions))
-        skip = (
-            plan_skip_existing(settings, plan, model_version, events)
-            if settings.skip_existing
-            else None
-        )
-        reporter = (
-            ProgressReporter(plan.files, lambda: read_progress(staging), exact=plan.exact)
-            if settings.progress
-            else contextlib.nullcontext()
-        )
-        with reporter:
-            run_pipeline(settings, options, plan, staging, run_id, model_version, events, skip)
-        tally = read_tally(staging)
-        parquet_files = output.parquet_names(staging)
-        check_job_complete(tally, plan, len(parquet_files))
-        if not tally.listed:
-            raise NoInputError(f"the manifest {settings.input_path} lists no file")
-        check_error_rate(tally.errors, tally.rows, settings.max_error_rate)
-    except BaseException:
-        output.discard(staging)
-        if events is not None:
-            output.discard(events.staging)
-        raise
-    elapsed = time.monotonic() - started
+    return PreparedRun(run_id, staging, events, metadata, started_at, started)
+
+
+def execute(settings: RunSettings, options: PipelineOptions, run: PreparedRun) -> JobResult:
+    """Plan the input, run the job into staging and check what it wrote: every file its row,
+    and errors within --max_error_rate."""
+    plan = plan_input(
+        settings.input_path, run.staging, settings.files_per_group, settings.extensions
+    )
+    if plan.exact and not plan.files:
+        raise NoInputError(no_input_message(settings.input_path, settings.extensions))
+    skip = (
+        plan_skip_existing(settings, plan, run.model_version, run.events)
+        if settings.skip_existing
+        else None
+    )
+    job = JobSettings(
+        model_dir=settings.model_dir,
+        model_version=run.model_version,
+        batch_size=settings.batch_size,
+        max_duration_s=settings.max_duration_s,
+        staging=run.staging,
+        run_id=run.run_id,
+        runtime=settings.runtime,
+        events_staging=run.events.staging if run.events else None,
+    )
+    reporter = (
+        ProgressReporter(plan.files, lambda: read_progress(run.staging), exact=plan.exact)
+        if settings.progress
+        else contextlib.nullcontext()
+    )
+    with reporter:
+        run_pipeline(options, plan, job, skip)
+    tally = read_tally(run.staging)
+    parquet_files = output.parquet_names(run.staging)
+    check_job_complete(tally, plan, len(parquet_files))
+    if not tally.listed:
+        raise NoInputError(f"the manifest {settings.input_path} lists no file")
+    check_error_rate(tally.errors, tally.rows, settings.max_error_rate)
+    return JobResult(tally, parquet_files)
+
+
+def summarise(
+    settings: RunSettings, options: PipelineOptions, run: PreparedRun, result: JobResult
+) -> dict:
+    """The run's summary, written with the report (and the events' own summary) into staging."""
+    elapsed = time.monotonic() - run.started
+    tally = result.tally
     tally.add_io_counts(*retries.take_counts())
     summary = {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "files": tally.rows,
         "files_labelled_this_run": tally.labelled,
         "files_kept_from_earlier_output": tally.kept,
         "labels": {label: count for label, count in sorted(tally.labels.items())},
         "errors": sum(tally.errors.values()),
         "errors_by_kind": dict(sorted(tally.errors.items())),
-        "model_version": model_version,
+        "model_version": run.model_version,
         "runtime": resolve_runtime(settings.model_dir, settings.runtime),
-        "decision": Decision.from_metadata(metadata).as_metadata(),
+        "decision": Decision.from_metadata(run.metadata).as_metadata(),
         "input": settings.input_path,
         "output": settings.output_dir,
         "runner": runner_name(options),
-        "started_at": started_at.isoformat(timespec="seconds"),
+        "started_at": run.started_at.isoformat(timespec="seconds"),
         "ended_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(elapsed, 3),
         "files_per_s": round(tally.labelled / elapsed, 2),
-        "parquet_files": parquet_files,
+        "parquet_files": result.parquet_files,
         "io_retries": dict(sorted(tally.io_retries.items())),
         "io_transient_failures": dict(sorted(tally.io_failures.items())),
     }
-    if events is not None:
-        summary["events"] = events.as_summary()
+    if run.events is not None:
+        summary["events"] = run.events.as_summary()
         summary["keyword_events"] = tally.events
-        write_events_summary(events, summary)
-    output.write_summary(staging, summary)
-    write_report(staging, summary, tally, events is not None)
-    commit(staging, settings.output_dir, events)
+        write_events_summary(run.events, summary)
+    output.write_summary(run.staging, summary)
+    write_report(run.staging, summary, tally, run.events is not None)
     return summary
 
 

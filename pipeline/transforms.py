@@ -221,6 +221,21 @@ class FileInProgress:
 Batch = list[tuple[FileInProgress, WindowRun]]
 
 
+@dataclass(frozen=True)
+class JobSettings:
+    """What the job's steps need to know of the run: the model, how to read and batch, and
+    where to write."""
+
+    model_dir: str | None  # None: the model shipped inside the installed package
+    model_version: str
+    batch_size: int  # windows per model call
+    max_duration_s: float  # longer recordings get an error row
+    staging: str  # the run's staging directory: groups' Parquet files, progress, tally
+    run_id: str
+    runtime: str = "auto"  # model.serving.RUNTIMES
+    events_staging: str | None = None  # where the events dataset is staged, with --events
+
+
 class LabelGroup(FileSystemsDoFn):
     """Read a group's recordings as streams of windows, score them in full batches, and emit
     the group's rows (one per path) and event rows (one per keyword occurrence).
@@ -233,30 +248,18 @@ class LabelGroup(FileSystemsDoFn):
     Bucket recordings are fetched FETCH_AHEAD files ahead (pipeline.storage.fetch_ahead).
     """
 
-    def __init__(
-        self,
-        filesystem_options: dict,
-        model_dir: str | None,
-        model_version: str,
-        batch_size: int,
-        max_duration_s: float,
-        runtime: str = "auto",
-        staging: str | None = None,
-    ):
+    def __init__(self, filesystem_options: dict, job: JobSettings, record_progress: bool = True):
         super().__init__(filesystem_options)
-        self._model_dir = model_dir
-        self._runtime = runtime
-        self._model_version = model_version
-        self._batch_size = batch_size
-        self._max_duration_s = max_duration_s
-        self._staging = staging  # where to record progress (pipeline.progress), if anywhere
+        self._job = job
+        self._record_progress = record_progress  # in the staging (pipeline.progress)
         self._shared_model = Shared()
 
     def setup(self):
         super().setup()
+        model_dir, runtime = self._job.model_dir, self._job.runtime
         self._model = self._shared_model.acquire(
-            lambda: load_model(self._model_dir, self._runtime),
-            tag=f"{self._model_dir or 'shipped model'} ({self._runtime})",
+            lambda: load_model(model_dir, runtime),
+            tag=f"{model_dir or 'shipped model'} ({runtime})",
         )
         self._scorer = ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="score")
         self._fetcher = ThreadPoolExecutor(FETCH_AHEAD, thread_name_prefix="fetch")
@@ -269,7 +272,9 @@ class LabelGroup(FileSystemsDoFn):
         rows: list[dict] = []
         events: list[dict] = []
         in_progress: deque[FileInProgress] = deque()
-        recorder = ProgressRecorder(self._staging, group.name) if self._staging else None
+        recorder = (
+            ProgressRecorder(self._job.staging, group.name) if self._record_progress else None
+        )
         kept = len(group.kept_rows)
         errors = 0
 
@@ -307,14 +312,14 @@ class LabelGroup(FileSystemsDoFn):
         pending_windows = 0
         paths = (path_from_bytes(encoded) for encoded in encoded_paths)
         for path, fetched in fetch_ahead(paths, self._fetcher):
-            reader = WindowReader(path, self._max_duration_s, self._batch_size, fetched)
+            reader = WindowReader(path, self._job.max_duration_s, self._job.batch_size, fetched)
             file = FileInProgress(reader)
             in_progress.append(file)
             for run in reader.runs():
                 file.unscored += 1
                 pending.append((file, run))
                 pending_windows += run.count
-                if pending_windows >= self._batch_size:
+                if pending_windows >= self._job.batch_size:
                     yield pending
                     pending, pending_windows = [], 0
         if pending:
@@ -332,8 +337,8 @@ class LabelGroup(FileSystemsDoFn):
             windows = np.concatenate([runs[index].windows() for index in short])
             probabilities = np.concatenate(
                 [
-                    self._model.predict(windows[start : start + self._batch_size])
-                    for start in range(0, len(windows), self._batch_size)
+                    self._model.predict(windows[start : start + self._job.batch_size])
+                    for start in range(0, len(windows), self._job.batch_size)
                 ]
             )
             ends = np.cumsum([runs[index].count for index in short])
@@ -356,7 +361,7 @@ class LabelGroup(FileSystemsDoFn):
         scores = None
         if info.error is None:
             scores = WindowScores(np.concatenate(file.probabilities), *file.reader.spans_s())
-        return make_rows(info, scores, self._model_version, self._model.decision)
+        return make_rows(info, scores, self._job.model_version, self._model.decision)
 
 
 class WriteGroup(FileSystemsDoFn):
@@ -364,13 +369,9 @@ class WriteGroup(FileSystemsDoFn):
     rows it keeps, sorted by path), and its events file in the events staging when there is one;
     a retry overwrites the same files. Emits the group's Tally."""
 
-    def __init__(
-        self, filesystem_options: dict, staging: str, events_staging: str | None, run_id: str
-    ):
+    def __init__(self, filesystem_options: dict, job: JobSettings):
         super().__init__(filesystem_options)
-        self._staging = staging
-        self._events_staging = events_staging
-        self._run_id = run_id
+        self._job = job
         self._files_labelled = Metrics.counter(self.__class__, "files_labelled")
         self._files_kept = Metrics.counter(self.__class__, "files_kept")
         self._events_written = Metrics.counter(self.__class__, "keyword_events")
@@ -384,15 +385,18 @@ class WriteGroup(FileSystemsDoFn):
             tally.add_rows(rows)
             tally.add_rows(group.kept_rows, labelled=False)
             tally.groups = 1
-            if self._events_staging is not None:
+            if self._job.events_staging is not None:
                 all_events = sorted(
                     events + group.kept_events, key=lambda event: (event["path"], event["start_s"])
                 )
-                path = group_file(self._events_staging, self._run_id, group.name, EVENTS_PREFIX)
+                path = group_file(
+                    self._job.events_staging, self._job.run_id, group.name, EVENTS_PREFIX
+                )
                 write_parquet(path, all_events, EVENT_SCHEMA)
                 tally.add_events(all_events, {row["path"]: row["duration_s"] for row in all_rows})
                 self._events_written.inc(len(events))
-            write_parquet(group_file(self._staging, self._run_id, group.name), all_rows, ROW_SCHEMA)
+            rows_path = group_file(self._job.staging, self._job.run_id, group.name)
+            write_parquet(rows_path, all_rows, ROW_SCHEMA)
         self._files_labelled.inc(len(rows))
         self._files_kept.inc(len(group.kept_rows))
         retried, failures = retries.take_counts()
@@ -455,36 +459,21 @@ class SkipExisting:
 
 
 class LabelGroups(beam.PTransform):
-    """(index, slice) in; one Parquet file per group out, under `staging` (and one of its keyword
-    events under `events_staging`, if given); `_tally.json` in staging at the end."""
+    """(index, slice) in; one Parquet file per group out, under the job's staging (and one of
+    its keyword events under its events staging, if any); `_tally.json` in staging at the end."""
 
     def __init__(
         self,
         options: PipelineOptions,
-        model_dir: str | None,
-        model_version: str,
-        batch_size: int,
-        max_duration_s: float,
-        staging: str,
-        run_id: str,
-        runtime: str = "auto",
-        events_staging: str | None = None,
+        job: JobSettings,
         skip_existing: SkipExisting | None = None,
     ):
         super().__init__()
         self._options = options.get_all_options(drop_default=True)
         self._skip = skip_existing
-        self._label = LabelGroup(
-            self._options,
-            model_dir,
-            model_version,
-            batch_size,
-            max_duration_s,
-            runtime,
-            staging,
-        )
-        self._write = WriteGroup(self._options, staging, events_staging, run_id)
-        self._write_tally = WriteTally(self._options, staging)
+        self._label = LabelGroup(self._options, job)
+        self._write = WriteGroup(self._options, job)
+        self._write_tally = WriteTally(self._options, job.staging)
 
     def expand(self, slices):
         slices = slices | "Redistribute" >> beam.Reshuffle()

@@ -17,7 +17,7 @@ from model.contract import DEFAULT_ARTIFACT
 from pipeline.cli import main
 from pipeline.run import read_model_version
 from pipeline.sources import list_input
-from pipeline.transforms import Group, LabelGroup, path_to_bytes
+from pipeline.transforms import Group, JobSettings, LabelGroup, path_to_bytes
 from tests.helpers import assert_same_rows, read_output, wav_files
 
 ERROR_KINDS = {
@@ -55,13 +55,15 @@ def test_label_group_gives_one_row_per_path(recordings, num_groups):
         Group(str(group), [path_to_bytes(path) for path in paths[group::num_groups]])
         for group in range(num_groups)
     ]
-    label_group = LabelGroup(
-        {},
-        str(DEFAULT_ARTIFACT),
-        read_model_version(DEFAULT_ARTIFACT),
+    job = JobSettings(
+        model_dir=str(DEFAULT_ARTIFACT),
+        model_version=read_model_version(DEFAULT_ARTIFACT),
         batch_size=4,  # small batches: many of them, long files spanning several
         max_duration_s=60,
+        staging="",
+        run_id="test",
     )
+    label_group = LabelGroup({}, job, record_progress=False)
     with BeamTestPipeline(runner=fn_runner.FnApiRunner()) as pipeline:
         rows = (
             pipeline

@@ -103,7 +103,7 @@ def test_counts_reach_beams_metrics_through_the_group_written(tmp_path, quick_ba
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.runners.portability.fn_api_runner import fn_runner
 
-    from pipeline.transforms import Group, WriteGroup
+    from pipeline.transforms import Group, JobSettings, WriteGroup
 
     def fetch_with_one_retry(group: Group) -> tuple[Group, list, list]:
         call, _ = failing(1, ConnectionResetError())
@@ -115,7 +115,7 @@ def test_counts_reach_beams_metrics_through_the_group_written(tmp_path, quick_ba
         pipeline
         | beam.Create([Group("0", []), Group("1", [])])
         | beam.Map(fetch_with_one_retry)
-        | beam.ParDo(WriteGroup({}, str(tmp_path), None, "run"))
+        | beam.ParDo(WriteGroup({}, JobSettings(None, "", 32, 60.0, str(tmp_path), "run")))
     )
     result = pipeline.run()
     result.wait_until_finish()
