@@ -94,7 +94,7 @@ def false_figures(decision: Decision, evidence: dict) -> dict:
     sentences = [r.label in KEYWORDS for r in speech if r.recording.kind == READ_SENTENCES]
     return {
         "clips": float(np.mean(fired[negatives])),
-        "worst_word": max(word_rates),
+        "worst_word": max(word_rates, default=0.0),
         "non_speech": float(np.mean(np.isin(non_speech_labels, KEYWORD_IDS))),
         "wrong_labels": max(
             float(np.mean(truth[clip_labels == k] != k)) if (clip_labels == k).any() else 0.0

@@ -1,0 +1,155 @@
+"""The scripts that make the shipped artifact, end to end at a tiny size: train a two-member
+ensemble (one member fine-tuned) for one epoch on a few dozen real clips, combine it, choose its
+decision on val, export SavedModel + ONNX, evaluate it, then label a folder with it through the
+CLI. The sizes are cut (epochs, draws per epoch, evaluation sets); the code path is the real one.
+"""
+
+import csv
+import functools
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from model.contract import LABELS, METADATA_FILE
+from model.serving import ONNX_FILE, KeywordModel
+from pipeline.cli import main
+from tests.helpers import read_output
+
+CLIPS_PER_WORD = {"yes": 14, "no": 14, "go": 6, "down": 6, "up": 6, "left": 6, "_silence_": 4}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(data_dir, tmp_path_factory) -> Path:
+    """A Speech Commands folder of a few clips per word and split, linked to the shared data."""
+    folder = tmp_path_factory.mktemp("tiny_data")
+    with open(data_dir / "manifest.csv") as file:
+        rows = list(csv.DictReader(file))
+    chosen = [row for row in rows if row["split"] == "noise"]
+    for split in ("train", "val", "test"):
+        for word, count in CLIPS_PER_WORD.items():
+            chosen += [r for r in rows if r["split"] == split and r["word"] == word][:count]
+    for name in ("LICENSE", "README.md"):
+        (folder / name).symlink_to(data_dir / name)
+    for row in chosen:
+        link = folder / row["path"]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(data_dir / row["path"])
+    with open(folder / "manifest.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_read_speech(tmp_path_factory) -> Path:
+    """The read-speech set cut to three recordings per split, linked to the shared data."""
+    from model.training.data import DEFAULT_READ_SPEECH
+
+    folder = tmp_path_factory.mktemp("tiny_read_speech")
+    with open(DEFAULT_READ_SPEECH / "manifest.csv") as file:
+        rows = list(csv.DictReader(file))
+    chosen = []
+    for split in ("train", "val", "test"):
+        chosen += [row for row in rows if row["split"] == split][:3]
+    for row in chosen:
+        link = folder / row["path"]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to((DEFAULT_READ_SPEECH / row["path"]).resolve())
+    with open(folder / "manifest.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    return folder
+
+
+@pytest.fixture
+def tiny_sizes(monkeypatch):
+    """Epoch draws and evaluation sets cut to a few examples each."""
+    from model.evaluation import evaluate, thresholds
+    from model.training import ensemble, train
+
+    for name, value in {
+        "KEYWORD_CLIPS_PER_EPOCH": 24,
+        "SILENCE_CLIPS_PER_EPOCH": 16,
+        "MIN_DRAWS_PER_WORD": 2,
+        "READ_SPEECH_WINDOWS_PER_EPOCH": 16,
+        "SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH": 8,
+        "SYNTHETIC_KEYWORDS_PER_WORD": 6,
+        "SYNTHETIC_NON_KEYWORDS": 8,
+        "SYNTHETIC_SENTENCES": 4,
+        "SYNTHETIC_KEYWORDS_PER_EPOCH": 4,
+        "SYNTHETIC_PHRASES_PER_WORD": 4,
+        "SYNTHETIC_NON_KEYWORDS_PER_EPOCH": 4,
+    }.items():
+        monkeypatch.setattr(train, name, value)
+    monkeypatch.setattr(thresholds, "LONG_RECORDINGS", 2)
+    monkeypatch.setattr(thresholds, "MIN_WORD_CLIPS", 3)
+    monkeypatch.setattr(thresholds, "GRID", thresholds.GRID[::6])
+    for module in (thresholds, evaluate):
+        answers, speech = module.spoken_answers, module.continuous_speech
+        monkeypatch.setattr(
+            module,
+            "spoken_answers",
+            functools.partial(answers, synthetic=8, assembled=8, with_speech=8),
+        )
+        monkeypatch.setattr(
+            module,
+            "continuous_speech",
+            functools.partial(speech, readings=1, chains=2, chain_seconds=5.0),
+        )
+    first, second = ensemble.MEMBERS[:2]
+    tiny = [
+        replace(first, epochs=1, fine_tuning=None),
+        replace(
+            second,
+            epochs=1,
+            fine_tuning=replace(second.fine_tuning, epochs=1)
+            if second.fine_tuning
+            else ensemble.FineTuning(epochs=1, peak_learning_rate=1e-3, non_speech_share=0.3),
+        ),
+    ]
+    monkeypatch.setattr(ensemble, "MEMBERS", tiny)
+
+
+def test_the_training_path_makes_an_artifact_the_labeller_serves(
+    tiny_data, tiny_read_speech, tiny_sizes, recordings, tmp_path
+):
+    from model.training import ensemble
+
+    members = ensemble.train_members(
+        tiny_data, tmp_path / "members", seed=0, read_speech_dir=tiny_read_speech
+    )
+    assert [path.name for path in members] == [
+        ensemble.MEMBERS[0].architecture,
+        f"{ensemble.MEMBERS[1].architecture}-tuned",
+    ]
+    for path, recipe in zip(members, ensemble.MEMBERS, strict=True):
+        training = json.loads((path / METADATA_FILE).read_text())["training"]
+        assert training["augmentation"]["babble_share"] == recipe.babble_share
+        assert training["augmentation"]["speed_share"] == recipe.speed_share
+        assert training["per_epoch"]["unknown"].endswith(", ".join(recipe.hard_negatives))
+    tuning = ensemble.MEMBERS[1].fine_tuning
+    tuned = json.loads((members[1] / METADATA_FILE).read_text())["training"]
+    base = KeywordModel(tmp_path / "members" / ensemble.MEMBERS[1].architecture).version
+    assert tuned["initialised_from"] == base
+    assert tuned["augmentation"]["non_speech_share"] == tuning.non_speech_share
+    assert tuned["optimizer"].startswith(f"Adam, cosine decay from {tuning.peak_learning_rate}")
+    artifact = tmp_path / "artifact"
+    ensemble.combine(members, artifact, tiny_data, tiny_read_speech)
+
+    metadata = json.loads((artifact / METADATA_FILE).read_text())
+    assert metadata["labels"] == list(LABELS) and (artifact / ONNX_FILE).is_file()
+    assert set(metadata["decision"]["thresholds"]) == {"yes", "no"}
+    assert "metrics" in metadata and metadata["training"]["members"]
+    model = KeywordModel(artifact)
+    assert model.version == metadata["model_version"]
+
+    out = tmp_path / "labelled"
+    argv = ["--input", str(recordings), "--output", str(out), "--model", str(artifact), "--quiet"]
+    assert main(argv) == 0
+    rows = read_output(out)
+    assert rows and {row["model_version"] for row in rows} == {model.version}
+    assert all(row["label"] in LABELS for row in rows if row["error"] is None)
