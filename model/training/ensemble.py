@@ -16,19 +16,16 @@ decided on val (model/README.md).
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from model.contract import METADATA_FILE
 from model.evaluation.evaluate import (
     DEFAULT_DATA,
-    evaluate_artifact,
     expected_calibration_error,
-    format_report,
     load_eval_set,
     negative_log_likelihood,
     predict_in_batches,
-    store_metrics,
 )
 from model.evaluation.thresholds import choose_and_store_thresholds
 from model.serving import saved_model_predictor
@@ -38,7 +35,10 @@ from model.training.train import (
     AUGMENTATION,
     HARD_NEGATIVE_DRAWS,
     HARD_NEGATIVE_WORDS,
+    TrainingConfig,
     configure_tensorflow,
+    evaluate_and_store,
+    export_members,
     train,
 )
 
@@ -136,33 +136,30 @@ def train_members(
             "average_momentum": recipe.average_momentum,
             "word_head_weight": recipe.word_head_weight,
         }
+        config = TrainingConfig(
+            data_dir=data_dir,
+            seed=seed,
+            epochs=recipe.epochs,
+            architecture=recipe.architecture,
+            augmentation=augmentation,
+            **recipe_options,
+        )
         if not trained_already(path, seed, recipe.epochs):
-            train(
-                data_dir,
-                path,
-                seed,
-                recipe.epochs,
-                recipe.architecture,
-                augmentation=augmentation,
-                **recipe_options,
-            )
+            train(config, path)
         tuning = recipe.fine_tuning
         if tuning:
             tuned = members_dir / f"{recipe.architecture}-tuned"
             if trained_already(tuned, seed, tuning.epochs):
                 paths.append(tuned)
                 continue
-            train(
-                data_dir,
-                tuned,
-                seed,
-                tuning.epochs,
-                recipe.architecture,
+            tuning_config = replace(
+                config,
+                epochs=tuning.epochs,
                 augmentation=augmentation | {"non_speech_share": tuning.non_speech_share},
                 init_dir=path,
                 peak_learning_rate=tuning.peak_learning_rate,
-                **recipe_options,
             )
+            train(tuning_config, tuned)
             path = tuned
         paths.append(path)
     return paths
@@ -173,11 +170,9 @@ def combine(member_dirs: list[Path], out_dir: Path, data_dir: Path, read_speech_
     configure_tensorflow(seed=0)
     from model.export.artifact import (
         artifact_metadata,
-        copy_data_license,
-        export_saved_model,
         write_metadata,
     )
-    from model.export.onnx_export import rebuild_keras_model, write_onnx
+    from model.export.onnx_export import rebuild_keras_model
     from model.training.architecture import feature_macs
 
     started = time.monotonic()
@@ -190,11 +185,7 @@ def combine(member_dirs: list[Path], out_dir: Path, data_dir: Path, read_speech_
         for path, meta in zip(member_dirs, metadata, strict=True)
     ]
     val_waveforms, val_labels, _ = load_eval_set(data_dir, "val")
-    difference = export_saved_model(members, out_dir, val_waveforms[:CHECK_WINDOWS])
-    print(f"exported to {out_dir}; reloaded SavedModel matches Keras within {difference:.2e}")
-    onnx = write_onnx(out_dir, members, val_waveforms)
-    print(f"model.onnx matches the SavedModel within {onnx['checked_against_saved_model']}")
-    copy_data_license(data_dir, out_dir)
+    onnx = export_members(out_dir, members, data_dir, val_waveforms, CHECK_WINDOWS)
     val_probabilities = predict_in_batches(saved_model_predictor(str(out_dir)), val_waveforms)
     architectures = [meta["architecture"] for meta in metadata]
     ensemble = artifact_metadata(
@@ -229,9 +220,7 @@ def combine(member_dirs: list[Path], out_dir: Path, data_dir: Path, read_speech_
     )
     write_metadata(out_dir, ensemble)
     choose_and_store_thresholds(out_dir, data_dir, read_speech_dir)
-    metrics = evaluate_artifact(out_dir, data_dir)
-    store_metrics(out_dir, metrics)
-    print(format_report(metrics))
+    evaluate_and_store(out_dir, data_dir)
     return ensemble
 
 

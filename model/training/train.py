@@ -20,8 +20,9 @@ calibration) and stores those figures in the metadata.
 
 import argparse
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soxr
@@ -559,211 +560,326 @@ def class_counts(labels: np.ndarray) -> dict[str, int]:
     return {label: int((labels == i).sum()) for i, label in enumerate(LABELS)}
 
 
-def train(
-    data_dir: Path,
-    out_dir: Path,
-    seed: int,
-    epochs: int,
-    architecture: str,
-    teacher_dirs: tuple[Path, ...] = (),
-    augmentation: dict = AUGMENTATION,
-    hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS,
-    hard_negative_draws: int = HARD_NEGATIVE_DRAWS,
-    selection_modes: tuple[str, ...] = (),
-    read_speech_dir: Path | None = DEFAULT_READ_SPEECH,
-    synthetic: bool = True,
-    keyword_phrases: bool = True,
-    continuous_scale: float = 1.0,
-    init_dir: Path | None = None,
-    peak_learning_rate: float = PEAK_LEARNING_RATE,
-    miner_dir: Path | None = None,
-    speaker_share: float = 1.0,
-    average_momentum: float | None = None,
-    word_head_weight: float = 0.0,
-) -> None:
-    # What a checkpoint must have been written by to be resumed (model.training.checkpoint): every
-    # argument but where the artifact goes.
-    run_settings = {name: repr(value) for name, value in locals().items() if name != "out_dir"}
-    configure_tensorflow(seed)
-    import keras
+@dataclass(frozen=True)
+class TrainingConfig:
+    """One network's training run: everything but where its artifact goes (a checkpoint resumes
+    only a run of the same config)."""
 
-    from model.export.artifact import (
-        artifact_metadata,
-        copy_data_license,
-        export_saved_model,
-        write_metadata,
-    )
-    from model.export.onnx_export import rebuild_keras_model, write_onnx
-    from model.training.architecture import build_model, describe
+    data_dir: Path = DEFAULT_DATA
+    seed: int = 0
+    epochs: int = DEFAULT_EPOCHS
+    architecture: str = DEFAULT_ARCHITECTURE
+    teacher_dirs: tuple[Path, ...] = ()  # earlier artifacts to distil from
+    augmentation: dict = field(default_factory=lambda: dict(AUGMENTATION))
+    hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS
+    hard_negative_draws: int = HARD_NEGATIVE_DRAWS
+    selection_modes: tuple[str, ...] = ()  # robustness modes the kept epoch is chosen under
+    read_speech_dir: Path | None = DEFAULT_READ_SPEECH
+    synthetic: bool = True  # espeak-ng speech in the epochs
+    keyword_phrases: bool = True  # synthetic answer windows
+    continuous_scale: float = 1.0  # of the continuous-speech windows per epoch
+    init_dir: Path | None = None  # fine-tune from this trained artifact
+    peak_learning_rate: float = PEAK_LEARNING_RATE
+    miner_dir: Path | None = None  # mine hard continuous-speech windows with this artifact
+    speaker_share: float = 1.0  # of the train speakers
+    average_momentum: float | None = None  # keep a moving average of the weights
+    word_head_weight: float = 0.0  # of a head naming each example's word (not exported)
 
-    started = time.monotonic()
-    rng = np.random.default_rng(seed)
-    train_speech, train_labels, train_paths = load_split(data_dir, "train")
-    if speaker_share < 1.0:
-        speaker_of = {row.path: row.speaker for row in read_manifest(data_dir)}
-        kept = speakers_kept([speaker_of[path] for path in train_paths], speaker_share, seed)
+    def checkpoint_settings(self) -> dict[str, str]:
+        return {item.name: repr(getattr(self, item.name)) for item in fields(self)}
+
+
+@dataclass
+class TrainingData:
+    """What a run trains and validates on."""
+
+    sources: TrainingSources
+    train_labels: np.ndarray
+    val_waveforms: np.ndarray
+    val_targets: np.ndarray
+    val_continuous: np.ndarray  # windows of val read sentences, 0.5 s apart: none should fire
+    miner: KeywordModel | None
+    teachers: list[KeywordModel]
+
+
+@dataclass
+class Selection:
+    """The best epoch so far by the val selection score, and its weights."""
+
+    score: float = -1.0
+    accuracy: float = 0.0
+    balanced: float = 0.0
+    epoch: int = 0
+    weights: list[np.ndarray] = field(default_factory=list)
+
+
+def load_training_data(config: TrainingConfig, rng: np.random.Generator) -> TrainingData:
+    train_speech, train_labels, train_paths = load_split(config.data_dir, "train")
+    if config.speaker_share < 1.0:
+        speaker_of = {row.path: row.speaker for row in read_manifest(config.data_dir)}
+        speakers = [speaker_of[path] for path in train_paths]
+        kept = speakers_kept(speakers, config.speaker_share, config.seed)
         train_speech, train_labels = train_speech[kept], train_labels[kept]
         train_paths = [path for path, keep in zip(train_paths, kept, strict=True) if keep]
-    val_waveforms, val_targets, _ = load_eval_set(data_dir, "val")
-    # Windows of val read sentences, 0.5 s apart, as the pipeline cuts them: none should fire.
+    val_waveforms, val_targets, _ = load_eval_set(config.data_dir, "val")
+    read_speech = config.read_speech_dir
     val_continuous = (
-        np.concatenate([split_windows(r) for r in load_read_speech(read_speech_dir, "val")[0]])
-        if read_speech_dir
+        np.concatenate([split_windows(r) for r in load_read_speech(read_speech, "val")[0]])
+        if read_speech
         else np.zeros((0, CLIP_SAMPLES), np.float32)
     )
+    scale = config.continuous_scale
     sources = TrainingSources(
         train_speech,
         train_labels,
         [path.split("/")[0] for path in train_paths],
-        load_noise(data_dir, "train"),
-        load_read_speech(read_speech_dir, "train")[0] if read_speech_dir else [],
-        make_synthetic_pool(rng, keyword_phrases, round(SYNTHETIC_SENTENCES * continuous_scale))
-        if synthetic
+        load_noise(config.data_dir, "train"),
+        load_read_speech(read_speech, "train")[0] if read_speech else [],
+        make_synthetic_pool(rng, config.keyword_phrases, round(SYNTHETIC_SENTENCES * scale))
+        if config.synthetic
         else None,
         (
-            round(READ_SPEECH_WINDOWS_PER_EPOCH * continuous_scale),
-            round(SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH * continuous_scale),
+            round(READ_SPEECH_WINDOWS_PER_EPOCH * scale),
+            round(SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH * scale),
         ),
     )
-    miner = KeywordModel(miner_dir) if miner_dir else None
+    miner = KeywordModel(config.miner_dir) if config.miner_dir else None
     if miner:
         sources = replace(sources, mined=mine_hard_windows(sources, miner, rng))
-    print(f"sources ready {time.monotonic() - started:.0f}s", flush=True)
-    teachers = [KeywordModel(teacher) for teacher in teacher_dirs]
+    teachers = [KeywordModel(teacher) for teacher in config.teacher_dirs]
+    return TrainingData(
+        sources, train_labels, val_waveforms, val_targets, val_continuous, miner, teachers
+    )
 
-    # Fine-tuning starts from a trained artifact of the same architecture.
-    model = rebuild_keras_model(init_dir, architecture) if init_dir else build_model(architecture)
-    vocabulary = word_vocabulary(sources) if word_head_weight else []
-    word_ids = {word: index for index, word in enumerate(vocabulary)}
-    first_epoch = epoch_examples(sources, rng, augmentation, hard_negatives, hard_negative_draws)
+
+def new_epoch(config: TrainingConfig, data: TrainingData, rng: np.random.Generator) -> tuple:
+    return epoch_examples(
+        data.sources, rng, config.augmentation, config.hard_negatives, config.hard_negative_draws
+    )
+
+
+def validation_score(
+    predict, data: TrainingData, selection_modes: tuple[str, ...]
+) -> tuple[float, float, float, float]:
+    """(selection score, val accuracy, val balanced accuracy, share of val read-speech windows
+    fired): the score is the balanced accuracy, averaged over clean and each selection mode,
+    minus that share."""
+    waveforms, targets = data.val_waveforms, data.val_targets
+    predicted = [
+        probabilities.argmax(axis=1)
+        for probabilities in [
+            predict(waveforms),
+            *(
+                robustness_probabilities(predict, mode, waveforms, targets, Decision())
+                for mode in selection_modes
+            ),
+        ]
+    ]
+    balanced = [classification_metrics(targets, p)["balanced_accuracy"] for p in predicted]
+    fired = (
+        float(np.isin(predict(data.val_continuous).argmax(axis=1), KEYWORD_IDS).mean())
+        if len(data.val_continuous)
+        else 0.0
+    )
+    accuracy = float((predicted[0] == targets).mean())
+    return float(np.mean(balanced)) - fired, accuracy, balanced[0], fired
+
+
+def train(config: TrainingConfig, out_dir: Path) -> None:
+    """Train, keep the best epoch, calibrate, export and evaluate one network into out_dir,
+    resuming from its checkpoint if a run of the same config stopped."""
+    configure_tensorflow(config.seed)
+    started = time.monotonic()
+    rng = np.random.default_rng(config.seed)
+    data = load_training_data(config, rng)
+    print(f"sources ready {time.monotonic() - started:.0f}s", flush=True)
+    fitted_run = fit_epochs(config, data, rng, out_dir, started)
+    from model.training.architecture import build_model, describe
+
+    # A fresh model holds only the network's variables (no optimizer state) for export.
+    model = build_model(config.architecture)
+    model.set_weights(fitted_run.selection.weights)
+    temperature, calibration = calibrate(model, data)
+    onnx = export_members(out_dir, [(model, temperature)], config.data_dir, data.val_waveforms)
+    training = training_description(config, data, fitted_run)
+    training["wall_seconds"] = round(time.monotonic() - fitted_run.started, 1)
+    from model.export.artifact import artifact_metadata, write_metadata
+
+    write_metadata(
+        out_dir,
+        artifact_metadata(
+            out_dir,
+            architecture=describe(model),
+            training=training,
+            calibration=calibration,
+            onnx=onnx,
+        ),
+    )
+    remove_checkpoint(checkpoint_dir(out_dir))
+    evaluate_and_store(out_dir, config.data_dir)
+    print(f"total {time.monotonic() - fitted_run.started:.0f}s")
+
+
+@dataclass
+class FittedRun:
+    selection: Selection
+    examples_per_epoch: int
+    vocabulary: list[str]
+    started: float  # time.monotonic() of the run's start, earlier by a resumed run's time
+
+
+@dataclass
+class Fitting:
+    """A network being trained: the Keras model, its training wrapper (with the word head, if
+    any), the moving average of its weights (if kept) and the first epoch's examples."""
+
+    model: Any
+    fitted: Any
+    average: MovingAverage | None
+    callbacks: list
+    word_ids: dict[str, int]
+    first_epoch: tuple
+    examples_per_epoch: int
+
+
+def start_fitting(config: TrainingConfig, data: TrainingData, rng: np.random.Generator) -> Fitting:
+    """The network (fine-tuning starts from a trained artifact of the same architecture), its
+    learning-rate schedule over the whole run, and the first epoch drawn."""
+    import keras
+
+    from model.export.onnx_export import rebuild_keras_model
+    from model.training.architecture import build_model
+
+    model = (
+        rebuild_keras_model(config.init_dir, config.architecture)
+        if config.init_dir
+        else build_model(config.architecture)
+    )
+    vocabulary = word_vocabulary(data.sources) if config.word_head_weight else []
+    first_epoch = new_epoch(config, data, rng)
     examples_per_epoch = len(first_epoch[0])
-    total_steps = epochs * -(-examples_per_epoch // BATCH_SIZE)
+    total_steps = config.epochs * -(-examples_per_epoch // BATCH_SIZE)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0,
         total_steps,
         alpha=0.01,
-        warmup_target=peak_learning_rate,
+        warmup_target=config.peak_learning_rate,
         warmup_steps=total_steps // 20,
     )
-    fitted = training_model(model, len(vocabulary), word_head_weight, schedule)
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return model.predict(batch, batch_size=256, verbose=0)
-
-    average = MovingAverage(average_momentum) if average_momentum is not None else None
+    fitted = training_model(model, len(vocabulary), config.word_head_weight, schedule)
+    momentum = config.average_momentum
+    average = MovingAverage(momentum) if momentum is not None else None
     callbacks = [average.follow(model)] if average else []
-    best_score, best_accuracy, best_balanced = -1.0, 0.0, 0.0
-    best_epoch, best_weights = 0, model.get_weights()
-    checkpoint = checkpoint_dir(out_dir)
-    resumed = load_checkpoint(checkpoint, run_settings)
+    word_ids = {word: index for index, word in enumerate(vocabulary)}
+    return Fitting(model, fitted, average, callbacks, word_ids, first_epoch, examples_per_epoch)
+
+
+def fit_epoch(
+    config: TrainingConfig,
+    data: TrainingData,
+    rng: np.random.Generator,
+    fitting: Fitting,
+    epoch: int,
+) -> tuple[float, float, tuple[float, float, float, float], list[np.ndarray]]:
+    """Fit one epoch; (loss, train accuracy, validation_score of the weights validated, those
+    weights). With a moving average, the average is validated and the last step's weights
+    stay in the model to train on."""
+    model = fitting.model
+    waveforms, targets, words = fitting.first_epoch if epoch == 0 else new_epoch(config, data, rng)
+    class_targets = distillation_targets(targets, waveforms, data.teachers)
+    history = fitting.fitted.fit(
+        waveforms,
+        (class_targets, np.array([fitting.word_ids[word] for word in words]))
+        if config.word_head_weight
+        else class_targets,
+        batch_size=BATCH_SIZE,
+        epochs=epoch + 1,
+        initial_epoch=epoch,
+        shuffle=False,
+        verbose=0,
+        callbacks=fitting.callbacks,
+    ).history
+    sample = waveforms[: BATCH_NORM_BATCHES * BATCH_SIZE]
+    trained = swap_in_average(model, fitting.average, sample) if fitting.average else None
+    scores = validation_score(
+        lambda batch: model.predict(batch, batch_size=256, verbose=0),
+        data,
+        config.selection_modes,
+    )
+    validated = model.get_weights()
+    if trained is not None:
+        model.set_weights(trained)
+    return history["loss"][-1], train_accuracy(history), scores, validated
+
+
+def fit_epochs(
+    config: TrainingConfig,
+    data: TrainingData,
+    rng: np.random.Generator,
+    out_dir: Path,
+    started: float,
+) -> FittedRun:
+    """The epoch loop: fit, score on val, keep the best epoch, save a checkpoint after each
+    (and resume from the last one of a stopped run of the same config)."""
+    fitting = start_fitting(config, data, rng)
+    selection = Selection(weights=fitting.model.get_weights())
+    checkpoint, settings = checkpoint_dir(out_dir), config.checkpoint_settings()
+    resumed = load_checkpoint(checkpoint, settings)
     if resumed:
-        restore_checkpoint(resumed, fitted, rng)
-        best_score, best_accuracy = resumed.best_score, resumed.best_accuracy
-        best_balanced, best_epoch = resumed.best_balanced, resumed.best_epoch
-        best_weights = resumed.best_weights
-        if average:
-            average.weights = resumed.average
+        restore_checkpoint(resumed, fitting.fitted, rng)
+        selection = Selection(
+            resumed.best_score,
+            resumed.best_accuracy,
+            resumed.best_balanced,
+            resumed.best_epoch,
+            resumed.best_weights,
+        )
+        if fitting.average:
+            fitting.average.weights = resumed.average
         started -= resumed.wall_seconds  # the stopped run's time counts too
         print(f"resumed from {checkpoint} after epoch {resumed.epochs_done}", flush=True)
-    for epoch in range(resumed.epochs_done if resumed else 0, epochs):
-        waveforms, targets, words = (
-            first_epoch
-            if epoch == 0
-            else epoch_examples(sources, rng, augmentation, hard_negatives, hard_negative_draws)
-        )
-        class_targets = distillation_targets(targets, waveforms, teachers)
-        history = fitted.fit(
-            waveforms,
-            (class_targets, np.array([word_ids[word] for word in words]))
-            if word_head_weight
-            else class_targets,
-            batch_size=BATCH_SIZE,
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            shuffle=False,
-            verbose=0,
-            callbacks=callbacks,
-        )
-        trained = (
-            swap_in_average(model, average, waveforms[: BATCH_NORM_BATCHES * BATCH_SIZE])
-            if average
-            else None
-        )
-        # Clean first, then each selection mode.
-        val_predicted = [
-            probabilities.argmax(axis=1)
-            for probabilities in [
-                predict(val_waveforms),
-                *(
-                    robustness_probabilities(predict, mode, val_waveforms, val_targets, Decision())
-                    for mode in selection_modes
-                ),
-            ]
-        ]
-        val_accuracy = float((val_predicted[0] == val_targets).mean())
-        val_balanced = [
-            classification_metrics(val_targets, predicted)["balanced_accuracy"]
-            for predicted in val_predicted
-        ]
-        continuous_rate = (
-            float(np.isin(predict(val_continuous).argmax(axis=1), KEYWORD_IDS).mean())
-            if len(val_continuous)
-            else 0.0
-        )
-        val_score = float(np.mean(val_balanced)) - continuous_rate
-        if val_score > best_score:
-            best_score, best_accuracy, best_balanced = val_score, val_accuracy, val_balanced[0]
-            best_epoch, best_weights = epoch + 1, model.get_weights()
-        if trained is not None:
-            model.set_weights(trained)
+    for epoch in range(resumed.epochs_done if resumed else 0, config.epochs):
+        loss, train_acc, scores, weights = fit_epoch(config, data, rng, fitting, epoch)
+        score, accuracy, balanced, fired = scores
+        if score > selection.score:
+            selection = Selection(score, accuracy, balanced, epoch + 1, weights)
         print(
-            f"epoch {epoch + 1}/{epochs} loss {history.history['loss'][-1]:.4f}"
-            f" train acc {train_accuracy(history.history):.4f}"
-            f" val acc {val_accuracy:.4f} val balanced acc {val_balanced[0]:.4f}"
-            f" read-speech windows fired {continuous_rate:.4f}"
-            f" selection score {val_score:.4f} (best {best_score:.4f} @ {best_epoch})"
+            f"epoch {epoch + 1}/{config.epochs} loss {loss:.4f} train acc {train_acc:.4f}"
+            f" val acc {accuracy:.4f} val balanced acc {balanced:.4f}"
+            f" read-speech windows fired {fired:.4f}"
+            f" selection score {score:.4f} (best {selection.score:.4f} @ {selection.epoch})"
             f" {time.monotonic() - started:.0f}s",
             flush=True,
         )
         save_checkpoint(
             checkpoint,
-            run_settings,
+            settings,
             capture_checkpoint(
-                fitted,
+                fitting.fitted,
                 rng,
                 epochs_done=epoch + 1,
-                best_score=best_score,
-                best_accuracy=best_accuracy,
-                best_balanced=best_balanced,
-                best_epoch=best_epoch,
-                best_weights=best_weights,
-                average=average.weights if average else None,
+                best_score=selection.score,
+                best_accuracy=selection.accuracy,
+                best_balanced=selection.balanced,
+                best_epoch=selection.epoch,
+                best_weights=selection.weights,
+                average=fitting.average.weights if fitting.average else None,
                 wall_seconds=time.monotonic() - started,
             ),
         )
-    selection = (
-        "weights of the epoch with the best val balanced accuracy (mean per-class recall, so"
-        " keyword recall weighs as much as unknown)"
-    )
-    if selection_modes:
-        selection += f", averaged over clean and {', '.join(selection_modes)}"
-    if len(val_continuous):
-        selection += ", minus the share of val read-speech windows called yes or no"
-    if average_momentum is not None:
-        selection += (
-            f"; each epoch's weights are the moving average over the training steps (momentum"
-            f" {average_momentum}) with batch-norm statistics re-estimated for them"
-        )
-    # A fresh model holds only the network's variables (no optimizer state) for export.
-    model = build_model(architecture)
-    model.set_weights(best_weights)
-    val_logits = model.predict(val_waveforms, batch_size=256, verbose=0)
-    temperature = fit_temperature(val_logits, val_targets)
+    vocabulary = list(fitting.word_ids)
+    return FittedRun(selection, fitting.examples_per_epoch, vocabulary, started)
+
+
+def calibrate(model, data: TrainingData) -> tuple[float, dict]:
+    """The softmax temperature fitted on val, and how calibrated the model is before and after."""
+    val_logits = model.predict(data.val_waveforms, batch_size=256, verbose=0)
+    temperature = fit_temperature(val_logits, data.val_targets)
     calibration = {
         "fitted_on": "val speech clips + val silence windows, clean",
         "temperature": temperature,
         **{
-            f"val_{name}_{when}": function(softmax(val_logits / t), val_targets)
+            f"val_{name}_{when}": function(softmax(val_logits / t), data.val_targets)
             for when, t in (("before", 1.0), ("after", temperature))
             for name, function in (
                 ("ece", expected_calibration_error),
@@ -772,103 +888,138 @@ def train(
         },
     }
     print(f"temperature {temperature:.3f}: {calibration}")
+    return temperature, calibration
 
-    difference = export_saved_model([(model, temperature)], out_dir, val_waveforms[:BATCH_SIZE])
+
+def export_members(
+    out_dir: Path, members: list, data_dir: Path, val_waveforms: np.ndarray, check: int = 64
+) -> dict:
+    """Export members (networks with their temperatures) as the artifact's SavedModel and
+    model.onnx, each checked against the other, with the data's licence; returns what to record
+    under "onnx". One network or an ensemble (model.training.ensemble) alike."""
+    from model.export.artifact import copy_data_license, export_saved_model
+    from model.export.onnx_export import write_onnx
+
+    difference = export_saved_model(members, out_dir, val_waveforms[:check])
     print(f"exported to {out_dir}; reloaded SavedModel matches Keras within {difference:.2e}")
-    onnx = write_onnx(out_dir, [(model, temperature)], val_waveforms)
+    onnx = write_onnx(out_dir, members, val_waveforms)
     print(f"model.onnx matches the SavedModel within {onnx['checked_against_saved_model']}")
     copy_data_license(data_dir, out_dir)
-    wall_seconds = time.monotonic() - started
-    write_metadata(
-        out_dir,
-        artifact_metadata(
-            out_dir,
-            architecture=describe(model),
-            training={
-                "data": "Speech Commands subset (Warden 2018, arXiv:1804.03209), CC BY 4.0",
-                "speaker_share": speaker_share,
-                "clips": {
-                    "train": {
-                        **class_counts(train_labels),
-                        "read_speech_recordings": len(sources.read_speech),
-                        "synthetic_words": len(sources.synthetic.labels) if synthetic else 0,
-                        "synthetic_sentences": len(sources.synthetic.sentences) if synthetic else 0,
-                        "synthetic_answer_windows": SYNTHETIC_PHRASES_PER_WORD * len(KEYWORDS)
-                        if synthetic and keyword_phrases
-                        else 0,
-                        "silence": f"{SILENCE_CLIPS_PER_EPOCH} new windows per epoch",
-                    },
-                    "val": class_counts(val_targets),
-                },
-                "per_epoch": {
-                    "yes": KEYWORD_CLIPS_PER_EPOCH,
-                    "no": KEYWORD_CLIPS_PER_EPOCH,
-                    "unknown": f"every word's clips, at least {MIN_DRAWS_PER_WORD} draws per"
-                    f" word, {hard_negative_draws} times that for {', '.join(hard_negatives)}",
-                    "continuous_speech_windows": {
-                        "read_speech": sources.continuous_windows[0] if read_speech_dir else 0,
-                        "synthetic": sources.continuous_windows[1] if synthetic else 0,
-                    },
-                    "synthetic_words": {
-                        "yes": SYNTHETIC_KEYWORDS_PER_EPOCH,
-                        "no": SYNTHETIC_KEYWORDS_PER_EPOCH,
-                        "unknown": SYNTHETIC_NON_KEYWORDS_PER_EPOCH,
-                    }
-                    if synthetic
-                    else None,
-                    "mined_continuous_speech_windows": {
-                        "mined_with": miner.version,
-                        "floor": MINING_FLOOR,
-                        "pool": len(sources.mined),
-                        "per_epoch": MINED_WINDOWS_PER_EPOCH,
-                    }
-                    if miner
-                    else None,
-                    "silence": SILENCE_CLIPS_PER_EPOCH,
-                    "total": examples_per_epoch,
-                },
-                "silence": "1 s windows of the background-noise files (first 80% of each file for"
-                " train, next 10% val, last 10% test) at random level, plus 15% zeros or"
-                " faint hiss",
-                "seed": seed,
-                "epochs": epochs,
-                "batch_size": BATCH_SIZE,
-                "optimizer": f"Adam, cosine decay from {peak_learning_rate} with 5% warm-up",
-                "initialised_from": KeywordModel(init_dir).version if init_dir else None,
-                "loss": f"cross-entropy, label smoothing {LABEL_SMOOTHING}",
-                "word_head": {
-                    "weight": word_head_weight,
-                    "words": len(vocabulary),
-                    "loss": "cross-entropy of each example's own word, beside the four classes;"
-                    " the head is not exported",
-                }
-                if word_head_weight
-                else None,
-                "distillation": {
-                    "teachers": [teacher.version for teacher in teachers],
-                    "weight": DISTILLATION_WEIGHT,
-                    "target": "weight x the teachers' mean probabilities on each augmented clip"
-                    " + (1 - weight) x the one-hot label",
-                }
-                if teachers
-                else None,
-                "augmentation": augmentation,
-                "selection": selection,
-                "best_epoch": best_epoch,
-                "best_val_selection_score": best_score,
-                "best_val_balanced_accuracy": best_balanced,
-                "best_val_accuracy": best_accuracy,
-                "wall_seconds": round(wall_seconds, 1),
-            },
-            calibration=calibration,
-            onnx=onnx,
-        ),
-    )
-    remove_checkpoint(checkpoint)
+    return onnx
+
+
+def evaluate_and_store(out_dir: Path, data_dir: Path) -> None:
+    """The artifact's test figures (report only), stored in its metadata and printed."""
     metrics = evaluate_artifact(out_dir, data_dir)
     store_metrics(out_dir, metrics)
     print(format_report(metrics))
-    print(f"total {time.monotonic() - started:.0f}s")
+
+
+def selection_text(config: TrainingConfig, data: TrainingData) -> str:
+    selection = (
+        "weights of the epoch with the best val balanced accuracy (mean per-class recall, so"
+        " keyword recall weighs as much as unknown)"
+    )
+    if config.selection_modes:
+        selection += f", averaged over clean and {', '.join(config.selection_modes)}"
+    if len(data.val_continuous):
+        selection += ", minus the share of val read-speech windows called yes or no"
+    if config.average_momentum is not None:
+        selection += (
+            f"; each epoch's weights are the moving average over the training steps (momentum"
+            f" {config.average_momentum}) with batch-norm statistics re-estimated for them"
+        )
+    return selection
+
+
+def clips_description(config: TrainingConfig, data: TrainingData) -> dict:
+    """The clips trained and validated on, per class and kind."""
+    synthetic = data.sources.synthetic
+    return {
+        "train": {
+            **class_counts(data.train_labels),
+            "read_speech_recordings": len(data.sources.read_speech),
+            "synthetic_words": len(synthetic.labels) if synthetic else 0,
+            "synthetic_sentences": len(synthetic.sentences) if synthetic else 0,
+            "synthetic_answer_windows": SYNTHETIC_PHRASES_PER_WORD * len(KEYWORDS)
+            if synthetic and config.keyword_phrases
+            else 0,
+            "silence": f"{SILENCE_CLIPS_PER_EPOCH} new windows per epoch",
+        },
+        "val": class_counts(data.val_targets),
+    }
+
+
+def per_epoch_description(config: TrainingConfig, data: TrainingData, examples: int) -> dict:
+    """What each epoch draws."""
+    sources, miner = data.sources, data.miner
+    return {
+        "yes": KEYWORD_CLIPS_PER_EPOCH,
+        "no": KEYWORD_CLIPS_PER_EPOCH,
+        "unknown": f"every word's clips, at least {MIN_DRAWS_PER_WORD} draws per word,"
+        f" {config.hard_negative_draws} times that for {', '.join(config.hard_negatives)}",
+        "continuous_speech_windows": {
+            "read_speech": sources.continuous_windows[0] if config.read_speech_dir else 0,
+            "synthetic": sources.continuous_windows[1] if config.synthetic else 0,
+        },
+        "synthetic_words": {
+            "yes": SYNTHETIC_KEYWORDS_PER_EPOCH,
+            "no": SYNTHETIC_KEYWORDS_PER_EPOCH,
+            "unknown": SYNTHETIC_NON_KEYWORDS_PER_EPOCH,
+        }
+        if config.synthetic
+        else None,
+        "mined_continuous_speech_windows": {
+            "mined_with": miner.version,
+            "floor": MINING_FLOOR,
+            "pool": len(sources.mined),
+            "per_epoch": MINED_WINDOWS_PER_EPOCH,
+        }
+        if miner
+        else None,
+        "silence": SILENCE_CLIPS_PER_EPOCH,
+        "total": examples,
+    }
+
+
+def training_description(config: TrainingConfig, data: TrainingData, run: FittedRun) -> dict:
+    """The artifact's `training` metadata: data, recipe, selection and the kept epoch."""
+    return {
+        "data": "Speech Commands subset (Warden 2018, arXiv:1804.03209), CC BY 4.0",
+        "speaker_share": config.speaker_share,
+        "clips": clips_description(config, data),
+        "per_epoch": per_epoch_description(config, data, run.examples_per_epoch),
+        "silence": "1 s windows of the background-noise files (first 80% of each file for"
+        " train, next 10% val, last 10% test) at random level, plus 15% zeros or faint hiss",
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "batch_size": BATCH_SIZE,
+        "optimizer": f"Adam, cosine decay from {config.peak_learning_rate} with 5% warm-up",
+        "initialised_from": KeywordModel(config.init_dir).version if config.init_dir else None,
+        "loss": f"cross-entropy, label smoothing {LABEL_SMOOTHING}",
+        "word_head": {
+            "weight": config.word_head_weight,
+            "words": len(run.vocabulary),
+            "loss": "cross-entropy of each example's own word, beside the four classes;"
+            " the head is not exported",
+        }
+        if config.word_head_weight
+        else None,
+        "distillation": {
+            "teachers": [teacher.version for teacher in data.teachers],
+            "weight": DISTILLATION_WEIGHT,
+            "target": "weight x the teachers' mean probabilities on each augmented clip"
+            " + (1 - weight) x the one-hot label",
+        }
+        if data.teachers
+        else None,
+        "augmentation": config.augmentation,
+        "selection": selection_text(config, data),
+        "best_epoch": run.selection.epoch,
+        "best_val_selection_score": run.selection.score,
+        "best_val_balanced_accuracy": run.selection.balanced,
+        "best_val_accuracy": run.selection.accuracy,
+    }
 
 
 def main() -> None:
@@ -1012,14 +1163,18 @@ def main() -> None:
         " (a learning curve)",
     )
     args = parser.parse_args()
-    train(
-        args.data,
-        args.out,
-        args.seed,
-        args.epochs,
-        args.arch,
-        tuple(args.teacher),
-        AUGMENTATION
+    train(config_from_args(args), args.out)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """The TrainingConfig the command line asks for."""
+    return TrainingConfig(
+        data_dir=args.data,
+        seed=args.seed,
+        epochs=args.epochs,
+        architecture=args.arch,
+        teacher_dirs=tuple(args.teacher),
+        augmentation=AUGMENTATION
         | {
             "babble_share": args.babble_share,
             "shift_silence": args.shift_silence,
@@ -1028,19 +1183,19 @@ def main() -> None:
             "non_speech_share": args.non_speech,
             "speed_share": args.speed,
         },
-        tuple(args.hard_negatives),
-        args.hard_negative_draws,
-        tuple(args.select_under),
-        args.read_speech,
-        not args.no_synthetic,
-        not args.no_keyword_phrases,
-        args.continuous_scale,
-        args.init,
-        args.peak_lr,
-        args.mine_with,
-        args.speaker_share,
-        args.average,
-        args.word_head,
+        hard_negatives=tuple(args.hard_negatives),
+        hard_negative_draws=args.hard_negative_draws,
+        selection_modes=tuple(args.select_under),
+        read_speech_dir=args.read_speech,
+        synthetic=not args.no_synthetic,
+        keyword_phrases=not args.no_keyword_phrases,
+        continuous_scale=args.continuous_scale,
+        init_dir=args.init,
+        peak_learning_rate=args.peak_lr,
+        miner_dir=args.mine_with,
+        speaker_share=args.speaker_share,
+        average_momentum=args.average,
+        word_head_weight=args.word_head,
     )
 
 
