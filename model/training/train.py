@@ -19,6 +19,7 @@ calibration) and stores those figures in the metadata.
 """
 
 import argparse
+import contextlib
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -176,12 +177,16 @@ AUGMENTATION = {
 
 
 def configure_tensorflow(seed: int) -> None:
-    """Fixed seeds, deterministic ops and at most TF_THREADS threads (set before any TF work)."""
+    """Fixed seeds, deterministic ops and at most TF_THREADS threads. The threads can only be set
+    before TensorFlow's first work in the process: where a caller has already run it, they stay
+    as they are."""
     import keras
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(TF_THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(TF_THREADS)
+    threading = tf.config.threading
+    with contextlib.suppress(RuntimeError):
+        threading.set_intra_op_parallelism_threads(TF_THREADS)
+        threading.set_inter_op_parallelism_threads(TF_THREADS)
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
