@@ -214,11 +214,14 @@ def retrying(operation: str, call: Callable[[], T], policy: RetryPolicy | None =
 def _count_botocore_attempts() -> None:
     """Count each S3 attempt that failed transiently, in every botocore session made from now
     on: Beam makes a new session per call, so the counter joins botocore's built-in handlers,
-    which each new session registers."""
+    which each new session registers. Without the AWS extra there is nothing to count."""
     global _botocore_counting
     if _botocore_counting:
         return
-    from botocore import handlers
+    try:
+        from botocore import handlers
+    except ImportError:
+        return
 
     handlers.BUILTIN_HANDLERS.append(("needs-retry.s3", _count_s3_attempt))
     _botocore_counting = True

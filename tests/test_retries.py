@@ -126,3 +126,15 @@ def test_counts_reach_beams_metrics_through_the_group_written(tmp_path, quick_ba
         ]
     }
     assert counters == {"retries s3 GetObject": 2, "transient_failures s3 GetObject": 2}
+
+
+def test_the_policy_applies_without_the_bucket_extras(monkeypatch):
+    """A plain `pip install .` has neither botocore nor Beam's GCS module: a local run must
+    still start (the README's first command)."""
+    import sys
+
+    monkeypatch.setattr(retries, "_botocore_counting", False)
+    for module in ("botocore", "apache_beam.io.gcp.gcsio_retry"):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    retries.apply(retries.RetryPolicy())
+    assert retries.current() == retries.RetryPolicy()
