@@ -201,11 +201,12 @@ def retrying(operation: str, call: Callable[[], T], policy: RetryPolicy | None =
         try:
             return call()
         except Exception as error:
+            if not is_transient(error):
+                raise
             retry += 1
             wait = backoff_s(retry)
-            retried = is_transient(error) and time.monotonic() + wait < deadline
-            if is_transient(error):
-                count(operation, retried)
+            retried = time.monotonic() + wait < deadline
+            count(operation, retried)
             if not retried:
                 raise
             time.sleep(wait)
@@ -242,7 +243,7 @@ def _count_s3_attempt(
         failed = False
     if failed:
         name = getattr(operation, "name", "request")
-        count(f"s3 {name}", retried=attempts < int(os.environ.get("AWS_MAX_ATTEMPTS", 1)))
+        count(f"s3 {name}", retried=attempts < _policy.attempts)
 
 
 def gcs_retry(policy: RetryPolicy | None = None) -> Any:

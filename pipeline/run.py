@@ -346,12 +346,11 @@ def summarise(
 def commit(staging: str, output_dir: str, events: output.EventsDataset | None) -> None:
     """output.commit; a bucket commit that could not finish is left to the next run (its
     `repair`). A local commit is one exchange: done, or failed with the output as it was."""
-    if FileSystems.get_scheme(output_dir) is None:
-        output.commit(staging, output_dir, events)
-        return
     try:
         output.commit(staging, output_dir, events)
     except Exception as error:
+        if FileSystems.get_scheme(output_dir) is None:
+            raise
         raise CommitIncompleteError(
             f"the commit to {output_dir} could not finish ({type(error).__name__}: {error});"
             " the next run into it finishes it, or clears it if it had not begun"

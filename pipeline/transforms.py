@@ -230,7 +230,7 @@ class JobSettings:
     model_version: str
     batch_size: int  # windows per model call
     max_duration_s: float  # longer recordings get an error row
-    staging: str  # the run's staging directory: groups' Parquet files, progress, tally
+    staging: str  # the run's staging directory: groups' Parquet files, progress ("": none), tally
     run_id: str
     runtime: str = "auto"  # model.serving.RUNTIMES
     events_staging: str | None = None  # where the events dataset is staged, with --events
@@ -248,10 +248,9 @@ class LabelGroup(FileSystemsDoFn):
     Bucket recordings are fetched FETCH_AHEAD files ahead (pipeline.storage.fetch_ahead).
     """
 
-    def __init__(self, filesystem_options: dict, job: JobSettings, record_progress: bool = True):
+    def __init__(self, filesystem_options: dict, job: JobSettings):
         super().__init__(filesystem_options)
         self._job = job
-        self._record_progress = record_progress  # in the staging (pipeline.progress)
         self._shared_model = Shared()
 
     def setup(self):
@@ -272,9 +271,7 @@ class LabelGroup(FileSystemsDoFn):
         rows: list[dict] = []
         events: list[dict] = []
         in_progress: deque[FileInProgress] = deque()
-        recorder = (
-            ProgressRecorder(self._job.staging, group.name) if self._record_progress else None
-        )
+        recorder = ProgressRecorder(self._job.staging, group.name) if self._job.staging else None
         kept = len(group.kept_rows)
         errors = 0
 

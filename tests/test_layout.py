@@ -12,6 +12,7 @@ PACKAGES = sorted(
     for directory in ("model", "pipeline")
     for path in (ROOT / directory).rglob("*.py")
 )
+MODULES = {module for module in PACKAGES if not module.endswith("__init__")}
 OFFLINE = ("model.training", "model.evaluation", "model.export")
 
 
@@ -59,9 +60,6 @@ def project_imports(module: str) -> set[str]:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         imported |= {name for name in names if name in MODULES}
     return imported
-
-
-MODULES = {module for module in PACKAGES if not module.endswith("__init__")}
 
 
 def test_no_import_cycle_even_through_imports_inside_functions():

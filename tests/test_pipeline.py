@@ -60,10 +60,10 @@ def test_label_group_gives_one_row_per_path(recordings, num_groups):
         model_version=read_model_version(DEFAULT_ARTIFACT),
         batch_size=4,  # small batches: many of them, long files spanning several
         max_duration_s=60,
-        staging="",
+        staging="",  # no progress records
         run_id="test",
     )
-    label_group = LabelGroup({}, job, record_progress=False)
+    label_group = LabelGroup({}, job)
     with BeamTestPipeline(runner=fn_runner.FnApiRunner()) as pipeline:
         rows = (
             pipeline
