@@ -34,14 +34,14 @@ ds-cnn-m]`
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model.contract import CLIP_SAMPLES, INPUT_NAME, LABELS, METADATA_FILE, OUTPUT_NAME, SIGNATURE
-from model.export.onnx_graph import OPSET, GraphBuilder, gain_of_power, log_mel
+from model.export.onnx_graph import OPSET, GraphBuilder
+from model.export.onnx_layers import Conversion, Layer, converter_for
 from model.serving import ONNX_FILE, TOLERANCE, onnx_predictor, saved_model_predictor
 
 if TYPE_CHECKING:
@@ -49,66 +49,6 @@ if TYPE_CHECKING:
     import onnx
 
     from model.export.artifact import Member
-
-
-def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow 'same' padding (the odd pixel at the end) for one spatial dimension."""
-    effective = (kernel - 1) * dilation + 1
-    total = max((math.ceil(size / stride) - 1) * stride + effective - size, 0)
-    return total // 2, total - total // 2
-
-
-def _conv_pads(layer: Any, input_shape: tuple, kernel: tuple, strides: tuple, dilation: tuple):
-    if layer.padding == "valid":
-        return [0, 0, 0, 0]
-    if layer.padding != "same":
-        raise NotImplementedError(f"{layer.name}: padding {layer.padding!r}")
-    (top, bottom), (left, right) = (
-        _same_pads(input_shape[axis + 1], kernel[axis], strides[axis], dilation[axis])
-        for axis in (0, 1)
-    )
-    return [top, left, bottom, right]
-
-
-def _batch_norm_affine(layer: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Inference-time BatchNormalization as x * scale + shift."""
-    variance = np.asarray(layer.moving_variance, np.float64)
-    scale = 1.0 / np.sqrt(variance + layer.epsilon)
-    if layer.scale:
-        scale = scale * np.asarray(layer.gamma, np.float64)
-    shift = -np.asarray(layer.moving_mean, np.float64) * scale
-    if layer.center:
-        shift = shift + np.asarray(layer.beta, np.float64)
-    return scale, shift
-
-
-def _nchw_axis(axis: int, rank: int) -> int:
-    """A Keras channels-last axis of a rank-4 tensor -> the same axis in NCHW."""
-    axis = axis % rank
-    return {0: 0, 1: 2, 2: 3, 3: 1}[axis] if rank == 4 else axis
-
-
-def _activation(b: GraphBuilder, x: str, activation: Any, where: str) -> str:
-    name = getattr(activation, "__name__", str(activation))
-    if name == "linear":
-        return x
-    if name == "relu":
-        return b.op("Relu", [x], "relu")
-    if name in ("swish", "silu"):
-        return b.op("Mul", [x, b.op("Sigmoid", [x], "sigmoid")], "swish")
-    if name == "sigmoid":
-        return b.op("Sigmoid", [x], "sigmoid")
-    raise NotImplementedError(f"{where}: activation {name!r}")
-
-
-def _loudness_gain(b: GraphBuilder, waveform: str) -> str:
-    """The gain [batch, 1] that model.training.features.LoudnessNormalisation applies to
-    waveform."""
-    from model.training.feature_settings import TARGET_RMS
-
-    power = b.op("Mul", [waveform, waveform], "square")
-    mean_power = b.op("ReduceMean", [power, b.ints("axes", 1)], "mean_power", keepdims=1)
-    return gain_of_power(b, mean_power, TARGET_RMS)
 
 
 def _keras_graph(model: keras.Model) -> list[tuple[Any, list, list]]:
@@ -121,209 +61,53 @@ def _keras_graph(model: keras.Model) -> list[tuple[Any, list, list]]:
 
 
 def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
-    """The ONNX model (waveform -> probabilities) of keras_model (waveform -> logits)."""
-    import keras
-    from onnx import TensorProto, checker, helper
-
-    from model.training.features import LogMelSpectrogram, LoudnessNormalisation
-
-    layers = keras.layers
-    b = GraphBuilder()
-    names: dict[int, str] = {}  # id(KerasTensor) -> ONNX tensor name
+    """The ONNX model (waveform -> probabilities) of keras_model (waveform -> logits): each
+    layer converted by its model.export.onnx_layers converter, then softmax."""
     steps = _keras_graph(keras_model)
     consumers: dict[int, list] = {}
     for operation, inputs, _ in steps:
         for tensor in inputs:
             consumers.setdefault(id(tensor), []).append(operation)
     output_tensor = keras_model.outputs[0]
-    folded: set[int] = set()  # BatchNormalization layers already folded into a convolution
-    gains: dict[int, str] = {}  # loudness-normalised tensors whose gain the log-mel applies
-
+    conversion = Conversion(GraphBuilder(), temperature, output_tensor, consumers)
     for operation, inputs, outputs in steps:
-        out = outputs[0]
-        where = f"{operation.name} ({type(operation).__name__})"
-        if isinstance(operation, layers.InputLayer):
-            names[id(out)] = INPUT_NAME
+        if isinstance(operation, _input_layer()):
+            conversion.names[id(outputs[0])] = INPUT_NAME
             continue
-        x = names[id(inputs[0])]
-        rank = len(inputs[0].shape)
-        if id(operation) in folded:
-            names[id(out)] = x
-        elif isinstance(operation, LogMelSpectrogram):
-            mel_matrix = np.asarray(operation.mel_matrix, np.float64)
-            names[id(out)] = log_mel(b, x, mel_matrix, gains.get(id(inputs[0])))
-        elif isinstance(operation, LoudnessNormalisation):
-            gain = _loudness_gain(b, x)
-            if all(isinstance(c, LogMelSpectrogram) for c in consumers.get(id(out), [])):
-                # Applied to the mel spectrum instead: the front end then reads the raw
-                # waveform, like every other network's, and an ensemble computes it once.
-                names[id(out)], gains[id(out)] = x, gain
-            else:
-                names[id(out)] = b.op("Mul", [x, gain], "normalised")
-        elif isinstance(operation, (layers.Dropout, layers.SpatialDropout2D)) or (
-            type(operation).__name__ == "SpecAugment"  # identity unless training
-        ):
-            names[id(out)] = x
-        elif isinstance(operation, (layers.Conv2D, layers.DepthwiseConv2D)):
-            if operation.data_format != "channels_last" or rank != 4:
-                raise NotImplementedError(f"{where}: only channels_last 2-D convolutions")
-            kernel = np.asarray(operation.kernel, np.float64)
-            height, width, channels_in, last = kernel.shape
-            if isinstance(operation, layers.DepthwiseConv2D):
-                weights = kernel.transpose(2, 3, 0, 1).reshape(channels_in * last, 1, height, width)
-                group = channels_in
-            else:
-                weights = kernel.transpose(3, 2, 0, 1)
-                group = getattr(operation, "groups", 1)
-            bias = (
-                np.asarray(operation.bias, np.float64)
-                if operation.use_bias
-                else np.zeros(weights.shape[0])
-            )
-            following = consumers.get(id(out), [])
-            if (
-                len(following) == 1
-                and isinstance(following[0], layers.BatchNormalization)
-                and [a % 4 for a in np.atleast_1d(following[0].axis)] == [3]
-                and getattr(operation.activation, "__name__", "") == "linear"
-            ):
-                scale, shift = _batch_norm_affine(following[0])
-                weights = weights * scale[:, None, None, None]
-                bias = bias * scale + shift
-                folded.add(id(following[0]))
-            strides = tuple(operation.strides)
-            dilation = tuple(operation.dilation_rate)
-            y = b.op(
-                "Conv",
-                [x, b.const(f"{operation.name}_w", weights), b.const(f"{operation.name}_b", bias)],
-                operation.name,
-                kernel_shape=[height, width],
-                strides=list(strides),
-                dilations=list(dilation),
-                pads=_conv_pads(operation, inputs[0].shape, (height, width), strides, dilation),
-                group=group,
-            )
-            names[id(out)] = _activation(b, y, operation.activation, where)
-        elif isinstance(operation, layers.BatchNormalization):
-            axes = [_nchw_axis(a, rank) for a in np.atleast_1d(operation.axis)]
-            if len(axes) != 1:
-                raise NotImplementedError(f"{where}: multi-axis batch norm")
-            scale, shift = _batch_norm_affine(operation)
-            shape = [1] * rank
-            shape[axes[0]] = len(scale)
-            y = b.op("Mul", [x, b.const("bn_scale", scale.reshape(shape[1:]))], operation.name)
-            names[id(out)] = b.op("Add", [y, b.const("bn_shift", shift.reshape(shape[1:]))], "bn")
-        elif isinstance(operation, layers.ReLU):
-            if operation.max_value is not None or operation.negative_slope or operation.threshold:
-                raise NotImplementedError(f"{where}: only plain ReLU")
-            names[id(out)] = b.op("Relu", [x], operation.name)
-        elif isinstance(operation, layers.Activation):
-            names[id(out)] = _activation(b, x, operation.activation, where)
-        elif isinstance(operation, layers.GlobalAveragePooling2D):
-            if operation.data_format != "channels_last":
-                raise NotImplementedError(f"{where}: only channels_last")
-            y = b.op("GlobalAveragePool", [x], operation.name)
-            if not operation.keepdims:
-                y = b.op("Flatten", [y], "pooled", axis=1)
-            names[id(out)] = y
-        elif isinstance(operation, (layers.MaxPooling2D, layers.AveragePooling2D)):
-            pool, strides = tuple(operation.pool_size), tuple(operation.strides)
-            op_type = "MaxPool" if isinstance(operation, layers.MaxPooling2D) else "AveragePool"
-            attrs = {} if op_type == "MaxPool" else {"count_include_pad": 0}
-            names[id(out)] = b.op(
-                op_type,
-                [x],
-                operation.name,
-                kernel_shape=list(pool),
-                strides=list(strides),
-                pads=_conv_pads(operation, inputs[0].shape, pool, strides, (1, 1)),
-                **attrs,
-            )
-        elif isinstance(operation, layers.Resizing):
-            if (
-                operation.interpolation != "bilinear"
-                or operation.crop_to_aspect_ratio
-                or operation.pad_to_aspect_ratio
-                or operation.antialias
-            ):
-                raise NotImplementedError(f"{where}: only plain bilinear resizing")
-            batch_channels = b.op(
-                "Slice",
-                [b.op("Shape", [x], "shape"), b.ints("start", 0), b.ints("end", 2)],
-                "batch_channels",
-            )
-            sizes = b.op(
-                "Concat",
-                [batch_channels, b.ints("size", operation.height, operation.width)],
-                "sizes",
-                axis=0,
-            )
-            names[id(out)] = b.op(
-                "Resize",
-                [x, "", "", sizes],
-                operation.name,
-                mode="linear",
-                coordinate_transformation_mode="half_pixel",
-            )
-        elif isinstance(operation, layers.Flatten):
-            if rank == 4:  # Keras flattens channels-last: (h, w, c) order
-                x = b.op("Transpose", [x], "to_nhwc", perm=[0, 2, 3, 1])
-            names[id(out)] = b.op("Flatten", [x], operation.name, axis=1)
-        elif isinstance(operation, layers.Dense):
-            if rank != 2:
-                raise NotImplementedError(f"{where}: Dense on rank {rank}")
-            kernel = np.asarray(operation.kernel, np.float64)
-            bias = (
-                np.asarray(operation.bias, np.float64)
-                if operation.use_bias
-                else np.zeros(kernel.shape[1])
-            )
-            linear = getattr(operation.activation, "__name__", "") == "linear"
-            if out is output_tensor and linear:  # fold the temperature into the logits layer
-                kernel, bias = kernel / temperature, bias / temperature
-            y = b.op(
-                "Gemm",
-                [x, b.const(f"{operation.name}_w", kernel), b.const(f"{operation.name}_b", bias)],
-                operation.name,
-            )
-            y = _activation(b, y, operation.activation, where)
-            if out is output_tensor and not linear:
-                y = b.op("Div", [y, b.const("temperature", temperature)], "scaled")
-            names[id(out)] = y
-        elif type(operation).__name__ == "Add" and len(inputs) >= 2:  # keras.ops.add / layers.Add
-            y = x
-            for other in inputs[1:]:
-                y = b.op("Add", [y, names[id(other)]], operation.name)
-            names[id(out)] = y
-        elif type(operation).__name__ == "Mean" and type(operation).__module__.startswith(
-            "keras.src.ops"
-        ):  # keras.ops.mean
-            axes = [_nchw_axis(a, rank) for a in np.atleast_1d(operation.axis)]
-            names[id(out)] = b.op(
-                "ReduceMean",
-                [x, b.ints("axes", *axes)],
-                operation.name,
-                keepdims=int(operation.keepdims),
-            )
-        else:
-            raise NotImplementedError(f"no ONNX conversion for {where}")
+        layer = Layer(operation, inputs, outputs[0], conversion.names[id(inputs[0])])
+        conversion.names[id(outputs[0])] = converter_for(operation)(conversion, layer)
+    logits = conversion.names[id(output_tensor)]
+    return _assemble(conversion.graph, logits, keras_model.name, temperature)
 
-    logits = names[id(output_tensor)]
-    b.nodes.append(helper.make_node("Softmax", [logits], [OUTPUT_NAME], axis=-1, name="softmax"))
-    graph = helper.make_graph(
-        b.nodes,
-        keras_model.name,
+
+def _input_layer() -> type:
+    import keras
+
+    return keras.layers.InputLayer
+
+
+def _assemble(graph: GraphBuilder, logits: str, name: str, temperature: float) -> onnx.ModelProto:
+    """The checked ONNX model of a converted graph: softmax of its logits, the model's input and
+    output declared, its labels and temperature in its properties."""
+    from onnx import TensorProto, checker, helper
+
+    graph.nodes.append(
+        helper.make_node("Softmax", [logits], [OUTPUT_NAME], axis=-1, name="softmax")
+    )
+    onnx_graph = helper.make_graph(
+        graph.nodes,
+        name,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", CLIP_SAMPLES])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", len(LABELS)])],
-        b.initializers,
+        graph.initializers,
     )
     opsets = [helper.make_opsetid("", OPSET)]
     model = helper.make_model(
-        graph,
+        onnx_graph,
         opset_imports=opsets,
         ir_version=helper.find_min_ir_version_for(opsets),
         producer_name="yesno-label model/export/onnx_export.py",
-        doc_string=f"{keras_model.name}: {INPUT_NAME} float32 [batch, {CLIP_SAMPLES}] -> "
+        doc_string=f"{name}: {INPUT_NAME} float32 [batch, {CLIP_SAMPLES}] -> "
         f"{OUTPUT_NAME} float32 [batch, {len(LABELS)}] = softmax(logits / temperature)",
     )
     helper.set_model_props(

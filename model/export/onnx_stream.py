@@ -59,14 +59,14 @@ def stream_model_bytes(model_bytes: bytes) -> bytes | None:
     if len(mel_nodes) != 1:
         return None  # every member shares one front end in a graph made by model.export.onnx_export
 
-    b = GraphBuilder()
+    front_end = GraphBuilder()
     mel_t = onnx.numpy_helper.to_array(initializers[mel_nodes[0].input[0]])  # [mel, bins]
     mel_matrix = mel_t.T[: FFT_LENGTH // 2 + 1].astype(np.float64)
-    produced = {mel_nodes[0].output[0]: _window_mel(b, mel_matrix)}
+    produced = {mel_nodes[0].output[0]: _window_mel(front_end, mel_matrix)}
     for node in gain_nodes:
         target = float(onnx.numpy_helper.to_array(initializers[node.input[0]]))
-        produced[node.output[0]] = _window_gain(b, target)
-    nodes = _prefixed(b.nodes)
+        produced[node.output[0]] = _window_gain(front_end, target)
+    nodes = _prefixed(front_end.nodes)
     nodes += [
         helper.make_node("Identity", [PREFIX + source], [name], name=f"{PREFIX}{name}")
         for name, source in produced.items()
@@ -77,7 +77,10 @@ def stream_model_bytes(model_bytes: bytes) -> bytes | None:
     nodes += kept
     used = {name for node in nodes for name in node.input}
     stream_initializers = [
-        *(_renamed(initializer, PREFIX + initializer.name) for initializer in b.initializers),
+        *(
+            _renamed(initializer, PREFIX + initializer.name)
+            for initializer in front_end.initializers
+        ),
         *(initializer for initializer in graph.initializer if initializer.name in used),
     ]
     stream_graph = helper.make_graph(
@@ -111,56 +114,64 @@ def write_stream_onnx(artifact_dir: str | Path) -> str | None:
     return STREAM_FILE
 
 
-def _window_mel(b: GraphBuilder, mel_matrix: np.ndarray) -> str:
+def _window_mel(graph: GraphBuilder, mel_matrix: np.ndarray) -> str:
     """The mel spectrum of each window, [n, MEL_BINS, FRAMES], gathered from the run's."""
     from model.training.feature_settings import FRAMES, HOP_SAMPLES
 
     hop_frames = WINDOW_HOP // HOP_SAMPLES
-    run_mel = mel_spectrum(b, STREAM_INPUT, mel_matrix, 1, -1)  # [1, mel, run frames]
-    run_frames = b.op(
-        "Gather", [b.op("Shape", [run_mel], "run_shape"), b.ints("frame_axis", 2)], "run_frames"
+    run_mel = mel_spectrum(graph, STREAM_INPUT, mel_matrix, 1, -1)  # [1, mel, run frames]
+    run_frames = graph.op(
+        "Gather",
+        [graph.op("Shape", [run_mel], "run_shape"), graph.ints("frame_axis", 2)],
+        "run_frames",
     )  # [1]
-    spare = b.op("Sub", [run_frames, b.ints("frames", FRAMES)], "spare_frames")
-    count = b.op(
+    spare = graph.op("Sub", [run_frames, graph.ints("frames", FRAMES)], "spare_frames")
+    count = graph.op(
         "Add",
-        [b.op("Div", [spare, b.ints("hop", hop_frames)], "last"), b.ints("one", 1)],
+        [graph.op("Div", [spare, graph.ints("hop", hop_frames)], "last"), graph.ints("one", 1)],
         "windows_1d",
     )
-    starts = b.op(
+    starts = graph.op(
         "Range",
         [
-            b.const("zero", 0, np.int64),
-            b.op("Squeeze", [count], "windows"),
-            b.const("step", 1, np.int64),
+            graph.const("zero", 0, np.int64),
+            graph.op("Squeeze", [count], "windows"),
+            graph.const("step", 1, np.int64),
         ],
         "window_index",
     )
-    first = b.op("Mul", [starts, b.const("hop_frames", hop_frames, np.int64)], "first_frame")
-    indices = b.op(
+    first = graph.op(
+        "Mul", [starts, graph.const("hop_frames", hop_frames, np.int64)], "first_frame"
+    )
+    indices = graph.op(
         "Add",
         [
-            b.op("Unsqueeze", [first, b.ints("axis", 1)], "first_frames"),
-            b.const("frame_offsets", np.arange(FRAMES)[None], np.int64),
+            graph.op("Unsqueeze", [first, graph.ints("axis", 1)], "first_frames"),
+            graph.const("frame_offsets", np.arange(FRAMES)[None], np.int64),
         ],
         "frame_indices",
     )  # [n, FRAMES]
-    mel = b.op("Squeeze", [run_mel, b.ints("axis", 0)], "run_mel")  # [mel, run frames]
-    gathered = b.op("Gather", [mel, indices], "gathered", axis=1)  # [mel, n, FRAMES]
-    return b.op("Transpose", [gathered], "window_mel", perm=[1, 0, 2])
+    mel = graph.op("Squeeze", [run_mel, graph.ints("axis", 0)], "run_mel")  # [mel, run frames]
+    gathered = graph.op("Gather", [mel, indices], "gathered", axis=1)  # [mel, n, FRAMES]
+    return graph.op("Transpose", [gathered], "window_mel", perm=[1, 0, 2])
 
 
-def _window_gain(b: GraphBuilder, target_rms: float) -> str:
+def _window_gain(graph: GraphBuilder, target_rms: float) -> str:
     """model.export.onnx_export._loudness_gain of each window, [n, 1], from the power of its
     halves."""
-    halves = b.op("Reshape", [STREAM_INPUT, b.ints("shape", -1, WINDOW_HOP)], "halves")
-    square = b.op("Mul", [halves, halves], "square")
-    half_power = b.op("ReduceSum", [square, b.ints("axes", 1)], "half_power", keepdims=0)
-    earlier = b.op("Slice", [half_power, b.ints("start", 0), b.ints("end", -1)], "earlier")
-    later = b.op("Slice", [half_power, b.ints("start", 1), b.ints("end", 2**62)], "later")
-    power = b.op("Add", [earlier, later], "window_power")
-    mean_power = b.op("Div", [power, b.const("samples", CLIP_SAMPLES)], "mean_power")
-    gain = gain_of_power(b, mean_power, target_rms)
-    return b.op("Unsqueeze", [gain, b.ints("axis", 1)], "window_gain")
+    halves = graph.op("Reshape", [STREAM_INPUT, graph.ints("shape", -1, WINDOW_HOP)], "halves")
+    square = graph.op("Mul", [halves, halves], "square")
+    half_power = graph.op("ReduceSum", [square, graph.ints("axes", 1)], "half_power", keepdims=0)
+    earlier = graph.op(
+        "Slice", [half_power, graph.ints("start", 0), graph.ints("end", -1)], "earlier"
+    )
+    later = graph.op(
+        "Slice", [half_power, graph.ints("start", 1), graph.ints("end", 2**62)], "later"
+    )
+    power = graph.op("Add", [earlier, later], "window_power")
+    mean_power = graph.op("Div", [power, graph.const("samples", CLIP_SAMPLES)], "mean_power")
+    gain = gain_of_power(graph, mean_power, target_rms)
+    return graph.op("Unsqueeze", [gain, graph.ints("axis", 1)], "window_gain")
 
 
 def _nodes_reading(graph: onnx.GraphProto, op_type: str, hint: str, initializers: dict) -> list:
