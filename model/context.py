@@ -161,4 +161,6 @@ def neighbour_features(probabilities: np.ndarray, column: int) -> np.ndarray:
     return np.concatenate([padded[NEIGHBOURS + d : NEIGHBOURS + d + n] for d in OFFSETS], axis=1)
 
 
-Said = tuple[tuple[str, np.ndarray], ...]  # (keyword, the windows that hold it) per word said
+KeywordWindows = tuple[
+    tuple[str, np.ndarray], ...
+]  # (keyword, the windows that hold it) per word said

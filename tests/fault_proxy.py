@@ -80,81 +80,94 @@ class FaultPlan:
             return fate
 
 
+class FaultyProxy(BaseHTTPRequestHandler):
+    """Answers each request as its FaultPlan says: forwarded to the upstream server, failed
+    with a 503 SlowDown or a 403, or its connection dropped."""
+
+    protocol_version = "HTTP/1.1"
+    upstream: urllib.parse.SplitResult
+    plan: FaultPlan
+
+    def log_message(self, format, *args):
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _answer(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+        """Send an answer; to HEAD, with the length of what a GET would give."""
+        self.send_response(status)
+        length = str(len(body))
+        for name, value in headers:
+            if name.lower() == "content-length" and self.command == "HEAD":
+                length = value
+            elif name.lower() not in HOP_HEADERS | {"content-length"}:
+                self.send_header(name, value)
+        self.send_header("Content-Length", length)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _handle(self) -> None:
+        body = self._body()
+        plan = self.plan
+        if self.path == STATS_PATH:
+            stats = json.dumps({**plan.stats, "holding": plan.holding}).encode()
+            self._answer(200, stats, [("Content-Type", "application/json")])
+            return
+        request = f"{self.command} {urllib.parse.unquote(self.path)}"
+        fate = plan.fate(request)
+        if fate == "dropped":
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        if fate != "forwarded":
+            status, error = (403, FORBIDDEN) if fate == "forbidden" else (503, SLOW_DOWN)
+            self._answer(status, error, [("Content-Type", "application/xml")])
+            return
+        held_by = plan.held_by(request)
+        if held_by:
+            plan.change_held(held_by, 1)
+            time.sleep(HOLD_S)
+            plan.change_held(held_by, -1)
+        self._forward(body)
+
+    def _forward(self, body: bytes) -> None:
+        """The upstream server's answer to the request, its redirects pointed at the proxy."""
+        upstream = self.upstream
+        connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+        try:
+            headers = {
+                name: value
+                for name, value in self.headers.items()
+                if name.lower() not in HOP_HEADERS | {"content-length"}
+            }
+            headers["Content-Length"] = str(len(body))
+            connection.request(self.command, self.path, body=body, headers=headers)
+            response = connection.getresponse()
+            own = f"127.0.0.1:{self.server.server_address[1]}"
+            answer = [
+                (name, value.replace(upstream.netloc, own) if name == "Location" else value)
+                for name, value in response.getheaders()
+            ]
+            self._answer(response.status, response.read(), answer)
+        finally:
+            connection.close()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
+
+
 def make_handler(upstream: urllib.parse.SplitResult, plan: FaultPlan) -> type:
-    class FaultyProxy(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format, *args):
-            pass
-
-        def _body(self) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                chunks = []
-                while size := int(self.rfile.readline().split(b";")[0], 16):
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(chunks)
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-        def _answer(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
-            """Send an answer; to HEAD, with the length of what a GET would give."""
-            self.send_response(status)
-            length = str(len(body))
-            for name, value in headers:
-                if name.lower() == "content-length" and self.command == "HEAD":
-                    length = value
-                elif name.lower() not in HOP_HEADERS | {"content-length"}:
-                    self.send_header(name, value)
-            self.send_header("Content-Length", length)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _handle(self) -> None:
-            body = self._body()
-            if self.path == STATS_PATH:
-                stats = json.dumps({**plan.stats, "holding": plan.holding}).encode()
-                self._answer(200, stats, [("Content-Type", "application/json")])
-                return
-            request = f"{self.command} {urllib.parse.unquote(self.path)}"
-            fate = plan.fate(request)
-            if fate == "dropped":
-                self.connection.shutdown(socket.SHUT_RDWR)
-                self.close_connection = True
-                return
-            if fate != "forwarded":
-                status, error = (403, FORBIDDEN) if fate == "forbidden" else (503, SLOW_DOWN)
-                self._answer(status, error, [("Content-Type", "application/xml")])
-                return
-            held_by = plan.held_by(request)
-            if held_by:
-                plan.change_held(held_by, 1)
-                time.sleep(HOLD_S)
-                plan.change_held(held_by, -1)
-            connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
-            try:
-                headers = {
-                    name: value
-                    for name, value in self.headers.items()
-                    if name.lower() not in HOP_HEADERS | {"content-length"}
-                }
-                headers["Content-Length"] = str(len(body))
-                connection.request(self.command, self.path, body=body, headers=headers)
-                response = connection.getresponse()
-                own = f"127.0.0.1:{self.server.server_address[1]}"
-                answer = [
-                    (name, value.replace(upstream.netloc, own) if name == "Location" else value)
-                    for name, value in response.getheaders()
-                ]
-                self._answer(response.status, response.read(), answer)
-            finally:
-                connection.close()
-
-        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
-
-    return FaultyProxy
+    """A FaultyProxy for one upstream server and plan."""
+    return type("PlannedFaultyProxy", (FaultyProxy,), {"upstream": upstream, "plan": plan})
 
 
 def main() -> None:

@@ -34,21 +34,32 @@ def riff(fmt: bytes, data: bytes, riff_size: int | None = None, data_size: int |
 PCM16_MONO_16K = struct.pack("<HHIIHH", 1, 1, 16_000, 32_000, 2, 16)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, data_dir) -> tuple[Path, dict[str, str | None]]:
-    """Awkward files, each with what it must give: a label kind (None: any label) or an error."""
-    folder = tmp_path_factory.mktemp("awkward")
-    yes_row = next(r for r in read_manifest(data_dir) if r.split == "test" and r.word == "yes")
-    yes = read_audio(data_dir / yes_row.path)
-    expect: dict[str, str | None] = {}
+class Corpus:
+    """A folder of awkward files, each with what it must give: a label kind (None: any label)
+    or an error."""
 
-    def add(name: str, expected: str | None, samples=None, rate=16_000, subtype="PCM_16", **kw):
-        path = folder / name
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.expect: dict[str, str | None] = {}
+
+    def add(
+        self, name: str, expected: str | None, samples=None, rate=16_000, subtype="PCM_16", **kw
+    ):
+        """A file written by soundfile (or, without samples, one made by the caller)."""
+        path = self.folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if samples is not None:
             soundfile.write(path, samples, rate, subtype=subtype, **kw)
-        expect[str(path)] = expected
+        self.expect[str(path)] = expected
 
+    def add_bytes(self, name: str, expected: str | None, data: bytes) -> None:
+        (self.folder / name).write_bytes(data)
+        self.expect[str(self.folder / name)] = expected
+
+
+def add_encodings(corpus: Corpus, yes: np.ndarray) -> None:
+    """A `yes` in every WAV subtype, container, rate and channel count, and odd content."""
+    add = corpus.add
     for subtype in sorted(LOSSLESS) + LOSSY_WAV_SUBTYPES:
         add(f"subtype_{subtype}.wav", "same" if subtype in LOSSLESS else None, yes, subtype=subtype)
     add("wavex_container.wav", "same", yes, format="WAVEX")
@@ -66,38 +77,48 @@ def corpus(tmp_path_factory, data_dir) -> tuple[Path, dict[str, str | None]]:
     add("clipped_yes.wav", None, np.clip(yes * 20, -1, 1))
     add("nan.wav", "non_finite_samples", np.array([0.0, np.nan] * 800, np.float32), subtype="FLOAT")
     add("inf.wav", "non_finite_samples", np.array([0.0, -np.inf] * 800), subtype="DOUBLE")
-    pcm = (yes * 32_767).astype("<i2").tobytes()
-    (folder / "truncated_data.wav").write_bytes(riff(PCM16_MONO_16K, pcm)[: 44 + len(pcm) // 2])
-    expect[str(folder / "truncated_data.wav")] = None
-    (folder / "wrong_chunk_sizes.wav").write_bytes(
-        riff(PCM16_MONO_16K, pcm, riff_size=12, data_size=len(pcm) * 3)
-    )
-    expect[str(folder / "wrong_chunk_sizes.wav")] = None
-    (folder / "claims_2_31_frames.wav").write_bytes(
-        riff(struct.pack("<HHIIHH", 1, 1, 16_000, 16_000, 1, 8), b"\x80" * 4_000, 2**32 - 1, 2**31)
-    )
-    expect[str(folder / "claims_2_31_frames.wav")] = None
-    (folder / "zero_bytes.wav").write_bytes(b"")
-    expect[str(folder / "zero_bytes.wav")] = "empty_file"
-    (folder / "random_bytes.wav").write_bytes(np.random.default_rng(0).bytes(5_000))
-    expect[str(folder / "random_bytes.wav")] = "unreadable_audio"
-    (folder / "header_only.wav").write_bytes(riff(PCM16_MONO_16K, b""))
-    expect[str(folder / "header_only.wav")] = "no_samples"
-    (folder / "directory.wav").mkdir()
-    expect[str(folder / "directory.wav")] = "not_a_file"
-    os.symlink(folder / "does_not_exist.wav", folder / "broken_symlink.wav")
-    expect[str(folder / "broken_symlink.wav")] = "unreadable_file"
-    os.mkfifo(folder / "named_pipe.wav")  # opening it would block forever
-    expect[str(folder / "named_pipe.wav")] = "not_a_file"
-    add("no permission.wav", None, yes)
-    os.chmod(folder / "no permission.wav", 0)  # unreadable, unless the tests run as root
-    if os.access(folder / "no permission.wav", os.R_OK):
-        expect[str(folder / "no permission.wav")] = "same"
-    else:
-        expect[str(folder / "no permission.wav")] = "unreadable_file"
     add("ünïcødé ñame 日本語.wav", "same", yes)
     add("sub dir/with spaces.WAV", "same", yes)
-    return folder, expect
+
+
+def add_broken_files(corpus: Corpus, yes: np.ndarray) -> None:
+    """Hand-built headers that lie, files that are not audio, and paths that are not files."""
+    folder = corpus.folder
+    pcm = (yes * 32_767).astype("<i2").tobytes()
+    corpus.add_bytes("truncated_data.wav", None, riff(PCM16_MONO_16K, pcm)[: 44 + len(pcm) // 2])
+    corpus.add_bytes(
+        "wrong_chunk_sizes.wav",
+        None,
+        riff(PCM16_MONO_16K, pcm, riff_size=12, data_size=len(pcm) * 3),
+    )
+    eight_bit = struct.pack("<HHIIHH", 1, 1, 16_000, 16_000, 1, 8)
+    corpus.add_bytes(
+        "claims_2_31_frames.wav", None, riff(eight_bit, b"\x80" * 4_000, 2**32 - 1, 2**31)
+    )
+    corpus.add_bytes("zero_bytes.wav", "empty_file", b"")
+    corpus.add_bytes("random_bytes.wav", "unreadable_audio", np.random.default_rng(0).bytes(5_000))
+    corpus.add_bytes("header_only.wav", "no_samples", riff(PCM16_MONO_16K, b""))
+    (folder / "directory.wav").mkdir()
+    corpus.add("directory.wav", "not_a_file")
+    os.symlink(folder / "does_not_exist.wav", folder / "broken_symlink.wav")
+    corpus.add("broken_symlink.wav", "unreadable_file")
+    os.mkfifo(folder / "named_pipe.wav")  # opening it would block forever
+    corpus.add("named_pipe.wav", "not_a_file")
+    corpus.add("no permission.wav", None, yes)
+    os.chmod(folder / "no permission.wav", 0)  # unreadable, unless the tests run as root
+    readable = os.access(folder / "no permission.wav", os.R_OK)
+    corpus.add("no permission.wav", "same" if readable else "unreadable_file")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, data_dir) -> tuple[Path, dict[str, str | None]]:
+    """Awkward files, each with what it must give: a label kind (None: any label) or an error."""
+    yes_row = next(r for r in read_manifest(data_dir) if r.split == "test" and r.word == "yes")
+    yes = read_audio(data_dir / yes_row.path)
+    files = Corpus(tmp_path_factory.mktemp("awkward"))
+    add_encodings(files, yes)
+    add_broken_files(files, yes)
+    return files.folder, files.expect
 
 
 def test_the_corpus_is_broad(corpus):

@@ -79,3 +79,29 @@ def test_no_import_cycle_even_through_imports_inside_functions():
     for module in sorted(MODULES):
         if module not in state:
             visit(module, [module])
+
+
+MAX_FUNCTION_LINES = 60
+ARGPARSE_TABLES = {"build_parser", "parse_args"}  # one add_argument call per flag
+
+
+def long_functions(source: str) -> list[tuple[str, int]]:
+    """(name, lines) of the functions in `source` over MAX_FUNCTION_LINES, argparse tables aside."""
+    return [
+        (node.name, node.end_lineno - node.lineno + 1)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+        and node.name not in ARGPARSE_TABLES
+    ]
+
+
+def test_no_function_is_over_60_lines():
+    assert long_functions("def f():\n" + "    x = 1\n" * 60) == [("f", 61)]
+    too_long = {
+        f"{path.relative_to(ROOT)}: {name}": lines
+        for directory in ("model", "pipeline", "tests", "bench")
+        for path in (ROOT / directory).rglob("*.py")
+        for name, lines in long_functions(path.read_text())
+    }
+    assert too_long == {}

@@ -108,7 +108,8 @@ def reading_text() -> str:
     return re.sub(r"\s+", " ", re.sub(pattern, "", READING, flags=re.IGNORECASE)).strip()
 
 
-def pause(rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+def silence_gap(rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+    """Digital silence of low to high seconds: a pause between words or around an utterance."""
     return np.zeros(int(rng.uniform(low, high) * SAMPLE_RATE), np.float32)
 
 
@@ -123,12 +124,12 @@ def split_clips(data_dir: Path, split: str) -> dict[str, list[np.ndarray]]:
     return clips
 
 
-def finish(
+def as_recorded(
     audio: np.ndarray, noise: list[np.ndarray], rng: np.random.Generator
 ) -> tuple[np.ndarray, int, str]:
     """Leading and trailing silence, then noise (NOISE_SHARE) or telephone band and rate
     (TELEPHONE_SHARE) or neither: (audio, rate to store it at, condition)."""
-    audio = np.concatenate([pause(rng, 0.05, 0.6), audio, pause(rng, 0.05, 0.6)])
+    audio = np.concatenate([silence_gap(rng, 0.05, 0.6), audio, silence_gap(rng, 0.05, 0.6)])
     condition = rng.choice(["clean", "noise", "telephone"], p=[0.4, NOISE_SHARE, TELEPHONE_SHARE])
     if condition == "noise":
         segment = noise[rng.integers(len(noise))]
@@ -179,7 +180,7 @@ def spoken_answers(
     for index, voice in enumerate(random_voices(synthetic, rng, EVAL_VARIANTS)):
         truth = str(truths[index % 4])
         text = str(rng.choice(NON_ANSWERS if truth == "none" else ANSWERS[truth]))
-        audio, rate, condition = finish(speak(text, voice), noise, rng)
+        audio, rate, condition = as_recorded(speak(text, voice), noise, rng)
         name = f"synthetic-{index:04d} {text!r} {voice.accent}+{voice.variant} {condition}"
         recordings.append(EvalRecording(name, audio, rate, truth, "synthetic"))
     clips = split_clips(data_dir, split)
@@ -193,15 +194,15 @@ def spoken_answers(
             keyword = clips[truth][rng.integers(len(clips[truth]))]
             position = int(rng.integers(count))
             sequence = [*words[:position], keyword, *words[position : count - 1]]
-        pieces = [piece for word in sequence for piece in (word, pause(rng, 0.0, 0.5))]
-        audio, rate, condition = finish(np.concatenate(pieces[:-1]), noise, rng)
+        pieces = [piece for word in sequence for piece in (word, silence_gap(rng, 0.0, 0.5))]
+        audio, rate, condition = as_recorded(np.concatenate(pieces[:-1]), noise, rng)
         name = f"assembled-{index:04d} {len(sequence)} words, {truth} {condition}"
         recordings.append(EvalRecording(name, audio, rate, truth, "assembled"))
     sentences = load_read_speech(read_speech_dir, split)[0] if with_speech else []
     for index in range(with_speech):
         truth = str(truths[index % 4])
         speech = speech_piece(sentences, rng.uniform(0.3, 1.5), rng)
-        gap = pause(rng, 0.0, 0.3)
+        gap = silence_gap(rng, 0.0, 0.3)
         if truth == "none":
             pieces, where = [speech], "speech only"
         else:
@@ -209,7 +210,7 @@ def spoken_answers(
             after = bool(rng.integers(2))
             pieces = [keyword, gap, speech] if after else [speech, gap, keyword]
             where = f"{truth} then speech" if after else f"speech then {truth}"
-        audio, rate, condition = finish(np.concatenate(pieces), noise, rng)
+        audio, rate, condition = as_recorded(np.concatenate(pieces), noise, rng)
         name = f"with-speech-{index:04d} {where}, {len(speech) / SAMPLE_RATE:.1f} s {condition}"
         recordings.append(EvalRecording(name, audio, rate, truth, WITH_SPEECH))
     return recordings

@@ -509,17 +509,17 @@ def continuous_report(results: list[RecordingResult]) -> dict:
     return report
 
 
-def share(part: int, whole: int) -> str:
+def part_of(part: int, whole: int) -> str:
     """`part/whole (percent)`."""
     return f"{part}/{whole} ({part / max(whole, 1):.1%})"
 
 
 def format_answers(report: dict) -> str:
     lines = [f"{'spoken answers':<22} {'answers right':>20} {'non-answers -> yes/no':>22}"]
-    for name, f in report.items():
+    for name, figures in report.items():
         if name != "wrong":
-            answers = share(f["answers_right"], f["answers"])
-            fired = share(f["non_answers_fired"], f["non_answers"])
+            answers = part_of(figures["answers_right"], figures["answers"])
+            fired = part_of(figures["non_answers_fired"], figures["non_answers"])
             lines.append(f"{name:<22} {answers:>20} {fired:>22}")
     return "\n".join([*lines, "wrong:", *(f"  {line}" for line in report["wrong"])])
 
@@ -527,12 +527,13 @@ def format_answers(report: dict) -> str:
 def format_continuous(report: dict) -> str:
     header = f"{'continuous speech':<18} {'files -> yes/no':>18} {'minutes':>8} {'false occ.':>10}"
     lines = [header + f" {'per 10 min':>10}"]
-    for name, f in report.items():
+    for name, figures in report.items():
         if name != "fired":
-            files = share(f["files_fired"], f["files"])
+            files = part_of(figures["files_fired"], figures["files"])
             lines.append(
-                f"{name:<18} {files:>18} {f['minutes']:>8.1f} {f['false_occurrences']:>10}"
-                f" {f['false_occurrences_per_10_min']:>10.2f}"
+                f"{name:<18} {files:>18} {figures['minutes']:>8.1f}"
+                f" {figures['false_occurrences']:>10}"
+                f" {figures['false_occurrences_per_10_min']:>10.2f}"
             )
     return "\n".join([*lines, "fired:", *(f"  {line}" for line in report["fired"])])
 
@@ -540,13 +541,15 @@ def format_continuous(report: dict) -> str:
 def format_per_word(per_word: dict[str, dict]) -> str:
     """The non-keyword words, most often labelled a keyword first: clips, -> yes, -> no."""
     rows = sorted(
-        ((word, f) for word, f in per_word.items() if word not in KEYWORDS),
+        ((word, counts) for word, counts in per_word.items() if word not in KEYWORDS),
         key=lambda item: (-(item[1]["yes"] + item[1]["no"]) / item[1]["clips"], item[0]),
     )
     lines = [f"{'word':<10} {'clips':>5} {'-> yes':>6} {'-> no':>6} {'rate':>6}"]
-    for word, f in rows:
-        rate = (f["yes"] + f["no"]) / f["clips"]
-        lines.append(f"{word:<10} {f['clips']:>5} {f['yes']:>6} {f['no']:>6} {rate:>6.1%}")
+    for word, counts in rows:
+        rate = (counts["yes"] + counts["no"]) / counts["clips"]
+        lines.append(
+            f"{word:<10} {counts['clips']:>5} {counts['yes']:>6} {counts['no']:>6} {rate:>6.1%}"
+        )
     return "\n".join(lines)
 
 
@@ -657,6 +660,21 @@ def save_plots(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for figure, name in (
+        (plot_reliability(plt, metrics, probabilities, labels), "reliability.png"),
+        (plot_confusion(plt, metrics), "confusion.png"),
+        (
+            plot_precision_recall(plt, metrics, probabilities, labels, decision),
+            "precision_recall.png",
+        ),
+    ):
+        figure.tight_layout()
+        figure.savefig(out_dir / name, dpi=120)
+        plt.close(figure)
+
+
+def plot_reliability(plt, metrics: dict, probabilities: np.ndarray, labels: np.ndarray):
+    """The top-score reliability diagram, with the ECE."""
     table = reliability_bins(probabilities, labels)
     centres = (np.arange(ECE_BINS) + 0.5) / ECE_BINS
     used = table["counts"] > 0
@@ -669,10 +687,11 @@ def save_plots(
     axis.set(xlabel="top-class probability", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
              title=f"{metrics['split']}: ECE {metrics['ece']:.4f} ({ECE_BINS} bins)")  # fmt: skip
     axis.legend(loc="upper left", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out_dir / "reliability.png", dpi=120)
-    plt.close(figure)
+    return figure
 
+
+def plot_confusion(plt, metrics: dict):
+    """The confusion matrix: counts, shaded by the share of each true label."""
     counts = np.asarray(metrics["confusion_matrix"]["counts"])
     figure, axis = plt.subplots(figsize=(4.8, 4.2))
     axis.imshow(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1), cmap="Blues")
@@ -682,10 +701,13 @@ def save_plots(
     axis.set_yticks(range(len(LABELS)), LABELS)
     axis.set(xlabel="predicted", ylabel="true",
              title=f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}")  # fmt: skip
-    figure.tight_layout()
-    figure.savefig(out_dir / "confusion.png", dpi=120)
-    plt.close(figure)
+    return figure
 
+
+def plot_precision_recall(
+    plt, metrics: dict, probabilities: np.ndarray, labels: np.ndarray, decision: Decision
+):
+    """Each keyword's precision and recall at every threshold, and at the decision's."""
     thresholds = np.linspace(0.3, 0.999, 300)
     figure, axis = plt.subplots(figsize=(4.8, 4.5))
     lowest_recall = 1.0
@@ -702,9 +724,7 @@ def save_plots(
     axis.set(xlabel="recall", ylabel="precision", xlim=(left, 1.0), ylim=(0.8, 1.0),
              title=f"{metrics['split']}: keyword decision")  # fmt: skip
     axis.legend(loc="lower left", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out_dir / "precision_recall.png", dpi=120)
-    plt.close(figure)
+    return figure
 
 
 def store_metrics(artifact_dir: Path, metrics: dict) -> None:

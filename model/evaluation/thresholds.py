@@ -19,17 +19,20 @@ updates the model version, which covers the decision. Only val is read: test sta
 """
 
 import argparse
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model.audio import window_starts_s
-from model.context import Context, Said
+from model.context import Context, KeywordWindows
 from model.contract import CLIP_SAMPLES, DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
 from model.decision import KEYWORD_IDS, KEYWORDS, Decision, keyword_runs
 from model.evaluation.eval_sets import (
     READ_SENTENCES,
+    EvalRecording,
     LongRecording,
     continuous_speech,
     long_recordings,
@@ -74,22 +77,39 @@ BUDGETS = {
 }
 
 
-def false_figures(decision: Decision, evidence: dict) -> dict:
+@dataclass(frozen=True)
+class ValEvidence:
+    """The val probabilities the decision is chosen on (gather_evidence): window probabilities
+    [windows, 4] of every clip, non-speech clip and recording, with what each holds."""
+
+    clip_probabilities: np.ndarray  # [clips, 4]: every val clip, one window each
+    clip_labels: np.ndarray  # [clips]: label ids
+    clip_words: list[str]  # each clip's word
+    non_speech_probabilities: np.ndarray  # [sounds, 4]: tones and noise bursts
+    answers: list[EvalRecording]  # spoken answers and non-answers
+    answer_windows: list[np.ndarray]  # per answer: [windows, 4]
+    continuous: list[EvalRecording]  # continuous speech without keywords
+    continuous_windows: list[np.ndarray]
+    long: list[LongRecording]  # long recordings with placed keywords
+    long_windows: list[np.ndarray]
+
+
+def false_figures(decision: Decision, evidence: ValEvidence) -> dict:
     """The false-keyword figures of both keywords under `decision`, on val `evidence`."""
-    clip_labels = decision.clip_labels(evidence["clip_probabilities"])
+    clip_labels = decision.clip_labels(evidence.clip_probabilities)
     fired = np.isin(clip_labels, KEYWORD_IDS)
-    truth = evidence["clip_labels"]
+    truth = evidence.clip_labels
     negatives = ~np.isin(truth, KEYWORD_IDS)
-    non_speech_labels = decision.clip_labels(evidence["non_speech_probabilities"])
-    words = np.asarray(evidence["clip_words"])
+    non_speech_labels = decision.clip_labels(evidence.non_speech_probabilities)
+    words = np.asarray(evidence.clip_words)
     word_rates = [
         float(np.mean(fired[words == word]))
         for word in set(words[negatives])
         if (words == word).sum() >= MIN_WORD_CLIPS
     ]
-    answers = label_recordings(evidence["answers"], evidence["answer_windows"], decision)
+    answers = label_recordings(evidence.answers, evidence.answer_windows, decision)
     others = [r for r in answers if r.recording.truth == "none"]
-    speech = label_recordings(evidence["continuous"], evidence["continuous_windows"], decision)
+    speech = label_recordings(evidence.continuous, evidence.continuous_windows, decision)
     minutes = sum(len(r.recording.audio) / r.recording.sample_rate for r in speech) / 60
     sentences = [r.label in KEYWORDS for r in speech if r.recording.kind == READ_SENTENCES]
     return {
@@ -106,7 +126,7 @@ def false_figures(decision: Decision, evidence: dict) -> dict:
     }
 
 
-def words_said(recording: LongRecording, windows: int) -> Said:
+def words_said(recording: LongRecording, windows: int) -> KeywordWindows:
     """Each keyword said in a long recording, with the windows that hold part of the second
     around its centre."""
     starts = window_starts_s(windows, len(recording.audio) / recording.sample_rate)
@@ -122,12 +142,12 @@ def words_said(recording: LongRecording, windows: int) -> Said:
     )
 
 
-def long_occurrences(decision: Decision, evidence: dict) -> tuple[float, float]:
+def long_occurrences(decision: Decision, evidence: ValEvidence) -> tuple[float, float]:
     """(recall, precision) of the keyword occurrences in the val long recordings, matched as
     bench/bench_long_recordings.py matches the pipeline's events
     (model.evaluation.eval_sets.match_events)."""
     found = events = said = 0
-    for recording, windows in zip(evidence["long"], evidence["long_windows"], strict=True):
+    for recording, windows in zip(evidence.long, evidence.long_windows, strict=True):
         starts = window_starts_s(len(windows), len(recording.audio) / recording.sample_rate)
         runs = keyword_runs(decision.window_labels(windows))
         heard = [
@@ -140,60 +160,56 @@ def long_occurrences(decision: Decision, evidence: dict) -> tuple[float, float]:
     return found / max(said, 1), found / max(events, 1)
 
 
-def recall_score(decision: Decision, evidence: dict) -> float:
+def recall_score(decision: Decision, evidence: ValEvidence) -> float:
     """What the thresholds keep: the mean of the lower of the val `yes` and `no` recalls (each
     keyword has its own target), the share of spoken answers labelled right, and the share of
     the keywords in the long recordings found."""
-    clip_labels = decision.clip_labels(evidence["clip_probabilities"])
-    truth = evidence["clip_labels"]
+    clip_labels = decision.clip_labels(evidence.clip_probabilities)
+    truth = evidence.clip_labels
     recalls = [np.mean(clip_labels[truth == k] == k) for k in KEYWORD_IDS]
-    answers = label_recordings(evidence["answers"], evidence["answer_windows"], decision)
+    answers = label_recordings(evidence.answers, evidence.answer_windows, decision)
     said = [r for r in answers if r.recording.truth != "none"]
     answers_right = np.mean([r.label == r.recording.truth for r in said])
     return float(np.mean([min(recalls), answers_right, long_occurrences(decision, evidence)[0]]))
 
 
-RECORDING_SETS = (
-    ("answers", "answer_windows"),
-    ("continuous", "continuous_windows"),
-    ("long", "long_windows"),
-)
-
-
-def context_recordings(evidence: dict) -> list[tuple[np.ndarray, Said]]:
-    """The val recordings the context rule is fitted on, in RECORDING_SETS order, as (window
+def context_recordings(evidence: ValEvidence) -> list[tuple[np.ndarray, KeywordWindows]]:
+    """The val recordings the context rule is fitted on, as (window
     probabilities, words said): the spoken answers (the keyword somewhere in the file) and
     non-answers, the continuous speech, and the long recordings (each keyword with the windows
     around its centre)."""
     recordings = []
-    for recording, windows in zip(evidence["answers"], evidence["answer_windows"], strict=True):
+    for recording, windows in zip(evidence.answers, evidence.answer_windows, strict=True):
         said = ((recording.truth, np.arange(len(windows))),) if recording.truth in KEYWORDS else ()
         recordings.append((windows, said))
-    recordings += [(windows, ()) for windows in evidence["continuous_windows"]]
-    for recording, windows in zip(evidence["long"], evidence["long_windows"], strict=True):
+    recordings += [(windows, ()) for windows in evidence.continuous_windows]
+    for recording, windows in zip(evidence.long, evidence.long_windows, strict=True):
         recordings.append((windows, words_said(recording, len(windows))))
     return recordings
 
 
-def cross_fitted(evidence: dict, seed: int = 0) -> dict:
-    """`evidence` with the windows of each recording of RECORDING_SETS replaced by its context
+def cross_fitted(evidence: ValEvidence, seed: int = 0) -> ValEvidence:
+    """`evidence` with the windows of each recording (context_recordings) replaced by its context
     scores (Context.scores) under the rule fitted on the other CONTEXT_FOLDS - 1 parts of those
     recordings. Clips and non-speech clips are lone windows, which the rule leaves unchanged."""
     recordings = context_recordings(evidence)
     folds = np.random.default_rng(seed).integers(0, CONTEXT_FOLDS, len(recordings))
     scored = [None] * len(recordings)
     for fold in range(CONTEXT_FOLDS):
-        context = fit_context([r for r, f in zip(recordings, folds, strict=True) if f != fold])
+        training = [r for r, part in zip(recordings, folds, strict=True) if part != fold]
+        context = fit_context(training)
         for index in np.flatnonzero(folds == fold):
             scored[index] = context.scores(recordings[index][0])
-    replaced, start = {}, 0
-    for kind, windows_of in RECORDING_SETS:
-        replaced[windows_of] = scored[start : start + len(evidence[kind])]
-        start += len(evidence[kind])
-    return evidence | replaced
+    answers, continuous = len(evidence.answers), len(evidence.continuous)
+    return dataclasses.replace(
+        evidence,
+        answer_windows=scored[:answers],
+        continuous_windows=scored[answers : answers + continuous],
+        long_windows=scored[answers + continuous :],
+    )
 
 
-def choose(evidence: dict) -> Decision:
+def choose_thresholds(evidence: ValEvidence) -> Decision:
     """The pair of GRID thresholds with the best recall_score among those within every budget;
     the highest pair if none is."""
     best, best_score = Decision(float(GRID[-1]), float(GRID[-1])), -1.0
@@ -210,36 +226,38 @@ def choose(evidence: dict) -> Decision:
     return best
 
 
-def gather_evidence(keyword_model: KeywordModel, data_dir: Path, read_speech_dir: Path) -> dict:
+def gather_evidence(
+    keyword_model: KeywordModel, data_dir: Path, read_speech_dir: Path
+) -> ValEvidence:
     """Val probabilities: every clip, the non-speech clips, and the windows of the spoken answers
     and continuous speech (model.evaluation.eval_sets)."""
     waveforms, labels, words = load_eval_set(data_dir, "val")
     answers = spoken_answers(data_dir, "val", read_speech_dir=read_speech_dir)
     speech = continuous_speech(data_dir, read_speech_dir, "val")
     long = long_recordings(data_dir, "val", LONG_RECORDINGS)
-    return {
-        "clip_probabilities": predict_in_batches(keyword_model.predict, waveforms),
-        "clip_labels": labels,
-        "clip_words": words,
-        "non_speech_probabilities": predict_in_batches(keyword_model.predict, non_speech("val")),
-        "answers": answers,
-        "answer_windows": recording_windows(keyword_model, answers),
-        "continuous": speech,
-        "continuous_windows": recording_windows(keyword_model, speech),
-        "long": long,
-        "long_windows": recording_windows(keyword_model, long),
-    }
+    return ValEvidence(
+        clip_probabilities=predict_in_batches(keyword_model.predict, waveforms),
+        clip_labels=labels,
+        clip_words=words,
+        non_speech_probabilities=predict_in_batches(keyword_model.predict, non_speech("val")),
+        answers=answers,
+        answer_windows=recording_windows(keyword_model, answers),
+        continuous=speech,
+        continuous_windows=recording_windows(keyword_model, speech),
+        long=long,
+        long_windows=recording_windows(keyword_model, long),
+    )
 
 
-def val_figures(decision: Decision, evidence: dict) -> dict:
+def val_figures(decision: Decision, evidence: ValEvidence) -> dict:
     """Recall, precision and false figures of both keywords together under `decision`."""
-    clip_labels = decision.clip_labels(evidence["clip_probabilities"])
-    truth = evidence["clip_labels"]
-    answers = answers_report(
-        label_recordings(evidence["answers"], evidence["answer_windows"], decision)
-    )["all"]
+    clip_labels = decision.clip_labels(evidence.clip_probabilities)
+    truth = evidence.clip_labels
+    answers = answers_report(label_recordings(evidence.answers, evidence.answer_windows, decision))[
+        "all"
+    ]
     speech = continuous_report(
-        label_recordings(evidence["continuous"], evidence["continuous_windows"], decision)
+        label_recordings(evidence.continuous, evidence.continuous_windows, decision)
     )["all"]
     negatives = ~np.isin(truth, KEYWORD_IDS)
     long_recall, long_precision = long_occurrences(decision, evidence)
@@ -263,13 +281,13 @@ def val_figures(decision: Decision, evidence: dict) -> dict:
 
 
 def choose_decision(
-    evidence: dict, fixed: Decision | None = None, context: bool = True
+    evidence: ValEvidence, fixed: Decision | None = None, context: bool = True
 ) -> tuple[Decision, dict]:
     """The decision for val `evidence`: the context rule fitted on its recordings (unless not
     `context`) and the thresholds chosen on cross-fitted scores (or `fixed` ones); and the
     evidence its val figures are measured on (cross-fitted with the context rule)."""
     scored = cross_fitted(evidence) if context else evidence
-    thresholds = fixed or choose(scored)
+    thresholds = fixed or choose_thresholds(scored)
     rule: Context | None = fit_context(context_recordings(evidence)) if context else None
     return Decision(thresholds.yes, thresholds.no, rule), scored
 
@@ -301,7 +319,7 @@ def choose_and_store_thresholds(
     return stored
 
 
-def operating_points(evidence: dict, thresholds: list[float]) -> str:
+def operating_points(evidence: ValEvidence, thresholds: list[float]) -> str:
     """A markdown table of the val figures at equal yes and no thresholds."""
     lines = [
         "| threshold | yes recall | no recall | yes precision | no precision | FKR | answers"
@@ -310,13 +328,14 @@ def operating_points(evidence: dict, thresholds: list[float]) -> str:
         "|---" * 10 + "|",
     ]
     for threshold in thresholds:
-        f = val_figures(Decision(threshold, threshold), evidence)
+        figures = val_figures(Decision(threshold, threshold), evidence)
         lines.append(
-            f"| {threshold:.2f} | {f['yes_recall']:.3f} | {f['no_recall']:.3f}"
-            f" | {f['yes_precision']:.3f} | {f['no_precision']:.3f}"
-            f" | {f['false_keyword_rate']:.2%} | {f['answers_right']:.1%}"
-            f" | {f['non_answers_fired']:.1%} | {f['continuous_false_per_10_min']:.2f}"
-            f" | {f['long_occurrence_recall']:.3f} |"
+            f"| {threshold:.2f} | {figures['yes_recall']:.3f} | {figures['no_recall']:.3f}"
+            f" | {figures['yes_precision']:.3f} | {figures['no_precision']:.3f}"
+            f" | {figures['false_keyword_rate']:.2%} | {figures['answers_right']:.1%}"
+            f" | {figures['non_answers_fired']:.1%}"
+            f" | {figures['continuous_false_per_10_min']:.2f}"
+            f" | {figures['long_occurrence_recall']:.3f} |"
         )
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ from model.context import (
     KEYWORD_COLUMNS,
     OFFSETS,
     Context,
-    Said,
+    KeywordWindows,
     keyword_candidates,
     neighbour_features,
     offset_logits,
@@ -19,7 +19,7 @@ L2_PENALTY = 1.0
 
 
 def training_windows(
-    recordings: list[tuple[np.ndarray, Said]], keyword: str
+    recordings: list[tuple[np.ndarray, KeywordWindows]], keyword: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features, offsets, targets) of the `keyword` candidates of recordings of several windows,
     each given as (window probabilities, the words said in it).
@@ -64,7 +64,7 @@ def fit_weights(features: np.ndarray, offsets: np.ndarray, targets: np.ndarray) 
     return weights.reshape(len(OFFSETS), len(FEATURES))
 
 
-def fit_context(recordings: list[tuple[np.ndarray, Said]]) -> Context:
+def fit_context(recordings: list[tuple[np.ndarray, KeywordWindows]]) -> Context:
     """The context rule fitted on recordings given as (window probabilities, words said): the
     answer weights on those of at most ANSWER_MAX_WINDOWS windows, the others on the rest."""
     answers = [r for r in recordings if len(r[0]) <= ANSWER_MAX_WINDOWS]

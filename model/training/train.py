@@ -396,9 +396,33 @@ def epoch_examples(
     hard_negative_draws: int = HARD_NEGATIVE_DRAWS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One epoch of augmented, shuffled training examples (waveforms, labels, and each
-    example's own word for `--word-head`): keywords oversampled to KEYWORD_CLIPS_PER_EPOCH each,
-    unknown words weighted by `unknown_draws`, windows of continuous speech as unknown,
-    synthetic words, and fresh silence."""
+    example's own word for `--word-head`): epoch_speech, augmented, and epoch_silence."""
+    speech, speech_labels, speech_words, talkers = epoch_speech(
+        sources, rng, hard_negatives, hard_negative_draws
+    )
+    silence = epoch_silence(sources, rng, augmentation)
+    waveforms = band_limit(
+        np.concatenate(
+            [augment_speech(speech, sources.noise_segments, talkers, rng, augmentation), silence]
+        ),
+        rng,
+        augmentation,
+    )
+    targets = np.concatenate([speech_labels, np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_LABEL)])
+    words = np.concatenate([speech_words, np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_WORD)])
+    order = rng.permutation(len(targets))
+    return waveforms[order], targets[order], words[order]
+
+
+def epoch_speech(
+    sources: TrainingSources,
+    rng: np.random.Generator,
+    hard_negatives: tuple[str, ...],
+    hard_negative_draws: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An epoch's speech before augmentation (waveforms, labels, words) and the talkers that
+    babble is made of: keywords oversampled to KEYWORD_CLIPS_PER_EPOCH each, unknown words
+    weighted by `unknown_draws`, windows of continuous speech as unknown, synthetic words."""
     labels = sources.labels
     indices = np.concatenate(
         [
@@ -440,9 +464,19 @@ def epoch_examples(
     if sources.mined is not None and len(sources.mined):
         windows = sources.mined[rng.integers(len(sources.mined), size=MINED_WINDOWS_PER_EPOCH)]
         parts.append(running_speech(windows))
-    speech = np.concatenate([clips for clips, _, _ in parts])
-    speech_labels = np.concatenate([targets for _, targets, _ in parts])
-    speech_words = np.concatenate([words for _, _, words in parts])
+    return (
+        np.concatenate([clips for clips, _, _ in parts]),
+        np.concatenate([targets for _, targets, _ in parts]),
+        np.concatenate([words for _, _, words in parts]),
+        talkers,
+    )
+
+
+def epoch_silence(
+    sources: TrainingSources, rng: np.random.Generator, augmentation: dict
+) -> np.ndarray:
+    """SILENCE_CLIPS_PER_EPOCH fresh silence windows of the train noise: some shifted, some cut
+    short like a short file, some replaced by non-speech sounds, as `augmentation` asks."""
     silence = make_silence(sources.noise_segments, SILENCE_CLIPS_PER_EPOCH, rng)
     if augmentation["shift_silence"]:
         silence = time_shift(silence, rng, augmentation["time_shift_ms"] * SAMPLE_RATE // 1000)
@@ -452,17 +486,7 @@ def epoch_examples(
     if augmentation["non_speech_share"]:
         sounds = rng.random(len(silence)) < augmentation["non_speech_share"]
         silence[sounds] = sound_clips(rng, sounds.sum(), TRAIN_SOUND_BANK)
-    waveforms = band_limit(
-        np.concatenate(
-            [augment_speech(speech, sources.noise_segments, talkers, rng, augmentation), silence]
-        ),
-        rng,
-        augmentation,
-    )
-    targets = np.concatenate([speech_labels, np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_LABEL)])
-    words = np.concatenate([speech_words, np.full(SILENCE_CLIPS_PER_EPOCH, SILENCE_WORD)])
-    order = rng.permutation(len(targets))
-    return waveforms[order], targets[order], words[order]
+    return silence
 
 
 def word_vocabulary(sources: TrainingSources) -> list[str]:
@@ -1027,7 +1051,7 @@ def training_description(config: TrainingConfig, data: TrainingData, run: Fitted
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, required=True, help="artifact directory to write")
@@ -1167,7 +1191,11 @@ def main() -> None:
         help="train on the Speech Commands clips of a random SHARE of the train speakers only"
         " (a learning curve)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     train(config_from_args(args), args.out)
 
 
