@@ -20,49 +20,49 @@ from tests.helpers import read_output
 CLIPS_PER_WORD = {"yes": 14, "no": 14, "go": 6, "down": 6, "up": 6, "left": 6, "_silence_": 4}
 
 
+def manifest_rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "manifest.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def linked_subset(source: Path, rows: list[dict[str, str]], folder: Path) -> Path:
+    """`folder` holding `rows` of the data set in `source` (linked) and their manifest.csv."""
+    for row in rows:
+        link = folder / row["path"]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to((source / row["path"]).resolve())
+    with open(folder / "manifest.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_data(data_dir, tmp_path_factory) -> Path:
     """A Speech Commands folder of a few clips per word and split, linked to the shared data."""
-    folder = tmp_path_factory.mktemp("tiny_data")
-    with open(data_dir / "manifest.csv") as file:
-        rows = list(csv.DictReader(file))
+    rows = manifest_rows(data_dir)
     chosen = [row for row in rows if row["split"] == "noise"]
     for split in ("train", "val", "test"):
         for word, count in CLIPS_PER_WORD.items():
             chosen += [r for r in rows if r["split"] == split and r["word"] == word][:count]
+    folder = tmp_path_factory.mktemp("tiny_data")
     for name in ("LICENSE", "README.md"):
         (folder / name).symlink_to(data_dir / name)
-    for row in chosen:
-        link = folder / row["path"]
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(data_dir / row["path"])
-    with open(folder / "manifest.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(chosen)
-    return folder
+    return linked_subset(data_dir, chosen, folder)
 
 
 @pytest.fixture(scope="module")
-def tiny_read_speech(tmp_path_factory) -> Path:
-    """The read-speech set cut to three recordings per split, linked to the shared data."""
-    from model.training.data import DEFAULT_READ_SPEECH
-
-    folder = tmp_path_factory.mktemp("tiny_read_speech")
-    with open(DEFAULT_READ_SPEECH / "manifest.csv") as file:
-        rows = list(csv.DictReader(file))
-    chosen = []
-    for split in ("train", "val", "test"):
-        chosen += [row for row in rows if row["split"] == split][:3]
-    for row in chosen:
-        link = folder / row["path"]
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to((DEFAULT_READ_SPEECH / row["path"]).resolve())
-    with open(folder / "manifest.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(chosen)
-    return folder
+def tiny_read_speech(data_dir, tmp_path_factory) -> Path:
+    """The read-speech set beside the Speech Commands data, cut to three recordings per split."""
+    read_speech = data_dir.parent / "read_speech"
+    rows = manifest_rows(read_speech)
+    chosen = [
+        row
+        for split in ("train", "val", "test")
+        for row in [r for r in rows if r["split"] == split][:3]
+    ]
+    return linked_subset(read_speech, chosen, tmp_path_factory.mktemp("tiny_read_speech"))
 
 
 @pytest.fixture
