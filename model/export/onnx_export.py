@@ -63,6 +63,8 @@ def _keras_graph(model: keras.Model) -> list[tuple[Any, list, list]]:
 def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
     """The ONNX model (waveform -> probabilities) of keras_model (waveform -> logits): each
     layer converted by its model.export.onnx_layers converter, then softmax."""
+    import keras
+
     steps = _keras_graph(keras_model)
     consumers: dict[int, list] = {}
     for operation, inputs, _ in steps:
@@ -71,19 +73,13 @@ def build_onnx(keras_model: keras.Model, temperature: float) -> onnx.ModelProto:
     output_tensor = keras_model.outputs[0]
     conversion = Conversion(GraphBuilder(), temperature, output_tensor, consumers)
     for operation, inputs, outputs in steps:
-        if isinstance(operation, _input_layer()):
+        if isinstance(operation, keras.layers.InputLayer):
             conversion.names[id(outputs[0])] = INPUT_NAME
             continue
         layer = Layer(operation, inputs, outputs[0], conversion.names[id(inputs[0])])
         conversion.names[id(outputs[0])] = converter_for(operation)(conversion, layer)
     logits = conversion.names[id(output_tensor)]
     return _assemble(conversion.graph, logits, keras_model.name, temperature)
-
-
-def _input_layer() -> type:
-    import keras
-
-    return keras.layers.InputLayer
 
 
 def _assemble(graph: GraphBuilder, logits: str, name: str, temperature: float) -> onnx.ModelProto:
