@@ -72,7 +72,11 @@ def dask_cluster(tmp_path) -> Iterator[DaskCluster]:
 
 
 @pytest.fixture
-def worker_pool(tmp_path) -> Iterator[str]:
+def worker_pool(tmp_path, monkeypatch) -> Iterator[str]:
+    # The pool starts each SDK worker as `python` from PATH: this interpreter's, even where its
+    # environment is not activated (another `python` would lack Beam, and the job would wait
+    # for the worker forever).
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     port = free_port()
     command = [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
                "--service_port", str(port)]  # fmt: skip
