@@ -180,9 +180,9 @@ def test_an_s3_commit_killed_at_any_step(s3, s3_endpoint):  # noqa: F811
         assert dataset() in (old, new), step
         assert not [key for key in keys() if ".staging-" in key], step
 
-    # Every other step, to keep the suite short: each crash runs the whole job in a new process
-    # against moto's server (the local test above crashes at every step).
-    steps = crash_at_every_step(new_argv, restore_old, check, stride=2)
+    # Every third step, to keep the suite short: each crash runs the whole job in a new process
+    # against moto's server (the local tests above crash at every step).
+    steps = crash_at_every_step(new_argv, restore_old, check, stride=3)
     assert steps >= 4 and dataset() == new
     parquet = {key.rsplit("/", 1)[1] for key in keys() if key.endswith(".parquet")}
     assert parquet == set(

@@ -22,17 +22,17 @@ from tests.helpers import assert_same_rows, read_output
 from tests.servers import free_port, local_server
 from tests.test_buckets import offline_cloud, s3_options  # noqa: F401
 
-FILES = 200
+FILES = 100
 FAILURE_RATE = 0.2
 FORBIDDEN = "mixed/forbidden-"  # objects named so are answered 403 by the proxy
 REFUSED = "retry/refused-"  # and these 503, every time
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def proxy(upstream: str) -> tuple[list[str], int]:
+def proxy(upstream: str, failure_rate: float = FAILURE_RATE) -> tuple[list[str], int]:
     port = free_port()
     command = [sys.executable, "-m", "tests.fault_proxy", "--port", str(port)]
-    command += ["--upstream", upstream, "--failure-rate", str(FAILURE_RATE), "--seed", "0"]
+    command += ["--upstream", upstream, "--failure-rate", str(failure_rate), "--seed", "0"]
     command += ["--forbid", f"GET /audio-in/{FORBIDDEN}", "--refuse", f"GET /audio-in/{REFUSED}"]
     command += ["--forbid", f"/b/audio-in/o/{FORBIDDEN}", "--refuse", f"/b/audio-in/o/{REFUSED}"]
     return command, port
@@ -135,8 +135,9 @@ def test_a_fifth_of_s3_requests_failing_loses_nothing(flaky_s3, clips, local_row
     assert events["run_id"] == summary["run_id"]
     stats = proxy_stats(endpoint)
     failed = {fate: stats[fate] - before[fate] for fate in ("slow_down", "dropped")}
-    assert failed["slow_down"] > 20 and failed["dropped"] > 5, failed
-    assert sum(summary["io_retries"].values()) > 20, summary["io_retries"]
+    # At least a GET per file, a fifth of requests failing: three in four 503, one in four dropped.
+    assert failed["slow_down"] > FILES // 10 and failed["dropped"] > FILES // 40, failed
+    assert sum(summary["io_retries"].values()) > FILES // 10, summary["io_retries"]
     assert summary["io_retries"].get("s3 GetObject", 0) > 0
     report = client.get_object(Bucket="labels-out", Key="flaky/_report.html")["Body"].read()
     assert b"bucket requests retried" in report
@@ -172,14 +173,19 @@ def test_a_forbidden_object_is_an_error_row_and_the_run_goes_on(flaky_s3, clips,
 
 def test_a_file_that_cannot_be_fetched_is_read_failed_and_retried_by_the_next_run(flaky_s3, clips):
     """A GET answered 503 every time: after the retries the file's row is `read_failed`, which
-    --skip_existing tries again even with --keep_error_rows (the broken file's row is kept)."""
-    endpoint, client = flaky_s3
+    --skip_existing tries again even with --keep_error_rows (the broken file's row is kept).
+    Through a proxy that fails nothing else: with the few retries that make this test short,
+    a fifth of all requests failing could stop the commit too (exit 4, by design)."""
+    _, client = flaky_s3
+    moto_endpoint = client.meta.endpoint_url  # the same bucket, not through the flaky proxy
     name = sorted(clips)[0]
     client.put_object(Bucket="audio-in", Key=f"{REFUSED}{name}", Body=clips[name])
     client.put_object(Bucket="audio-in", Key="retry/broken.wav", Body=b"not audio" * 10)
     argv = ["--input", "s3://audio-in/retry/", "--output", "s3://labels-out/refused"]
     argv += ["--quiet", "--max_error_rate", "1", "--io_retries", "2", "--io_retry_deadline_s", "2"]
-    assert main([*argv, *s3_options(endpoint)]) == 0
+    command, port = proxy(moto_endpoint, failure_rate=0.0)
+    with local_server(command, port, cwd=ROOT):
+        assert main([*argv, *s3_options(f"http://127.0.0.1:{port}")]) == 0
     summary = s3_summary(client, "refused")
     rows = s3_rows(client, "refused", summary)
     name = f"refused-{name}"
@@ -187,7 +193,6 @@ def test_a_file_that_cannot_be_fetched_is_read_failed_and_retried_by_the_next_ru
     assert rows["broken.wav"]["error"].startswith("unreadable_audio: ")
     assert summary["io_transient_failures"]["s3 GetObject"] >= 3
 
-    moto_endpoint = client.meta.endpoint_url  # the same bucket, not through the proxy
     rerun = [*argv, "--skip_existing", "--keep_error_rows", *s3_options(moto_endpoint)]
     assert main(rerun) == 0
     summary = s3_summary(client, "refused")
@@ -236,6 +241,6 @@ def test_a_fifth_of_gcs_requests_failing_loses_nothing(flaky_gcs, local_rows):
     assert summary["files"] == FILES and summary["errors"] == 0
     assert_as_local(rows_in(read, summary["parquet_files"]), local_rows)
     stats = proxy_stats(endpoint)
-    assert stats["slow_down"] - before["slow_down"] > 20
-    assert stats["dropped"] - before["dropped"] > 5
+    assert stats["slow_down"] - before["slow_down"] > FILES // 10
+    assert stats["dropped"] - before["dropped"] > FILES // 40
     assert summary["io_retries"].get("gcs request", 0) > 0
