@@ -19,9 +19,8 @@ updates the model version, which covers the decision. Only val is read: test sta
 """
 
 import argparse
-import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +200,7 @@ def cross_fitted(evidence: ValEvidence, seed: int = 0) -> ValEvidence:
         for index in np.flatnonzero(folds == fold):
             scored[index] = context.scores(recordings[index][0])
     answers, continuous = len(evidence.answers), len(evidence.continuous)
-    return dataclasses.replace(
+    return replace(
         evidence,
         answer_windows=scored[:answers],
         continuous_windows=scored[answers : answers + continuous],
