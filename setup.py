@@ -51,6 +51,7 @@ setup(
             *AWS,
             *GCP,
             "pytest>=8",
+            "pytest-xdist>=3.6",  # tested with 3.8.0: the suite in worker processes (pytest.ini)
             "hypothesis>=6",
             "ruff>=0.6",
             "moto[server]>=5",
