@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from model.decision import Decision
 from model.serving import read_metadata, resolve_runtime
-from pipeline import output, retries
+from pipeline import output, retries, storage
 from pipeline.progress import ProgressReporter, read_progress
 from pipeline.report import write_report
 from pipeline.sources import (
@@ -248,6 +248,7 @@ def prepare(settings: RunSettings, options: PipelineOptions) -> PreparedRun:
     retry_options.io_retries = settings.retry_policy.retries
     retry_options.io_retry_deadline_s = settings.retry_policy.deadline_s
     retries.apply(settings.retry_policy)
+    storage.share_botocore_models()
     retries.take_counts()  # the run's own counts only
     FileSystems.set_options(options)
     started_at = datetime.datetime.now(datetime.UTC)

@@ -9,6 +9,7 @@ too big to hold in memory go through Beam's own reader. The bucket libraries are
 when used: they come with optional extras (apache-beam[aws], apache-beam[gcp]).
 """
 
+import functools
 import io
 import os
 import threading
@@ -127,6 +128,23 @@ def cached_client(key: Hashable, make: Callable[[], Any]) -> Any:
             if client is None:
                 client = _clients[key] = make()
     return client
+
+
+def share_botocore_models() -> None:
+    """Let every botocore session of this process read its service models once.
+
+    Beam's S3 filesystem makes a new boto3 session for every call (listing, each file written,
+    each copy and delete of a commit), and each session loads and parses botocore's JSON models
+    and endpoint rules again: about 130 ms a client against 11 ms with one loader for the
+    process, most of a small bucket job's commit. The loader only reads the files botocore
+    ships (or AWS_DATA_PATH's), so sessions can share it; there is one per data path. Without
+    the AWS extra there is nothing to share."""
+    try:
+        from botocore import session
+    except ImportError:
+        return
+    if not hasattr(session.create_loader, "cache_info"):
+        session.create_loader = functools.cache(session.create_loader)
 
 
 def s3_client() -> Any:

@@ -43,7 +43,7 @@ from pipeline.loading import WindowReader
 from pipeline.output import EVENTS_PREFIX, TALLY_FILE, group_file, write_parquet
 from pipeline.progress import ProgressRecorder
 from pipeline.sources import PathSource, batched, read_source
-from pipeline.storage import FETCH_AHEAD, fetch_ahead, write_atomically
+from pipeline.storage import FETCH_AHEAD, fetch_ahead, share_botocore_models, write_atomically
 from pipeline.tally import Tally
 
 # Batches scored at once, each by a one-thread onnxruntime call: on 2 cores this keeps both busy
@@ -69,6 +69,7 @@ class FileSystemsDoFn(beam.DoFn):
     def setup(self):
         FileSystems.set_options(PipelineOptions.from_dictionary(self._filesystem_options))
         retries.apply(retries.RetryPolicy.from_options(self._filesystem_options))
+        share_botocore_models()
 
 
 def path_to_bytes(path: str) -> bytes:

@@ -359,3 +359,16 @@ def test_other_formats_in_a_bucket_are_labelled_as_the_same_files_on_disk(
         assert (bucket_row["label"], bucket_row["error"]) == (spoken, None)
         for label in LABELS:
             assert bucket_row[f"score_{label}"] == disk_row[f"score_{label}"]
+
+
+def test_the_sessions_beam_makes_for_each_call_share_one_model_loader(s3, s3_endpoint):
+    """Beam's S3 filesystem makes a boto3 session per call; after share_botocore_models they
+    read botocore's models through one loader, and a client made so still works."""
+    input_storage.share_botocore_models()
+    input_storage.share_botocore_models()  # idempotent: wraps botocore's factory once
+    first, second = boto3.session.Session(), boto3.session.Session()
+    loaders = [session._session.get_component("data_loader") for session in (first, second)]
+    assert loaders[0] is loaders[1]
+    client = second.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    listed = client.list_objects_v2(Bucket="audio-in", Prefix="calls/")["Contents"]
+    assert {item["Key"] for item in listed} >= {f"calls/{name}" for name in RECORDINGS}
