@@ -20,6 +20,25 @@ DATA_DIR = Path(
     )
 )
 
+# The modules that take a minute or more, started first: the workers (pytest.ini) take modules
+# in the order collected, so the suite does not end waiting on one long module alone.
+LONGEST_MODULES = (
+    "test_training.py",
+    "test_flaky_buckets.py",
+    "test_commit_faults.py",
+    "test_stopping.py",
+    "test_training_path.py",
+    "test_runners.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
