@@ -35,6 +35,7 @@ EDGE_SAMPLES = 1_920  # 0.12 s of zeros on each side: 121 mel frames, 6 embeddin
 MEL_BINS = 32
 EMBEDDING_FRAMES = 76  # mel frames per embedding (0.775 s)
 EMBEDDING_STEP = 8  # mel frames between embeddings (80 ms)
+EMBEDDING_VALUES = 96
 HEAD_WEIGHT = 0.5  # of the head's log-probabilities in the geometric mean (chosen on val)
 PROBABILITY_EPSILON = 1e-7
 
@@ -63,14 +64,50 @@ def session(model_bytes: bytes, threads: int):
     return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
+def sliding_embedding_model(model_bytes: bytes) -> bytes:
+    """openWakeWord's `embedding_model.onnx` made to take any number of mel frames and return
+    the embedding of every EMBEDDING_FRAMES-frame window EMBEDDING_STEP frames apart.
+
+    Its convolutions are unpadded in time and it pools time by 2 three times, so one pass over
+    a clip's 121 frames computes what six passes over windows 8 frames apart compute, bit for
+    bit, with about a quarter of the work. Only its two reshapes change: the input's to any
+    length, the output's to [clips, windows, 96] (a transpose of the channels-first result).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_from_string(model_bytes)
+    graph = model.graph
+    first, last = graph.node[0], graph.node[-1]
+    if first.op_type != "Reshape" or last.op_type != "Reshape":
+        raise ValueError("not openWakeWord's embedding model: expected a reshape at each end")
+    shapes = {first.input[1]: [0, 1, -1, MEL_BINS], last.input[1]: [0, EMBEDDING_VALUES, -1]}
+    for initializer in graph.initializer:
+        if initializer.name in shapes:
+            values = np.array(shapes[initializer.name], np.int64)
+            initializer.CopyFrom(numpy_helper.from_array(values, initializer.name))
+    output = last.output[0]
+    last.output[0] = f"{output}_channels_first"
+    graph.node.append(helper.make_node("Transpose", [last.output[0]], [output], perm=[0, 2, 1]))
+    graph.input[0].type.tensor_type.shape.dim[1].dim_param = "frames"
+    dims = graph.output[0].type.tensor_type.shape.dim
+    del dims[:]
+    for name in ("clips", "windows"):
+        dims.add().dim_param = name
+    dims.add().dim_value = EMBEDDING_VALUES
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 class SpeechEmbedding:
     """openWakeWord's feature models: 1 s windows [n, CLIP_SAMPLES] in [-1, 1] to embeddings
     [n, 6, 96], computed as openWakeWord's AudioFeatures computes them (mel frames / 10 + 2,
-    windows of EMBEDDING_FRAMES every EMBEDDING_STEP)."""
+    windows of EMBEDDING_FRAMES every EMBEDDING_STEP), the windows of a clip in one pass
+    (sliding_embedding_model)."""
 
     def __init__(self, mel_bytes: bytes, embedding_bytes: bytes, threads: int = 1):
         self._mel = session(mel_bytes, threads)
-        self._embedding = session(embedding_bytes, threads)
+        self._embedding = session(sliding_embedding_model(embedding_bytes), threads)
         self._mel_input = self._mel.get_inputs()[0].name
         self._embedding_input = self._embedding.get_inputs()[0].name
 
@@ -84,13 +121,8 @@ class SpeechEmbedding:
         mel = np.stack(
             [self._mel.run(None, {self._mel_input: clip[np.newaxis]})[0] for clip in padded]
         )
-        mel = mel.reshape(len(waveforms), -1, MEL_BINS) / 10 + 2
-        starts = range(0, mel.shape[1] - EMBEDDING_FRAMES + 1, EMBEDDING_STEP)
-        windows = np.stack([mel[:, s : s + EMBEDDING_FRAMES] for s in starts], axis=1)
-        count, per_clip = windows.shape[:2]
-        flat = windows.reshape(count * per_clip, EMBEDDING_FRAMES, MEL_BINS, 1)
-        embedded = self._embedding.run(None, {self._embedding_input: flat.astype(np.float32)})[0]
-        return embedded.reshape(count, per_clip, -1)
+        mel = mel.reshape(len(waveforms), -1, MEL_BINS, 1) / 10 + 2
+        return self._embedding.run(None, {self._embedding_input: mel.astype(np.float32)})[0]
 
 
 def head_features(embeddings: np.ndarray) -> np.ndarray:

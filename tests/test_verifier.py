@@ -12,12 +12,16 @@ from model.serving import ONNX_FILE, KeywordModel, onnx_predictor
 from model.training.data import load_split
 from model.verifier import (
     EMBEDDING_FILE,
+    EMBEDDING_FRAMES,
+    EMBEDDING_STEP,
     HEAD_FILE,
     MEL_FILE,
     VERIFIER_DIR,
     SpeechEmbedding,
     candidates,
     fuse,
+    session,
+    sliding_embedding_model,
 )
 
 VERIFIER = DEFAULT_ARTIFACT / VERIFIER_DIR
@@ -54,6 +58,25 @@ def test_a_clip_embeds_the_same_alone_or_in_a_batch(val_clips):
     alone = np.concatenate([embedding(clips[i : i + 1]) for i in range(len(clips))])
     assert together.shape == (12, 6, 96)
     np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+def test_one_pass_gives_each_windows_embedding_as_its_own_pass_does():
+    """The sliding embedding model against openWakeWord's own run on each 76-frame window of
+    the mel frames, for a clip's 121 frames and other lengths: the same values, bit for bit."""
+    original = (VERIFIER / EMBEDDING_FILE).read_bytes()
+    per_window, sliding = session(original, 1), session(sliding_embedding_model(original), 1)
+    rng = np.random.default_rng(0)
+    for frames in (121, 117, 76):
+        mel = rng.normal(1.0, 1.0, (3, frames, 32, 1)).astype(np.float32)
+        starts = range(0, frames - EMBEDDING_FRAMES + 1, EMBEDDING_STEP)
+        expected = np.stack(
+            [
+                per_window.run(None, {"input_1": mel[:, s : s + EMBEDDING_FRAMES]})[0]
+                for s in starts
+            ],
+            axis=1,
+        ).reshape(3, len(starts), 96)
+        np.testing.assert_array_equal(sliding.run(None, {"input_1": mel})[0], expected)
 
 
 def test_only_keyword_candidates_are_reheard(val_clips):
