@@ -27,7 +27,7 @@ from model.contract import (
     SIGNATURE,
 )
 from model.decision import Decision
-from model.verifier import VERIFIER_DIR, Verifier
+from model.verifier import SLIDING_FILE, VERIFIER_DIR, Verifier
 
 ONNX_FILE = "model.onnx"
 STREAM_FILE = "stream.onnx"  # model.export.onnx_stream: model.onnx for runs of overlapping windows
@@ -80,12 +80,14 @@ class KeywordModel:
         self._run_lock = threading.Lock()
         # The second stage (model.verifier), when the artifact has one.
         stage = self.metadata.get("verifier")
+        verifier_dir = f"{self.artifact_dir}/{VERIFIER_DIR}"
         self._verifier = (
             Verifier.load(
                 read_artifact_file,
-                f"{self.artifact_dir}/{VERIFIER_DIR}",
+                verifier_dir,
                 stage["head_weight"],
                 onnx_threads,
+                sliding=artifact_file_exists(f"{verifier_dir}/{SLIDING_FILE}"),
             )
             if stage
             else None

@@ -28,6 +28,10 @@ VERIFIER_DIR = "verifier"
 MEL_FILE = "melspectrogram.onnx"
 EMBEDDING_FILE = "embedding_model.onnx"
 HEAD_FILE = "head.npz"
+# EMBEDDING_FILE made to embed a clip's windows in one pass (sliding_embedding_model), written
+# beside it so that labelling need not import onnx (a second of start-up) to build it; a
+# derived file like stream.onnx, checked when opened and outside the model version.
+SLIDING_FILE = "embedding_sliding.onnx"
 LICENSE_FILE = "LICENSE"
 FILES = (MEL_FILE, EMBEDDING_FILE, HEAD_FILE)
 INT16_SCALE = 32767  # the mel model takes samples at 16-bit scale
@@ -99,15 +103,47 @@ def sliding_embedding_model(model_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
+def slides_as(sliding_bytes: bytes, embedding_bytes: bytes) -> bool:
+    """Whether a stored sliding model gives the embedding model's values, window by window, on
+    a test run of mel frames (to 1e-5; they agree bit for bit)."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import (
+        Fail,
+        InvalidArgument,
+        InvalidGraph,
+        InvalidProtobuf,
+    )
+
+    frames = np.random.default_rng(0).normal(1.0, 1.0, (1, 121, MEL_BINS, 1)).astype(np.float32)
+    try:
+        original, sliding = session(embedding_bytes, 1), session(sliding_bytes, 1)
+        starts = range(0, frames.shape[1] - EMBEDDING_FRAMES + 1, EMBEDDING_STEP)
+        windows = np.concatenate([frames[:, s : s + EMBEDDING_FRAMES] for s in starts])
+        expected = original.run(None, {original.get_inputs()[0].name: windows})[0]
+        slid = sliding.run(None, {sliding.get_inputs()[0].name: frames})[0]
+    except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf):  # not such a model
+        return False
+    return slid.size == expected.size and bool(
+        np.max(np.abs(slid.reshape(-1) - expected.reshape(-1))) <= 1e-5
+    )
+
+
 class SpeechEmbedding:
     """openWakeWord's feature models: 1 s windows [n, CLIP_SAMPLES] in [-1, 1] to embeddings
     [n, 6, 96], computed as openWakeWord's AudioFeatures computes them (mel frames / 10 + 2,
-    windows of EMBEDDING_FRAMES every EMBEDDING_STEP), the windows of a clip in one pass
-    (sliding_embedding_model)."""
+    windows of EMBEDDING_FRAMES every EMBEDDING_STEP), the windows of a clip in one pass: the
+    stored `sliding_bytes` if they pass slides_as, else sliding_embedding_model's."""
 
-    def __init__(self, mel_bytes: bytes, embedding_bytes: bytes, threads: int = 1):
+    def __init__(
+        self,
+        mel_bytes: bytes,
+        embedding_bytes: bytes,
+        threads: int = 1,
+        sliding_bytes: bytes | None = None,
+    ):
+        if sliding_bytes is None or not slides_as(sliding_bytes, embedding_bytes):
+            sliding_bytes = sliding_embedding_model(embedding_bytes)
         self._mel = session(mel_bytes, threads)
-        self._embedding = session(sliding_embedding_model(embedding_bytes), threads)
+        self._embedding = session(sliding_bytes, threads)
         self._mel_input = self._mel.get_inputs()[0].name
         self._embedding_input = self._embedding.get_inputs()[0].name
 
@@ -170,10 +206,16 @@ class Verifier:
         self.head_weight = head_weight
 
     @classmethod
-    def load(cls, read, directory: str, head_weight: float, threads: int = 1) -> "Verifier":
-        """The verifier in `directory` of an artifact, its files read by `read(path) -> bytes`."""
+    def load(
+        cls, read, directory: str, head_weight: float, threads: int = 1, sliding: bool = False
+    ) -> "Verifier":
+        """The verifier in `directory` of an artifact, its files read by `read(path) -> bytes`;
+        `sliding`: the directory holds SLIDING_FILE."""
         embedding = SpeechEmbedding(
-            read(f"{directory}/{MEL_FILE}"), read(f"{directory}/{EMBEDDING_FILE}"), threads
+            read(f"{directory}/{MEL_FILE}"),
+            read(f"{directory}/{EMBEDDING_FILE}"),
+            threads,
+            read(f"{directory}/{SLIDING_FILE}") if sliding else None,
         )
         with np.load(io.BytesIO(read(f"{directory}/{HEAD_FILE}"))) as stored:
             head = Head.from_npz(stored)

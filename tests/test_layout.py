@@ -36,16 +36,18 @@ def test_each_module_imports_alone():
 
 
 def test_labelling_loads_no_training_evaluation_or_export_module(recordings, tmp_path):
-    """A whole run through the CLI, in a fresh process: the modules it loaded."""
+    """A whole run through the CLI, in a fresh process: the modules it loaded. Nor does it load
+    onnx (a second of start-up): the verifier's sliding embedding model is stored built."""
     loaded = python(
         "import sys\n"
         "from pipeline.cli import main\n"
         f"assert main(['--input', {str(recordings)!r}, '--output', {str(tmp_path / 'out')!r},"
         " '--quiet', '--events', " + repr(str(tmp_path / "events")) + "]) == 0\n"
-        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('model'))))"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.split('.')[0] in ('model', 'onnx'))))"
     ).split()
-    assert "model.serving" in loaded
+    assert "model.serving" in loaded and "model.verifier" in loaded
     assert [module for module in loaded if module.startswith(OFFLINE)] == []
+    assert [module for module in loaded if module.split(".")[0] == "onnx"] == []
 
 
 def project_imports(module: str) -> set[str]:

@@ -16,11 +16,13 @@ from model.verifier import (
     EMBEDDING_STEP,
     HEAD_FILE,
     MEL_FILE,
+    SLIDING_FILE,
     VERIFIER_DIR,
     SpeechEmbedding,
     candidates,
     fuse,
     session,
+    slides_as,
     sliding_embedding_model,
 )
 
@@ -77,6 +79,28 @@ def test_one_pass_gives_each_windows_embedding_as_its_own_pass_does():
             axis=1,
         ).reshape(3, len(starts), 96)
         np.testing.assert_array_equal(sliding.run(None, {"input_1": mel})[0], expected)
+
+
+def test_a_stored_sliding_model_of_other_weights_is_refused_and_rebuilt(val_clips, tmp_path):
+    """The artifact's SLIDING_FILE is derived, outside the model version: one that does not
+    give the embedding model's values is not used."""
+    import onnx
+    from onnx import numpy_helper
+
+    original = (VERIFIER / EMBEDDING_FILE).read_bytes()
+    other = onnx.load_from_string(original)
+    first_convolution = next(node for node in other.graph.node if node.op_type == "Conv")
+    weights = next(i for i in other.graph.initializer if i.name == first_convolution.input[1])
+    weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * 1.5, weights.name))
+    wrong = sliding_embedding_model(other.SerializeToString())
+    assert slides_as((VERIFIER / SLIDING_FILE).read_bytes(), original)
+    assert not slides_as(wrong, original) and not slides_as(b"not a model", original)
+    mel = (VERIFIER / MEL_FILE).read_bytes()
+    clips = val_clips[0][:4]
+    np.testing.assert_array_equal(
+        SpeechEmbedding(mel, original, sliding_bytes=wrong)(clips),
+        SpeechEmbedding(mel, original)(clips),
+    )
 
 
 def test_only_keyword_candidates_are_reheard(val_clips):

@@ -44,10 +44,12 @@ from model.verifier import (
     HEAD_WEIGHT,
     LICENSE_FILE,
     MEL_FILE,
+    SLIDING_FILE,
     VERIFIER_DIR,
     Head,
     SpeechEmbedding,
     head_features,
+    sliding_embedding_model,
 )
 
 AUGMENTED_PASSES = 3
@@ -147,6 +149,20 @@ def fit_head(
     return head, {"epochs_run": len(history["val_loss"]), "kept_epoch": best + 1}
 
 
+def write_verifier_files(directory: Path, models_dir: Path, head: Head) -> None:
+    """The verifier's files in `directory`: openWakeWord's two models (and their licence) from
+    `models_dir`, the head, and the sliding form of the embedding model (model.verifier)."""
+    directory.mkdir(exist_ok=True)
+    if models_dir.resolve() != directory.resolve():
+        for name in (MEL_FILE, EMBEDDING_FILE):
+            shutil.copyfile(models_dir / name, directory / name)
+        if (models_dir / LICENSE_FILE).is_file():
+            shutil.copyfile(models_dir / LICENSE_FILE, directory / LICENSE_FILE)
+    np.savez(directory / HEAD_FILE, **head.as_arrays())
+    embedding_bytes = (directory / EMBEDDING_FILE).read_bytes()
+    (directory / SLIDING_FILE).write_bytes(sliding_embedding_model(embedding_bytes))
+
+
 def add_verifier(
     artifact_dir: Path,
     models_dir: Path,
@@ -168,13 +184,7 @@ def add_verifier(
     head, fitting = fit_head(features, labels, val_features, val_labels, seed)
     val_accuracy = float(np.mean(head.probabilities(val_features).argmax(axis=1) == val_labels))
     directory = artifact_dir / VERIFIER_DIR
-    directory.mkdir(exist_ok=True)
-    if models_dir.resolve() != directory.resolve():
-        for name in (MEL_FILE, EMBEDDING_FILE):
-            shutil.copyfile(models_dir / name, directory / name)
-    if (models_dir / LICENSE_FILE).is_file() and models_dir.resolve() != directory.resolve():
-        shutil.copyfile(models_dir / LICENSE_FILE, directory / LICENSE_FILE)
-    np.savez(directory / HEAD_FILE, **head.as_arrays())
+    write_verifier_files(directory, models_dir, head)
     version = store_verifier(
         artifact_dir,
         {
