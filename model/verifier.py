@@ -4,7 +4,7 @@ The two networks learned from the speakers of one data set; what limits their re
 well they tell `no` from `down`, `go` and `up` said by a voice they never heard. A speech
 embedding pretrained on far more speech (Google's speech_embedding, Apache-2.0, as the ONNX
 `melspectrogram.onnx` and `embedding_model.onnx` of openWakeWord 0.5.1, Apache-2.0) with a
-small head trained on the train split separates them better, but costs about 13 times the
+small head trained on the train split separates them better, but costs about 5 times the
 networks' time per window. So it hears only the keyword candidates: windows whose likelier
 keyword has probability CANDIDATE_FLOOR or more (a few percent of the windows of speech
 without keywords). Their probabilities become the weighted geometric mean of the networks'
@@ -12,7 +12,8 @@ and the head's, renormalised; every other window keeps the networks' probabiliti
 
 The artifact holds the stage in `verifier/`: the two ONNX files, the head's weights
 (`head.npz`) and the ONNX files' licence; `metadata.json` `verifier` describes it and the
-model version covers its files. onnxruntime runs it for either runtime of the networks.
+model version covers those files. Beside them, SLIDING_FILE, derived from the embedding model
+and checked against it when opened. onnxruntime runs it for either runtime of the networks.
 """
 
 import io
