@@ -104,9 +104,9 @@ def sliding_embedding_model(model_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def slides_as(sliding_bytes: bytes, embedding_bytes: bytes) -> bool:
-    """Whether a stored sliding model gives the embedding model's values, window by window, on
-    a test run of mel frames (to 1e-5; they agree bit for bit)."""
+def stored_sliding_session(sliding_bytes: bytes, embedding_bytes: bytes, threads: int = 1):
+    """A session of a stored sliding model if it gives the embedding model's values, window by
+    window, on a test run of mel frames (to 1e-5; they agree bit for bit); else None."""
     from onnxruntime.capi.onnxruntime_pybind11_state import (
         Fail,
         InvalidArgument,
@@ -116,23 +116,24 @@ def slides_as(sliding_bytes: bytes, embedding_bytes: bytes) -> bool:
 
     frames = np.random.default_rng(0).normal(1.0, 1.0, (1, 121, MEL_BINS, 1)).astype(np.float32)
     try:
-        original, sliding = session(embedding_bytes, 1), session(sliding_bytes, 1)
+        original, sliding = session(embedding_bytes, 1), session(sliding_bytes, threads)
         starts = range(0, frames.shape[1] - EMBEDDING_FRAMES + 1, EMBEDDING_STEP)
         windows = np.concatenate([frames[:, s : s + EMBEDDING_FRAMES] for s in starts])
         expected = original.run(None, {original.get_inputs()[0].name: windows})[0]
         slid = sliding.run(None, {sliding.get_inputs()[0].name: frames})[0]
     except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf):  # not such a model
-        return False
-    return slid.size == expected.size and bool(
+        return None
+    same = slid.size == expected.size and bool(
         np.max(np.abs(slid.reshape(-1) - expected.reshape(-1))) <= 1e-5
     )
+    return sliding if same else None
 
 
 class SpeechEmbedding:
     """openWakeWord's feature models: 1 s windows [n, CLIP_SAMPLES] in [-1, 1] to embeddings
     [n, 6, 96], computed as openWakeWord's AudioFeatures computes them (mel frames / 10 + 2,
     windows of EMBEDDING_FRAMES every EMBEDDING_STEP), the windows of a clip in one pass: the
-    stored `sliding_bytes` if they pass slides_as, else sliding_embedding_model's."""
+    stored `sliding_bytes` if stored_sliding_session takes them, else sliding_embedding_model's."""
 
     def __init__(
         self,
@@ -141,10 +142,13 @@ class SpeechEmbedding:
         threads: int = 1,
         sliding_bytes: bytes | None = None,
     ):
-        if sliding_bytes is None or not slides_as(sliding_bytes, embedding_bytes):
-            sliding_bytes = sliding_embedding_model(embedding_bytes)
+        stored = (
+            None
+            if sliding_bytes is None
+            else stored_sliding_session(sliding_bytes, embedding_bytes, threads)
+        )
         self._mel = session(mel_bytes, threads)
-        self._embedding = session(sliding_bytes, threads)
+        self._embedding = stored or session(sliding_embedding_model(embedding_bytes), threads)
         self._mel_input = self._mel.get_inputs()[0].name
         self._embedding_input = self._embedding.get_inputs()[0].name
 

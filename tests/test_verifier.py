@@ -22,8 +22,8 @@ from model.verifier import (
     candidates,
     fuse,
     session,
-    slides_as,
     sliding_embedding_model,
+    stored_sliding_session,
 )
 
 VERIFIER = DEFAULT_ARTIFACT / VERIFIER_DIR
@@ -93,8 +93,9 @@ def test_a_stored_sliding_model_of_other_weights_is_refused_and_rebuilt(val_clip
     weights = next(i for i in other.graph.initializer if i.name == first_convolution.input[1])
     weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * 1.5, weights.name))
     wrong = sliding_embedding_model(other.SerializeToString())
-    assert slides_as((VERIFIER / SLIDING_FILE).read_bytes(), original)
-    assert not slides_as(wrong, original) and not slides_as(b"not a model", original)
+    assert stored_sliding_session((VERIFIER / SLIDING_FILE).read_bytes(), original) is not None
+    assert stored_sliding_session(wrong, original) is None
+    assert stored_sliding_session(b"not a model", original) is None
     mel = (VERIFIER / MEL_FILE).read_bytes()
     clips = val_clips[0][:4]
     np.testing.assert_array_equal(
