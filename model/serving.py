@@ -85,7 +85,7 @@ class KeywordModel:
             Verifier.load(
                 read_artifact_file,
                 verifier_dir,
-                stage["head_weight"],
+                stage,
                 onnx_threads,
                 sliding=artifact_file_exists(f"{verifier_dir}/{SLIDING_FILE}"),
             )

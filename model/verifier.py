@@ -6,9 +6,10 @@ embedding pretrained on far more speech (Google's speech_embedding, Apache-2.0, 
 `melspectrogram.onnx` and `embedding_model.onnx` of openWakeWord 0.5.1, Apache-2.0) with a
 small head trained on the train split separates them better, but costs about 5 times the
 networks' time per window. So it hears only the keyword candidates: windows whose likelier
-keyword has probability CANDIDATE_FLOOR or more (a few percent of the windows of speech
-without keywords). Their probabilities become the weighted geometric mean of the networks'
-and the head's, renormalised; every other window keeps the networks' probabilities.
+keyword has probability at least the artifact's candidate floor (metadata.json
+`verifier.candidate_floor`; where it names none, CANDIDATE_FLOOR, the context rule's). Their
+probabilities become the weighted geometric mean of the networks' and the head's,
+renormalised; every other window keeps the networks' probabilities.
 
 The artifact holds the stage in `verifier/`: the two ONNX files, the head's weights
 (`head.npz`) and the ONNX files' licence; `metadata.json` `verifier` describes it and the
@@ -45,10 +46,11 @@ HEAD_WEIGHT = 0.5  # of the head's log-probabilities in the geometric mean (chos
 PROBABILITY_EPSILON = 1e-7
 
 
-def candidates(probabilities: np.ndarray) -> np.ndarray:
-    """Windows [n, 4] whose likelier keyword has probability CANDIDATE_FLOOR or more: those
-    the context rule scores and the verifier re-hears."""
-    return probabilities[:, :2].max(axis=1) >= CANDIDATE_FLOOR
+def candidates(probabilities: np.ndarray, floor: float = CANDIDATE_FLOOR) -> np.ndarray:
+    """Windows [n, 4] whose likelier keyword has probability `floor` or more: at
+    CANDIDATE_FLOOR, those the context rule scores; at the artifact's floor, those the
+    verifier re-hears."""
+    return probabilities[:, :2].max(axis=1) >= floor
 
 
 def fuse(networks: np.ndarray, head: np.ndarray, head_weight: float = HEAD_WEIGHT) -> np.ndarray:
@@ -205,17 +207,30 @@ class Head:
 class Verifier:
     """The second stage of an artifact: `rehear` re-scores the candidate windows."""
 
-    def __init__(self, embedding: SpeechEmbedding, head: Head, head_weight: float = HEAD_WEIGHT):
+    def __init__(
+        self,
+        embedding: SpeechEmbedding,
+        head: Head,
+        head_weight: float = HEAD_WEIGHT,
+        candidate_floor: float = CANDIDATE_FLOOR,
+    ):
         self.embedding = embedding
         self.head = head
         self.head_weight = head_weight
+        self.candidate_floor = candidate_floor
 
     @classmethod
     def load(
-        cls, read, directory: str, head_weight: float, threads: int = 1, sliding: bool = False
+        cls,
+        read,
+        directory: str,
+        described: dict,
+        threads: int = 1,
+        sliding: bool = False,
     ) -> "Verifier":
-        """The verifier in `directory` of an artifact, its files read by `read(path) -> bytes`;
-        `sliding`: the directory holds SLIDING_FILE."""
+        """The verifier in `directory` of an artifact, its files read by `read(path) -> bytes`,
+        as metadata.json's `verifier` describes it (its head weight, and its candidate floor
+        where it has one); `sliding`: the directory holds SLIDING_FILE."""
         embedding = SpeechEmbedding(
             read(f"{directory}/{MEL_FILE}"),
             read(f"{directory}/{EMBEDDING_FILE}"),
@@ -224,7 +239,12 @@ class Verifier:
         )
         with np.load(io.BytesIO(read(f"{directory}/{HEAD_FILE}"))) as stored:
             head = Head.from_npz(stored)
-        return cls(embedding, head, head_weight)
+        return cls(
+            embedding,
+            head,
+            described["head_weight"],
+            described.get("candidate_floor", CANDIDATE_FLOOR),
+        )
 
     def head_probabilities(self, waveforms: np.ndarray) -> np.ndarray:
         return self.head.probabilities(head_features(self.embedding(waveforms)))
@@ -232,7 +252,7 @@ class Verifier:
     def rehear(self, probabilities: np.ndarray, windows) -> np.ndarray:
         """`probabilities` [n, 4] of n windows, the candidates' fused with the head's; `windows`
         gives the waveforms [k, CLIP_SAMPLES] of the windows at given indices."""
-        chosen = np.flatnonzero(candidates(probabilities))
+        chosen = np.flatnonzero(candidates(probabilities, self.candidate_floor))
         if not len(chosen):
             return probabilities
         heard = self.head_probabilities(np.ascontiguousarray(windows(chosen), dtype=np.float32))

@@ -6,8 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
+from model.context import CANDIDATE_FLOOR
 from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
-from model.export.artifact import model_version
+from model.export.artifact import model_version, store_verifier
 from model.serving import ONNX_FILE, KeywordModel, onnx_predictor
 from model.training.data import load_split
 from model.verifier import (
@@ -111,13 +112,32 @@ def test_only_keyword_candidates_are_reheard(val_clips):
     model = KeywordModel(DEFAULT_ARTIFACT)
     networks = onnx_predictor((DEFAULT_ARTIFACT / ONNX_FILE).read_bytes())(waveforms)
     served = model.predict(waveforms)
-    chosen = candidates(networks)
+    chosen = candidates(networks, model._verifier.candidate_floor)
     assert chosen[np.isin(labels, [LABELS.index("yes"), LABELS.index("no")])].mean() > 0.9
     assert chosen[labels == LABELS.index("silence")].mean() < 0.05
     np.testing.assert_array_equal(served[~chosen], networks[~chosen])
     heard = model._verifier.head_probabilities(waveforms[chosen])
     np.testing.assert_allclose(served[chosen], fuse(networks[chosen], heard), atol=1e-5)
     np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_the_artifacts_candidate_floor_sets_which_windows_are_reheard(val_clips, tmp_path):
+    """A lower floor in metadata.json's `verifier`: more windows re-heard, each of them fused,
+    the others the networks' own; and a new model version."""
+    waveforms, _ = val_clips
+    copy = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, copy)
+    described = json.loads((copy / METADATA_FILE).read_text())["verifier"]
+    floor = described.get("candidate_floor", CANDIDATE_FLOOR) / 2
+    shipped = KeywordModel(DEFAULT_ARTIFACT)
+    assert store_verifier(copy, described | {"candidate_floor": floor}) != shipped.version
+    networks = onnx_predictor((DEFAULT_ARTIFACT / ONNX_FILE).read_bytes())(waveforms)
+    chosen = candidates(networks, floor)
+    assert chosen.sum() > candidates(networks, floor * 2).sum()
+    served = KeywordModel(copy).predict(waveforms)
+    np.testing.assert_array_equal(served[~chosen], networks[~chosen])
+    heard = shipped._verifier.head_probabilities(waveforms[chosen])
+    np.testing.assert_allclose(served[chosen], fuse(networks[chosen], heard), atol=1e-5)
 
 
 def test_the_verifier_sets_no_apart_from_down_better_than_the_networks(data_dir):

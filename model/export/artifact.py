@@ -86,10 +86,11 @@ def clear_artifact_dir(out_dir: Path) -> None:
 def model_version(out_dir: Path) -> str:
     """Content hash of what serving reads: sha256 over saved_model.pb, the variables files,
     model.onnx and the verifier's files (in sorted relative-path order), then the keyword
-    thresholds, the context rule and the verifier's head weight stored in metadata.json. The
-    rest of metadata.json is excluded, so adding metrics keeps it, and so is stream.onnx,
-    model.onnx's computation in another order, refused when opened unless it gives
-    model.onnx's probabilities (model.serving.stream_predictor)."""
+    thresholds, the context rule, and the verifier's head weight and candidate floor (where it
+    names one) stored in metadata.json. The rest of metadata.json is excluded, so adding
+    metrics keeps it, and so is stream.onnx, model.onnx's computation in another order,
+    refused when opened unless it gives model.onnx's probabilities
+    (model.serving.stream_predictor)."""
     files = [
         out_dir / "saved_model.pb",
         *(out_dir / "variables").rglob("*"),
@@ -108,6 +109,8 @@ def model_version(out_dir: Path) -> str:
         digest.update(json.dumps(decision["context"], sort_keys=True).encode())
     if "verifier" in metadata:
         digest.update(json.dumps(metadata["verifier"]["head_weight"]).encode())
+        if "candidate_floor" in metadata["verifier"]:
+            digest.update(json.dumps(metadata["verifier"]["candidate_floor"]).encode())
     return "sha256:" + digest.hexdigest()[:16]
 
 

@@ -1,7 +1,8 @@
 """Train the verifier's head (model.verifier) and put the verifier into an artifact.
 
 `python -m model.training.train_verifier --artifact DIR [--embedding-models DIR] [--data DIR]
-[--read-speech DIR] [--seed 0]`, or `--copy-from ARTIFACT` to reuse a trained verifier
+[--read-speech DIR] [--seed 0] [--candidate-floor P]`, or `--copy-from ARTIFACT
+[--candidate-floor P]` to reuse a trained verifier
 
 The speech embedding is frozen; only the head learns, from the train split: every clip clean,
 AUGMENTED_PASSES copies of each shifted, with changed gain and with train background noise on
@@ -13,7 +14,10 @@ kept. `--embedding-models` is a folder with openWakeWord 0.5.1's `melspectrogram
 `embedding_model.onnx` (its wheel's `openwakeword/resources/models/`, with `pip download
 --no-deps openwakeword==0.5.1`); by default those of the artifact's own verifier. Then choose
 the decision again on val (`python -m model.evaluation.thresholds --artifact DIR --write`): the
-verifier changes the probabilities the thresholds apply to.
+verifier changes the probabilities the thresholds apply to. `--candidate-floor`: the verifier
+re-hears the windows whose likelier keyword has this probability or more (default: the
+context rule's CANDIDATE_FLOOR); lower finds more keywords the networks doubt, at the
+verifier's cost on more windows.
 """
 
 import argparse
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.context import CANDIDATE_FLOOR
 from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
 from model.evaluation.eval_sets import sound_clips
 from model.evaluation.evaluate import DEFAULT_DATA, load_eval_set
@@ -169,6 +174,7 @@ def add_verifier(
     data_dir: Path,
     read_speech_dir: Path,
     seed: int = 0,
+    candidate_floor: float = CANDIDATE_FLOOR,
 ) -> str:
     """Train the head and write the verifier into artifact_dir; returns the new model version."""
     from model.export.artifact import store_verifier  # imports TensorFlow
@@ -190,9 +196,7 @@ def add_verifier(
         {
             "source": SOURCE,
             "head_weight": HEAD_WEIGHT,
-            "fusion": "on keyword candidates (likelier keyword >= 0.2): the geometric mean of the"
-            " networks' and the head's probabilities, the head's weighted head_weight,"
-            " renormalised",
+            **candidate_rule(candidate_floor),
             "head": {
                 "input": "mean and max of the clip's six embeddings (96 each), standardised",
                 "hidden": list(HIDDEN),
@@ -218,14 +222,27 @@ def add_verifier(
     return version
 
 
-def copy_verifier(source_dir: Path, artifact_dir: Path) -> str:
+def candidate_rule(floor: float) -> dict:
+    """metadata.json `verifier` fields saying which windows the verifier re-hears, and how."""
+    return {
+        "candidate_floor": floor,
+        "fusion": f"on keyword candidates (likelier keyword >= {floor}): the geometric mean of"
+        " the networks' and the head's probabilities, the head's weighted head_weight,"
+        " renormalised",
+    }
+
+
+def copy_verifier(source_dir: Path, artifact_dir: Path, candidate_floor: float | None) -> str:
     """Put the verifier of the artifact source_dir (its files and description) into
     artifact_dir: the head hears the audio, not the networks' output, so it serves any networks
-    of the same contract. Returns the new model version."""
+    of the same contract. `candidate_floor`: re-hear from this floor (None: source_dir's).
+    Returns the new model version."""
     from model.export.artifact import store_verifier  # imports TensorFlow
 
     shutil.copytree(source_dir / VERIFIER_DIR, artifact_dir / VERIFIER_DIR, dirs_exist_ok=True)
     described = json.loads((source_dir / METADATA_FILE).read_text())["verifier"]
+    if candidate_floor is not None:
+        described |= candidate_rule(candidate_floor)
     version = store_verifier(artifact_dir, described)
     print(f"verifier of {source_dir} copied to {artifact_dir}; {version}")
     return version
@@ -249,12 +266,19 @@ def main() -> None:
         metavar="ARTIFACT",
         help="instead of training, copy this artifact's trained verifier",
     )
+    parser.add_argument(
+        "--candidate-floor",
+        type=float,
+        help="re-hear the windows whose likelier keyword has this probability or more"
+        f" (default: {CANDIDATE_FLOOR}; with --copy-from, that artifact's floor)",
+    )
     args = parser.parse_args()
     if args.copy_from:
-        copy_verifier(args.copy_from, args.artifact)
+        copy_verifier(args.copy_from, args.artifact, args.candidate_floor)
         return
     models_dir = args.embedding_models or args.artifact / VERIFIER_DIR
-    add_verifier(args.artifact, models_dir, args.data, args.read_speech, args.seed)
+    floor = CANDIDATE_FLOOR if args.candidate_floor is None else args.candidate_floor
+    add_verifier(args.artifact, models_dir, args.data, args.read_speech, args.seed, floor)
 
 
 if __name__ == "__main__":
