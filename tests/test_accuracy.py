@@ -13,10 +13,10 @@ SEED = 2026
 # The labels users get, on the test split (the official test set's mix of words, and its
 # `_silence_` clips). False keywords, per-word false keywords and keyword precision: the targets
 # (model/README.md), which the shipped model meets. Recall and accuracy: a few clips under the
-# shipped model's own figures (recall yes 270/277, no 266/278, accuracy 0.977), which are below
+# shipped model's own figures (recall yes 270/277, no 268/278, accuracy 0.978), which are below
 # their targets (98.5%, 98%).
 ACCURACY_FLOOR = 0.97
-KEYWORD_RECALL_FLOOR = {"yes": 0.96, "no": 0.94}
+KEYWORD_RECALL_FLOOR = {"yes": 0.96, "no": 0.95}
 KEYWORD_PRECISION_FLOOR = {"yes": 0.98, "no": 0.98}
 FALSE_KEYWORD_CEILING = 0.01
 WORD_FALSE_KEYWORD_CEILING = 0.03  # for every word with at least WORD_MIN_CLIPS clips
