@@ -43,6 +43,9 @@ EMBEDDING_FRAMES = 76  # mel frames per embedding (0.775 s)
 EMBEDDING_STEP = 8  # mel frames between embeddings (80 ms)
 EMBEDDING_VALUES = 96
 HEAD_WEIGHT = 0.5  # of the head's log-probabilities in the geometric mean (chosen on val)
+# The candidate floor a trained verifier stores unless told otherwise (chosen on val,
+# model/EXPERIMENTS.md); an artifact that stores none re-hears from CANDIDATE_FLOOR.
+REHEAR_FLOOR = 0.07
 PROBABILITY_EPSILON = 1e-7
 
 

@@ -11,6 +11,7 @@ from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
 from model.export.artifact import model_version, store_verifier
 from model.serving import ONNX_FILE, KeywordModel, onnx_predictor
 from model.training.data import load_split
+from model.training.train_verifier import copy_verifier
 from model.verifier import (
     EMBEDDING_FILE,
     EMBEDDING_FRAMES,
@@ -138,6 +139,17 @@ def test_the_artifacts_candidate_floor_sets_which_windows_are_reheard(val_clips,
     np.testing.assert_array_equal(served[~chosen], networks[~chosen])
     heard = shipped._verifier.head_probabilities(waveforms[chosen])
     np.testing.assert_allclose(served[chosen], fuse(networks[chosen], heard), atol=1e-5)
+
+
+def test_a_copied_verifier_keeps_its_floor_unless_given_one(tmp_path):
+    copy = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, copy)
+    shipped = json.loads((DEFAULT_ARTIFACT / METADATA_FILE).read_text())
+    assert copy_verifier(DEFAULT_ARTIFACT, copy, None) == shipped["model_version"]
+    copy_verifier(DEFAULT_ARTIFACT, copy, 0.1)
+    described = json.loads((copy / METADATA_FILE).read_text())["verifier"]
+    assert described["candidate_floor"] == 0.1 and ">= 0.1)" in described["fusion"]
+    assert KeywordModel(copy)._verifier.candidate_floor == 0.1
 
 
 def test_the_verifier_sets_no_apart_from_down_better_than_the_networks(data_dir):

@@ -15,9 +15,9 @@ kept. `--embedding-models` is a folder with openWakeWord 0.5.1's `melspectrogram
 --no-deps openwakeword==0.5.1`); by default those of the artifact's own verifier. Then choose
 the decision again on val (`python -m model.evaluation.thresholds --artifact DIR --write`): the
 verifier changes the probabilities the thresholds apply to. `--candidate-floor`: the verifier
-re-hears the windows whose likelier keyword has this probability or more (default: the
-context rule's CANDIDATE_FLOOR); lower finds more keywords the networks doubt, at the
-verifier's cost on more windows.
+re-hears the windows whose likelier keyword has this probability or more (default
+REHEAR_FLOOR); lower finds more keywords the networks doubt, at the verifier's cost on more
+windows.
 """
 
 import argparse
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from model.context import CANDIDATE_FLOOR
 from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
 from model.evaluation.eval_sets import sound_clips
 from model.evaluation.evaluate import DEFAULT_DATA, load_eval_set
@@ -49,6 +48,7 @@ from model.verifier import (
     HEAD_WEIGHT,
     LICENSE_FILE,
     MEL_FILE,
+    REHEAR_FLOOR,
     SLIDING_FILE,
     VERIFIER_DIR,
     Head,
@@ -174,7 +174,7 @@ def add_verifier(
     data_dir: Path,
     read_speech_dir: Path,
     seed: int = 0,
-    candidate_floor: float = CANDIDATE_FLOOR,
+    candidate_floor: float = REHEAR_FLOOR,
 ) -> str:
     """Train the head and write the verifier into artifact_dir; returns the new model version."""
     from model.export.artifact import store_verifier  # imports TensorFlow
@@ -270,14 +270,14 @@ def main() -> None:
         "--candidate-floor",
         type=float,
         help="re-hear the windows whose likelier keyword has this probability or more"
-        f" (default: {CANDIDATE_FLOOR}; with --copy-from, that artifact's floor)",
+        f" (default: {REHEAR_FLOOR}; with --copy-from, that artifact's floor)",
     )
     args = parser.parse_args()
     if args.copy_from:
         copy_verifier(args.copy_from, args.artifact, args.candidate_floor)
         return
     models_dir = args.embedding_models or args.artifact / VERIFIER_DIR
-    floor = CANDIDATE_FLOOR if args.candidate_floor is None else args.candidate_floor
+    floor = REHEAR_FLOOR if args.candidate_floor is None else args.candidate_floor
     add_verifier(args.artifact, models_dir, args.data, args.read_speech, args.seed, floor)
 
 
