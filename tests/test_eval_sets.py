@@ -84,5 +84,19 @@ def test_evaluation_labels_recordings_exactly_as_the_pipeline_does(
     for row, result in zip(rows, results, strict=True):
         scores = windows[results.index(result)][result.deciding_window]
         np.testing.assert_allclose(row["score_yes"], scores[0], atol=1e-5)
+        peaks = windows[results.index(result)][:, :2].max(axis=0)
+        np.testing.assert_array_equal(result.keyword_peaks, peaks)
     report = answers_report(results[:24])
     assert report["all"]["answers"] == report["all"]["non_answers"] == 12
+    # Each file labelled wrong is listed with how near its windows came to each keyword.
+    wrong = [
+        result
+        for result in results[:24]
+        if result.label != result.recording.truth
+        and (result.recording.truth != "none" or result.label in ("yes", "no"))
+    ]
+    assert len(report["wrong"]) == len(wrong)
+    for line, result in zip(report["wrong"], wrong, strict=True):
+        rows = windows[results.index(result)]
+        peaks = f"peak p(yes) {rows[:, 0].max():.2f}, p(no) {rows[:, 1].max():.2f}"
+        assert line.startswith(result.recording.name) and peaks in line

@@ -24,7 +24,7 @@ import soxr
 
 from model.audio import read_recording, split_windows
 from model.contract import CLIP_SAMPLES, DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
-from model.decision import KEYWORD_IDS, KEYWORDS, Decision, count_occurrences
+from model.decision import KEYWORD_IDS, KEYWORDS, NO, YES, Decision, count_occurrences
 from model.evaluation.eval_sets import (
     WITH_SPEECH,
     EvalRecording,
@@ -412,6 +412,7 @@ class RecordingResult:
     occurrences: int  # runs of consecutive windows labelled a keyword
     windows: int
     deciding_window: int
+    keyword_peaks: tuple[float, float]  # the highest p(yes) and p(no) over its windows
 
 
 def recording_windows(
@@ -441,7 +442,12 @@ def label_recordings(
         occurrences = count_occurrences(decided.window_labels)
         results.append(
             RecordingResult(
-                recording, LABELS[decided.label], occurrences, len(rows), decided.window
+                recording,
+                LABELS[decided.label],
+                occurrences,
+                len(rows),
+                decided.window,
+                (float(rows[:, YES].max()), float(rows[:, NO].max())),
             )
         )
     return results
@@ -479,6 +485,7 @@ def answers_report(results: list[RecordingResult]) -> dict:
         **{name: figures(subset) for name, subset in groups.items()},
         "wrong": [
             f"{r.recording.name}: {r.label}"
+            f" (peak p(yes) {r.keyword_peaks[0]:.2f}, p(no) {r.keyword_peaks[1]:.2f})"
             for r in results
             if (
                 r.label != r.recording.truth if r.recording.truth != "none" else r.label in KEYWORDS
