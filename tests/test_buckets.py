@@ -357,8 +357,10 @@ def test_other_formats_in_a_bucket_are_labelled_as_the_same_files_on_disk(
     for bucket_row, disk_row in zip(from_bucket, from_disk, strict=True):
         spoken = Path(disk_row["path"]).stem
         assert (bucket_row["label"], bucket_row["error"]) == (spoken, None)
+        # Windows are batched as files arrive; a batch's size can move a score's last bits.
         for label in LABELS:
-            assert bucket_row[f"score_{label}"] == disk_row[f"score_{label}"]
+            score = disk_row[f"score_{label}"]
+            assert bucket_row[f"score_{label}"] == pytest.approx(score, abs=1e-5)
 
 
 def test_the_sessions_beam_makes_for_each_call_share_one_model_loader(s3, s3_endpoint):
