@@ -81,11 +81,10 @@ def test_evaluation_labels_recordings_exactly_as_the_pipeline_does(
     assert main(["--input", str(folder), "--output", str(tmp_path / "out")]) == 0
     rows = read_output(tmp_path / "out")
     assert [row["label"] for row in rows] == [result.label for result in results]
-    for row, result in zip(rows, results, strict=True):
-        scores = windows[results.index(result)][result.deciding_window]
+    for row, result, result_windows in zip(rows, results, windows, strict=True):
+        scores = result_windows[result.deciding_window]
         np.testing.assert_allclose(row["score_yes"], scores[0], atol=1e-5)
-        peaks = windows[results.index(result)][:, :2].max(axis=0)
-        np.testing.assert_array_equal(result.keyword_peaks, peaks)
+        np.testing.assert_array_equal(result.keyword_peaks, result_windows[:, :2].max(axis=0))
     report = answers_report(results[:24])
     assert report["all"]["answers"] == report["all"]["non_answers"] == 12
     # Each file labelled wrong is listed with how near its windows came to each keyword.
@@ -97,6 +96,6 @@ def test_evaluation_labels_recordings_exactly_as_the_pipeline_does(
     ]
     assert len(report["wrong"]) == len(wrong)
     for line, result in zip(report["wrong"], wrong, strict=True):
-        rows = windows[results.index(result)]
-        peaks = f"peak p(yes) {rows[:, 0].max():.2f}, p(no) {rows[:, 1].max():.2f}"
+        yes_peak, no_peak = result.keyword_peaks  # the windows' maxima, checked above
+        peaks = f"peak p(yes) {yes_peak:.2f}, p(no) {no_peak:.2f}"
         assert line.startswith(result.recording.name) and peaks in line
