@@ -158,6 +158,11 @@ class SpeechEmbedding:
         self._embedding_input = self._embedding.get_inputs()[0].name
 
     def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        return self._embedding.run(None, {self._embedding_input: self.mel_frames(waveforms)})[0]
+
+    def mel_frames(self, waveforms: np.ndarray) -> np.ndarray:
+        """The embedding model's input [n, 121, MEL_BINS, 1] for waveforms [n, CLIP_SAMPLES]:
+        what it hears, and what fine-tuning it (model.training.embedding_tuning) learns from."""
         if waveforms.ndim != 2 or waveforms.shape[1] != CLIP_SAMPLES:
             raise ValueError(f"expected [n, {CLIP_SAMPLES}] waveforms, got {waveforms.shape}")
         scaled = np.clip(np.round(waveforms * INT16_SCALE), -INT16_SCALE - 1, INT16_SCALE)
@@ -167,8 +172,7 @@ class SpeechEmbedding:
         mel = np.stack(
             [self._mel.run(None, {self._mel_input: clip[np.newaxis]})[0] for clip in padded]
         )
-        mel = mel.reshape(len(waveforms), -1, MEL_BINS, 1) / 10 + 2
-        return self._embedding.run(None, {self._embedding_input: mel.astype(np.float32)})[0]
+        return (mel.reshape(len(waveforms), -1, MEL_BINS, 1) / 10 + 2).astype(np.float32)
 
 
 def head_features(embeddings: np.ndarray) -> np.ndarray:

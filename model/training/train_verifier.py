@@ -2,7 +2,8 @@
 
 `python -m model.training.train_verifier --artifact DIR [--embedding-models DIR] [--data DIR]
 [--read-speech DIR] [--seed 0] [--candidate-floor P]`, or `--copy-from ARTIFACT
-[--candidate-floor P]` to reuse a trained verifier
+[--candidate-floor P]` to reuse a trained verifier, or `--tune-embedding EPOCHS [--head-weight W]`
+to fine-tune a trained one
 
 The speech embedding is frozen; only the head learns, from the train split: every clip clean,
 AUGMENTED_PASSES copies of each shifted, with changed gain and with train background noise on
@@ -18,6 +19,11 @@ verifier changes the probabilities the thresholds apply to. `--candidate-floor`:
 re-hears the windows whose likelier keyword has this probability or more (default
 REHEAR_FLOOR); lower finds more keywords the networks doubt, at the verifier's cost on more
 windows.
+
+`--tune-embedding EPOCHS` then fine-tunes the artifact's verifier: its embedding model and head
+learn together from the same examples (model.training.embedding_tuning), the epoch with the
+lowest val loss is kept, and the tuned `embedding_model.onnx` and head replace the frozen ones.
+`--head-weight`: the tuned head's weight in the fusion (chosen on val).
 """
 
 import argparse
@@ -222,6 +228,74 @@ def add_verifier(
     return version
 
 
+def mel_frames(embedding: SpeechEmbedding, waveforms: np.ndarray) -> np.ndarray:
+    """SpeechEmbedding.mel_frames of every waveform, a thousand at a time (memory)."""
+    return np.concatenate(
+        [
+            embedding.mel_frames(waveforms[start : start + 1_000])
+            for start in range(0, len(waveforms), 1_000)
+        ]
+    )
+
+
+def tune_verifier(
+    artifact_dir: Path,
+    data_dir: Path,
+    read_speech_dir: Path,
+    epochs: int,
+    seed: int = 0,
+    head_weight: float | None = None,
+) -> str:
+    """Fine-tune the embedding model of artifact_dir's verifier together with its head on the
+    head's training examples (model.training.embedding_tuning), write both back and describe
+    them; returns the new model version. `head_weight`: the fusion's (None: as it was)."""
+    from model.export.artifact import store_verifier  # imports TensorFlow
+    from model.training.checkpoint import checkpoint_dir
+    from model.training.embedding_tuning import tune
+
+    described = json.loads((artifact_dir / METADATA_FILE).read_text())["verifier"]
+    if "embedding_tuning" in described:
+        raise ValueError(f"{artifact_dir}: its verifier's embedding is tuned already")
+    directory = artifact_dir / VERIFIER_DIR
+    embedding_bytes = (directory / EMBEDDING_FILE).read_bytes()
+    embedding = SpeechEmbedding((directory / MEL_FILE).read_bytes(), embedding_bytes, 2)
+    with np.load(directory / HEAD_FILE) as stored:
+        head = Head.from_npz(stored)
+    waveforms, labels = training_examples(data_dir, read_speech_dir, np.random.default_rng(seed))
+    val_waveforms, val_labels, _ = load_eval_set(data_dir, "val")
+    frames, val_frames = mel_frames(embedding, waveforms), mel_frames(embedding, val_waveforms)
+    del waveforms
+    tuned_bytes, tuned_head, fitting = tune(
+        embedding_bytes,
+        head,
+        frames,
+        labels,
+        val_frames,
+        val_labels,
+        epochs,
+        seed,
+        checkpoint_dir(artifact_dir),
+    )
+    (directory / EMBEDDING_FILE).write_bytes(tuned_bytes)
+    np.savez(directory / HEAD_FILE, **tuned_head.as_arrays())
+    (directory / SLIDING_FILE).write_bytes(sliding_embedding_model(tuned_bytes))
+    tuned = SpeechEmbedding((directory / MEL_FILE).read_bytes(), tuned_bytes, 2)
+    val_accuracy = float(
+        np.mean(tuned_head.probabilities(embed(tuned, val_waveforms)).argmax(axis=1) == val_labels)
+    )
+    version = store_verifier(
+        artifact_dir,
+        described
+        | {
+            "source": SOURCE + "; embedding_model.onnx fine-tuned on the train split with the head",
+            "head_weight": described["head_weight"] if head_weight is None else head_weight,
+            "embedding_tuning": {**fitting, "seed": seed, "val_accuracy": val_accuracy},
+        },
+    )
+    print(f"verifier of {artifact_dir} tuned; head val accuracy {val_accuracy:.4f}; {version}")
+    return version
+
+
 def candidate_rule(floor: float) -> dict:
     """metadata.json `verifier` fields saying which windows the verifier re-hears, and how."""
     return {
@@ -272,7 +346,27 @@ def main() -> None:
         help="re-hear the windows whose likelier keyword has this probability or more"
         f" (default: {REHEAR_FLOOR}; with --copy-from, that artifact's floor)",
     )
+    parser.add_argument(
+        "--tune-embedding",
+        type=int,
+        metavar="EPOCHS",
+        help="instead of training a head, fine-tune the artifact's verifier (its embedding model"
+        " and head together) for this many epochs, keeping the epoch of lowest val loss",
+    )
+    parser.add_argument(
+        "--head-weight", type=float, help="with --tune-embedding: the head's weight in the fusion"
+    )
     args = parser.parse_args()
+    if args.tune_embedding:
+        tune_verifier(
+            args.artifact,
+            args.data,
+            args.read_speech,
+            args.tune_embedding,
+            args.seed,
+            args.head_weight,
+        )
+        return
     if args.copy_from:
         copy_verifier(args.copy_from, args.artifact, args.candidate_floor)
         return
