@@ -35,6 +35,9 @@ HEAD_FILE = "head.npz"
 # derived file like stream.onnx, checked when opened and outside the model version.
 SLIDING_FILE = "embedding_sliding.onnx"
 LICENSE_FILE = "LICENSE"
+# Written beside the licence when the embedding model is fine-tuned (Apache-2.0 section 4b: a
+# modified file carries a notice that it was changed).
+NOTICE_FILE = "NOTICE"
 FILES = (MEL_FILE, EMBEDDING_FILE, HEAD_FILE)
 INT16_SCALE = 32767  # the mel model takes samples at 16-bit scale
 EDGE_SAMPLES = 1_920  # 0.12 s of zeros on each side: 121 mel frames, 6 embedding windows

@@ -153,3 +153,36 @@ def test_the_training_path_makes_an_artifact_the_labeller_serves(
     rows = read_output(out)
     assert rows and {row["model_version"] for row in rows} == {model.version}
     assert all(row["label"] in LABELS for row in rows if row["error"] is None)
+
+
+def test_tuning_the_verifier_writes_an_artifact_the_labeller_serves(
+    tiny_data, tiny_read_speech, monkeypatch, tmp_path
+):
+    """`train_verifier --tune-embedding` on a copy of the shipped artifact, with the head's
+    examples cut to the tiny data: a tuned embedding, the licence's notice beside it, a new
+    model version that KeywordModel opens, and no second tuning of the same verifier."""
+    import shutil
+
+    from model.contract import DEFAULT_ARTIFACT
+    from model.training import train_verifier
+    from model.verifier import EMBEDDING_FILE, NOTICE_FILE, VERIFIER_DIR
+
+    for name in ("SILENCE_WINDOWS", "NON_SPEECH_WINDOWS", "READ_SPEECH_WINDOWS"):
+        monkeypatch.setattr(train_verifier, name, 8)
+    artifact = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, artifact)
+    shipped = json.loads((artifact / METADATA_FILE).read_text())
+    version = train_verifier.tune_verifier(artifact, tiny_data, tiny_read_speech, 1, 0, 0.6)
+
+    described = json.loads((artifact / METADATA_FILE).read_text())["verifier"]
+    assert version != shipped["model_version"] and described["head_weight"] == 0.6
+    assert described["embedding_tuning"]["epochs_run"] == 1
+    verifier = artifact / VERIFIER_DIR
+    assert (verifier / EMBEDDING_FILE).read_bytes() != (
+        DEFAULT_ARTIFACT / VERIFIER_DIR / EMBEDDING_FILE
+    ).read_bytes() or described["embedding_tuning"]["kept_epoch"] == 0
+    assert "fine-tuned" in (verifier / NOTICE_FILE).read_text()
+    model = KeywordModel(artifact)
+    assert model.version == version and model._verifier.head_weight == 0.6
+    with pytest.raises(ValueError, match="tuned already"):
+        train_verifier.tune_verifier(artifact, tiny_data, tiny_read_speech, 1)

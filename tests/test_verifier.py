@@ -118,7 +118,8 @@ def test_only_keyword_candidates_are_reheard(val_clips):
     assert chosen[labels == LABELS.index("silence")].mean() < 0.05
     np.testing.assert_array_equal(served[~chosen], networks[~chosen])
     heard = model._verifier.head_probabilities(waveforms[chosen])
-    np.testing.assert_allclose(served[chosen], fuse(networks[chosen], heard), atol=1e-5)
+    weight = model._verifier.head_weight
+    np.testing.assert_allclose(served[chosen], fuse(networks[chosen], heard, weight), atol=1e-5)
     np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)
 
 
@@ -138,7 +139,8 @@ def test_the_artifacts_candidate_floor_sets_which_windows_are_reheard(val_clips,
     served = KeywordModel(copy).predict(waveforms)
     np.testing.assert_array_equal(served[~chosen], networks[~chosen])
     heard = shipped._verifier.head_probabilities(waveforms[chosen])
-    np.testing.assert_allclose(served[chosen], fuse(networks[chosen], heard), atol=1e-5)
+    weight = shipped._verifier.head_weight
+    np.testing.assert_allclose(served[chosen], fuse(networks[chosen], heard, weight), atol=1e-5)
 
 
 def test_a_copied_verifier_keeps_its_floor_unless_given_one(tmp_path):

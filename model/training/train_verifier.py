@@ -54,6 +54,7 @@ from model.verifier import (
     HEAD_WEIGHT,
     LICENSE_FILE,
     MEL_FILE,
+    NOTICE_FILE,
     REHEAR_FLOOR,
     SLIDING_FILE,
     VERIFIER_DIR,
@@ -79,6 +80,13 @@ PATIENCE = 6
 SOURCE = (
     "openWakeWord 0.5.1 (Apache-2.0): melspectrogram.onnx and embedding_model.onnx, its ONNX"
     " form of Google's speech_embedding (Apache-2.0); none of openWakeWord's wake-word models"
+)
+
+TUNING_NOTICE = (
+    f"{EMBEDDING_FILE} and {SLIDING_FILE} are openWakeWord 0.5.1's {EMBEDDING_FILE} (Apache-2.0,"
+    f" see {LICENSE_FILE}) with changed weights: its convolutions were fine-tuned on the Speech"
+    " Commands train split together with the head (model.training.embedding_tuning). Its graph"
+    f" is unchanged; {MEL_FILE} is unchanged.\n"
 )
 
 
@@ -161,14 +169,17 @@ def fit_head(
 
 
 def write_verifier_files(directory: Path, models_dir: Path, head: Head) -> None:
-    """The verifier's files in `directory`: openWakeWord's two models (and their licence) from
-    `models_dir`, the head, and the sliding form of the embedding model (model.verifier)."""
+    """The verifier's files in `directory`: openWakeWord's two models (and their licence, and
+    the notice of a tuned embedding) from `models_dir`, the head, and the sliding form of the
+    embedding model (model.verifier)."""
     directory.mkdir(exist_ok=True)
     if models_dir.resolve() != directory.resolve():
         for name in (MEL_FILE, EMBEDDING_FILE):
             shutil.copyfile(models_dir / name, directory / name)
-        if (models_dir / LICENSE_FILE).is_file():
-            shutil.copyfile(models_dir / LICENSE_FILE, directory / LICENSE_FILE)
+        (directory / NOTICE_FILE).unlink(missing_ok=True)
+        for name in (LICENSE_FILE, NOTICE_FILE):
+            if (models_dir / name).is_file():
+                shutil.copyfile(models_dir / name, directory / name)
     np.savez(directory / HEAD_FILE, **head.as_arrays())
     embedding_bytes = (directory / EMBEDDING_FILE).read_bytes()
     (directory / SLIDING_FILE).write_bytes(sliding_embedding_model(embedding_bytes))
@@ -279,6 +290,7 @@ def tune_verifier(
     (directory / EMBEDDING_FILE).write_bytes(tuned_bytes)
     np.savez(directory / HEAD_FILE, **tuned_head.as_arrays())
     (directory / SLIDING_FILE).write_bytes(sliding_embedding_model(tuned_bytes))
+    (directory / NOTICE_FILE).write_text(TUNING_NOTICE)
     tuned = SpeechEmbedding((directory / MEL_FILE).read_bytes(), tuned_bytes, 2)
     val_accuracy = float(
         np.mean(tuned_head.probabilities(embed(tuned, val_waveforms)).argmax(axis=1) == val_labels)
