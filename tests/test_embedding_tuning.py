@@ -77,3 +77,20 @@ def test_what_tuning_learns_is_what_labelling_runs(verifier_files, clips, tmp_pa
     served = tuned_head.probabilities(head_features(SpeechEmbedding(mel, tuned_bytes)(clips[0])))
     np.testing.assert_allclose(network.predict(frames, verbose=0), served, atol=1e-5)
     assert served.shape == (len(labels), len(LABELS))
+
+
+def test_a_stopped_tuning_resumes_from_its_checkpoint(verifier_files, clips, tmp_path, monkeypatch):
+    """The checkpoint of a finished epoch holds what the run needs: started again, the same
+    command trains only the epochs left and returns what the run would have kept."""
+    from model.training import checkpoint
+
+    mel, embedding_bytes, head = verifier_files
+    frames, labels = SpeechEmbedding(mel, embedding_bytes).mel_frames(clips[0]), clips[1]
+    checkpoints = tmp_path / "checkpoint"
+    monkeypatch.setattr(checkpoint, "remove", lambda directory: None)  # as if stopped at the end
+    first = tune(embedding_bytes, head, frames, labels, frames, labels, 1, 0, checkpoints)
+    assert (checkpoints / checkpoint.STATE_FILE).is_file()
+    again = tune(embedding_bytes, head, frames, labels, frames, labels, 1, 0, checkpoints)
+    assert again[0] == first[0] and again[2]["val_loss"] == first[2]["val_loss"]
+    with pytest.raises(ValueError, match="other settings"):
+        tune(embedding_bytes, head, frames, labels, frames, labels, 2, 0, checkpoints)

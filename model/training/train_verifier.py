@@ -369,7 +369,7 @@ def main() -> None:
         "--head-weight", type=float, help="with --tune-embedding: the head's weight in the fusion"
     )
     args = parser.parse_args()
-    if args.tune_embedding:
+    if args.tune_embedding is not None:
         tune_verifier(
             args.artifact,
             args.data,
