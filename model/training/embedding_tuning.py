@@ -133,6 +133,15 @@ def tuned_embedding(embedding_bytes: bytes, convolutions: list[ConvolutionWeight
     return model.SerializeToString()
 
 
+def train_epoch(network, frames: np.ndarray, labels: np.ndarray, generator) -> float:
+    """One pass over the examples in an order drawn from `generator`, BATCH at a time (the
+    last part batch left out); the mean training loss."""
+    order = generator.permutation(len(frames))
+    starts = range(0, len(order) - BATCH + 1, BATCH)
+    batches = (np.sort(order[start : start + BATCH]) for start in starts)
+    return float(np.mean([network.train_on_batch(frames[b], labels[b]) for b in batches]))
+
+
 def tune(
     embedding_bytes: bytes,
     head: Head,
@@ -151,7 +160,6 @@ def tune(
 
     keras.utils.set_random_seed(seed)
     network, convolutions, dense = verifier_network(embedding_bytes, head)
-    steps = len(frames) // BATCH
     network.compile(keras.optimizers.Adam(LEARNING_RATE), "sparse_categorical_crossentropy")
     generator = np.random.default_rng(seed)
     settings = {"examples": len(frames), "epochs": epochs, "seed": seed}
@@ -164,18 +172,10 @@ def tune(
         checkpoint.restore(state, network, generator)
     while state.epochs_done < epochs:
         started = time.monotonic()
-        order = generator.permutation(len(frames))
-        losses = [
-            float(network.train_on_batch(frames[batch], labels[batch]))
-            for batch in (
-                np.sort(order[step * BATCH : (step + 1) * BATCH]) for step in range(steps)
-            )
-        ]
+        loss = train_epoch(network, frames, labels, generator)
         val_loss = float(network.evaluate(val_frames, val_labels, BATCH * 4, verbose=0))
         state.epochs_done += 1
-        state.history.append(
-            {"epoch": state.epochs_done, "loss": float(np.mean(losses)), "val_loss": val_loss}
-        )
+        state.history.append({"epoch": state.epochs_done, "loss": loss, "val_loss": val_loss})
         if val_loss < min(entry["val_loss"] for entry in state.history[:-1]):
             state.best_epoch, state.best_weights = state.epochs_done, network.get_weights()
         state.weights = network.get_weights()
