@@ -43,10 +43,11 @@ def checkpoint_dir(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + ".checkpoint")
 
 
-def capture(fitted, generator: np.random.Generator, **progress) -> EpochState:
+def capture(fitted, generator: np.random.Generator, kind: type = EpochState, **progress):
     """The state of the Keras model `fitted` (compiled and trained at least one step) and of
-    `generator`, with the epoch loop's `progress` (the other fields of EpochState)."""
-    return EpochState(
+    `generator`, with the epoch loop's `progress` (the other fields of `kind`: EpochState, or
+    another loop's state with `weights`, `optimizer` and `generator` fields)."""
+    return kind(
         weights=fitted.get_weights(),
         optimizer=[variable.numpy() for variable in fitted.optimizer.variables],
         generator=generator.bit_generator.state,

@@ -29,7 +29,8 @@ HIDDEN_DROPOUT = 0.3  # layer: the head's own (model.training.train_verifier.DRO
 
 @dataclass
 class TuningState:
-    """What the epoch loop carries to the next epoch (model.training.checkpoint saves it)."""
+    """What the epoch loop carries to the next epoch (model.training.checkpoint captures and
+    saves it)."""
 
     epochs_done: int
     weights: list[np.ndarray]
@@ -174,14 +175,18 @@ def tune(
         started = time.monotonic()
         loss = train_epoch(network, frames, labels, generator)
         val_loss = float(network.evaluate(val_frames, val_labels, BATCH * 4, verbose=0))
-        state.epochs_done += 1
-        state.history.append({"epoch": state.epochs_done, "loss": loss, "val_loss": val_loss})
-        if val_loss < min(entry["val_loss"] for entry in state.history[:-1]):
-            state.best_epoch, state.best_weights = state.epochs_done, network.get_weights()
-        state.weights = network.get_weights()
-        state.optimizer = [variable.numpy() for variable in network.optimizer.variables]
-        state.generator = generator.bit_generator.state
-        state.wall_seconds += time.monotonic() - started
+        epoch = state.epochs_done + 1
+        best = val_loss < min(entry["val_loss"] for entry in state.history)
+        state = checkpoint.capture(
+            network,
+            generator,
+            TuningState,
+            epochs_done=epoch,
+            history=[*state.history, {"epoch": epoch, "loss": loss, "val_loss": val_loss}],
+            best_epoch=epoch if best else state.best_epoch,
+            best_weights=network.get_weights() if best else state.best_weights,
+            wall_seconds=state.wall_seconds + time.monotonic() - started,
+        )
         checkpoint.save(checkpoint_dir, settings, state)
         print(f"embedding tuning: {state.history[-1]}", flush=True)
     network.set_weights(state.best_weights)
