@@ -13,8 +13,9 @@ renormalised; every other window keeps the networks' probabilities.
 
 The artifact holds the stage in `verifier/`: the two ONNX files, the head's weights
 (`head.npz`) and the ONNX files' licence; `metadata.json` `verifier` describes it and the
-model version covers those files. Beside them, SLIDING_FILE, derived from the embedding model
-and checked against it when opened. onnxruntime runs it for either runtime of the networks.
+model version covers those files. Beside them, DERIVED_FILES: the embedding model in sliding
+form and the mel model's tables, each checked against its model when opened. onnxruntime runs
+the embedding for either runtime of the networks; the mel frames are numpy's FFT.
 """
 
 import io
