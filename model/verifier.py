@@ -198,8 +198,18 @@ class FourierMel:
         frames = sliding_window_view(clips, len(self.window), axis=1)[:, :: self.hop]
         spectrum = np.fft.rfft((frames * self.window).astype(np.float64), axis=-1)
         power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-        decibels = 10 * np.log10(np.maximum(power @ self.filters, MEL_FLOOR))
+        decibels = 10 * np.log10(np.maximum(self.project(power), MEL_FLOOR))
         return np.maximum(decibels, decibels.max(axis=(1, 2), keepdims=True) - MEL_RANGE_DB)
+
+    def project(self, power: np.ndarray) -> np.ndarray:
+        """power [..., bins] @ filters, from the filters' nonzero weights (229 of 8,224): a
+        tenth of the work, and no BLAS call, whose threads would spin beside the pipeline's."""
+        filters, bins = np.nonzero(self.filters.T)  # filter by filter, each filter's bins
+        products = power[..., bins] * self.filters[bins, filters]
+        present = np.unique(filters)
+        mel = np.zeros((*power.shape[:-1], self.filters.shape[1]), np.float32)
+        mel[..., present] = np.add.reduceat(products, np.searchsorted(filters, present), axis=-1)
+        return mel
 
 
 def stored_fourier_mel(tables_bytes: bytes) -> FourierMel | None:
