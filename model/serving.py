@@ -27,7 +27,7 @@ from model.contract import (
     SIGNATURE,
 )
 from model.decision import Decision
-from model.verifier import DERIVED_FILES, VERIFIER_DIR, Verifier
+from model.verifier import SLIDING_FILE, VERIFIER_DIR, Verifier
 
 ONNX_FILE = "model.onnx"
 STREAM_FILE = "stream.onnx"  # model.export.onnx_stream: model.onnx for runs of overlapping windows
@@ -87,9 +87,7 @@ class KeywordModel:
                 verifier_dir,
                 stage,
                 onnx_threads,
-                derived=[
-                    name for name in DERIVED_FILES if artifact_file_exists(f"{verifier_dir}/{name}")
-                ],
+                sliding=artifact_file_exists(f"{verifier_dir}/{SLIDING_FILE}"),
             )
             if stage
             else None

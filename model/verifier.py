@@ -13,18 +13,15 @@ renormalised; every other window keeps the networks' probabilities.
 
 The artifact holds the stage in `verifier/`: the two ONNX files, the head's weights
 (`head.npz`) and the ONNX files' licence; `metadata.json` `verifier` describes it and the
-model version covers those files. Beside them, DERIVED_FILES: the embedding model in sliding
-form and the mel model's tables, each checked against its model when opened. onnxruntime runs
-the embedding for either runtime of the networks; the mel frames are numpy's FFT.
+model version covers those files. Beside them, SLIDING_FILE, derived from the embedding model
+and checked against it when opened. onnxruntime runs it for either runtime of the networks.
 """
 
 import io
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from model.context import CANDIDATE_FLOOR
 from model.contract import CLIP_SAMPLES
@@ -37,9 +34,6 @@ HEAD_FILE = "head.npz"
 # beside it so that labelling need not import onnx (a second of start-up) to build it; a
 # derived file like stream.onnx, checked when opened and outside the model version.
 SLIDING_FILE = "embedding_sliding.onnx"
-# MEL_FILE's framing and mel filters, for FourierMel; derived and checked the same way.
-MEL_TABLES_FILE = "melspectrogram_tables.npz"
-DERIVED_FILES = (SLIDING_FILE, MEL_TABLES_FILE)
 LICENSE_FILE = "LICENSE"
 # Written beside the licence when the embedding model is fine-tuned (Apache-2.0 section 4b: a
 # modified file carries a notice that it was changed).
@@ -56,10 +50,6 @@ HEAD_WEIGHT = 0.5  # of the head's log-probabilities in the geometric mean (chos
 # model/EXPERIMENTS.md); an artifact that stores none re-hears from CANDIDATE_FLOOR.
 REHEAR_FLOOR = 0.07
 PROBABILITY_EPSILON = 1e-7
-MEL_FLOOR = 1e-10  # MEL_FILE's smallest power before its log
-MEL_RANGE_DB = 80.0  # MEL_FILE clamps each call's output this far below its loudest value
-MEL_CHUNK = 64  # clips whose frames FourierMel transforms at once
-MEL_TOLERANCE_DB = 0.01  # FourierMel against MEL_FILE (they differ by float rounding, 3e-4 dB)
 
 
 def candidates(probabilities: np.ndarray, floor: float = CANDIDATE_FLOOR) -> np.ndarray:
@@ -147,107 +137,11 @@ def stored_sliding_session(sliding_bytes: bytes, embedding_bytes: bytes, threads
     return sliding if same else None
 
 
-@dataclass(frozen=True)
-class FourierMel:
-    """MEL_FILE computed with a real FFT. Its STFT is two convolutions of 257 x 512 taps (the
-    windowed cosines and sines of each frequency), a third of the verifier's work per window;
-    an FFT of each frame gives the same power, to float rounding, for a tenth of the time.
-    `window` [512] and `hop` frame the samples as its convolutions do; `filters` [257,
-    MEL_BINS] are its mel projection. Each clip's dB values are clamped MEL_RANGE_DB below
-    its own loudest, as MEL_FILE does for a call of one clip."""
-
-    window: np.ndarray
-    hop: int
-    filters: np.ndarray
-
-    @classmethod
-    def of(cls, mel_bytes: bytes) -> "FourierMel":
-        """The tables of MEL_FILE (imports onnx); ValueError for a model of another form."""
-        import onnx
-        from onnx import numpy_helper
-
-        graph = onnx.load_from_string(mel_bytes).graph
-        weights = {item.name: numpy_helper.to_array(item) for item in graph.initializer}
-        convolutions = [node for node in graph.node if node.op_type == "Conv"]
-        matmuls = [node for node in graph.node if node.op_type == "MatMul"]
-        if len(convolutions) != 2 or len(matmuls) != 1:
-            raise ValueError("not openWakeWord's mel model: expected two Conv and one MatMul")
-        strides = {a.name: list(a.ints) for a in convolutions[0].attribute}.get("strides", [1])
-        cosines = weights[convolutions[0].input[1]][:, 0, :]
-        return cls(
-            window=cosines[0].astype(np.float32),  # frequency 0: cos 0 = 1, the window itself
-            hop=int(strides[0]),
-            filters=weights[matmuls[0].input[1]].astype(np.float32),
-        )
-
-    @classmethod
-    def from_npz(cls, stored) -> "FourierMel":
-        return cls(stored["window"], int(stored["hop"]), stored["filters"])
-
-    def as_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        np.savez(buffer, window=self.window, hop=np.int64(self.hop), filters=self.filters)
-        return buffer.getvalue()
-
-    def __call__(self, clips: np.ndarray) -> np.ndarray:
-        """dB mel values [n, frames, MEL_BINS] of clips [n, samples] at 16-bit scale."""
-        if len(clips) > MEL_CHUNK:  # bounds the frames' memory (a clip's are 0.5 MB)
-            return np.concatenate(
-                [self(clips[i : i + MEL_CHUNK]) for i in range(0, len(clips), MEL_CHUNK)]
-            )
-        frames = sliding_window_view(clips, len(self.window), axis=1)[:, :: self.hop]
-        spectrum = np.fft.rfft((frames * self.window).astype(np.float64), axis=-1)
-        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-        decibels = 10 * np.log10(np.maximum(self.project(power), MEL_FLOOR))
-        return np.maximum(decibels, decibels.max(axis=(1, 2), keepdims=True) - MEL_RANGE_DB)
-
-    def project(self, power: np.ndarray) -> np.ndarray:
-        """power [..., bins] @ filters, from the filters' nonzero weights (229 of 8,224): a
-        tenth of the work, and no BLAS call, whose threads would spin beside the pipeline's."""
-        filters, bins = np.nonzero(self.filters.T)  # filter by filter, each filter's bins
-        products = power[..., bins] * self.filters[bins, filters]
-        present = np.unique(filters)
-        mel = np.zeros((*power.shape[:-1], self.filters.shape[1]), np.float32)
-        mel[..., present] = np.add.reduceat(products, np.searchsorted(filters, present), axis=-1)
-        return mel
-
-
-def stored_fourier_mel(tables_bytes: bytes) -> FourierMel | None:
-    """Stored MEL_TABLES_FILE bytes as a FourierMel; None if they are not such a file."""
-    try:
-        with np.load(io.BytesIO(tables_bytes)) as stored:
-            return FourierMel.from_npz(stored)
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def computes_as(mel: FourierMel | None, mel_bytes: bytes) -> bool:
-    """Whether `mel` gives MEL_FILE `mel_bytes`' values (to MEL_TOLERANCE_DB) on a test run of
-    a loud and a faint clip with the embedding's edges of silence."""
-    if mel is None:
-        return False
-    rng = np.random.default_rng(0)
-    speech_like = rng.normal(0.0, 1.0, (2, CLIP_SAMPLES)) * np.array([[3_000.0], [30.0]])
-    clips = np.pad(speech_like, ((0, 0), (EDGE_SAMPLES, EDGE_SAMPLES))).astype(np.float32)
-    mel_session = session(mel_bytes, 1)
-    name = mel_session.get_inputs()[0].name
-    expected = np.stack([mel_session.run(None, {name: clip[np.newaxis]})[0] for clip in clips])
-    try:
-        computed = mel(clips)
-    except ValueError:  # tables of another shape
-        return False
-    return computed.size == expected.size and bool(
-        np.max(np.abs(computed.reshape(-1) - expected.reshape(-1))) <= MEL_TOLERANCE_DB
-    )
-
-
 class SpeechEmbedding:
     """openWakeWord's feature models: 1 s windows [n, CLIP_SAMPLES] in [-1, 1] to embeddings
     [n, 6, 96], computed as openWakeWord's AudioFeatures computes them (mel frames / 10 + 2,
     windows of EMBEDDING_FRAMES every EMBEDDING_STEP), the windows of a clip in one pass: the
-    stored `sliding_bytes` if stored_sliding_session takes them, else sliding_embedding_model's.
-    The mel frames are FourierMel's: of the stored `mel_tables` if they compute as the mel
-    model does, else of FourierMel.of(mel_bytes), checked alike."""
+    stored `sliding_bytes` if stored_sliding_session takes them, else sliding_embedding_model's."""
 
     def __init__(
         self,
@@ -255,21 +149,16 @@ class SpeechEmbedding:
         embedding_bytes: bytes,
         threads: int = 1,
         sliding_bytes: bytes | None = None,
-        mel_tables: bytes | None = None,
     ):
         stored = (
             None
             if sliding_bytes is None
             else stored_sliding_session(sliding_bytes, embedding_bytes, threads)
         )
+        self._mel = session(mel_bytes, threads)
         self._embedding = stored or session(sliding_embedding_model(embedding_bytes), threads)
+        self._mel_input = self._mel.get_inputs()[0].name
         self._embedding_input = self._embedding.get_inputs()[0].name
-        mel = None if mel_tables is None else stored_fourier_mel(mel_tables)
-        if not computes_as(mel, mel_bytes):
-            mel = FourierMel.of(mel_bytes)
-            if not computes_as(mel, mel_bytes):
-                raise ValueError("the mel model does not compute as openWakeWord's does")
-        self.mel = mel
 
     def __call__(self, waveforms: np.ndarray) -> np.ndarray:
         return self._embedding.run(None, {self._embedding_input: self.mel_frames(waveforms)})[0]
@@ -281,7 +170,12 @@ class SpeechEmbedding:
             raise ValueError(f"expected [n, {CLIP_SAMPLES}] waveforms, got {waveforms.shape}")
         scaled = np.clip(np.round(waveforms * INT16_SCALE), -INT16_SCALE - 1, INT16_SCALE)
         padded = np.pad(scaled, ((0, 0), (EDGE_SAMPLES, EDGE_SAMPLES))).astype(np.float32)
-        return (self.mel(padded)[..., np.newaxis] / 10 + 2).astype(np.float32)
+        # One clip per call: the mel model scales its output to the loudest frame of the whole
+        # call, so a batch would make each clip's features depend on the others.
+        mel = np.stack(
+            [self._mel.run(None, {self._mel_input: clip[np.newaxis]})[0] for clip in padded]
+        )
+        return (mel.reshape(len(waveforms), -1, MEL_BINS, 1) / 10 + 2).astype(np.float32)
 
 
 def head_features(embeddings: np.ndarray) -> np.ndarray:
@@ -342,18 +236,16 @@ class Verifier:
         directory: str,
         described: dict,
         threads: int = 1,
-        derived: Collection[str] = (),
+        sliding: bool = False,
     ) -> "Verifier":
         """The verifier in `directory` of an artifact, its files read by `read(path) -> bytes`,
         as metadata.json's `verifier` describes it (its head weight, and its candidate floor
-        where it has one); `derived`: which of DERIVED_FILES the directory holds."""
-        stored = {name: read(f"{directory}/{name}") for name in DERIVED_FILES if name in derived}
+        where it has one); `sliding`: the directory holds SLIDING_FILE."""
         embedding = SpeechEmbedding(
             read(f"{directory}/{MEL_FILE}"),
             read(f"{directory}/{EMBEDDING_FILE}"),
             threads,
-            stored.get(SLIDING_FILE),
-            stored.get(MEL_TABLES_FILE),
+            read(f"{directory}/{SLIDING_FILE}") if sliding else None,
         )
         with np.load(io.BytesIO(read(f"{directory}/{HEAD_FILE}"))) as stored:
             head = Head.from_npz(stored)

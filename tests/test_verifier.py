@@ -1,6 +1,5 @@
 """The second stage: the speech embedding re-hears the keyword candidates, and only them."""
 
-import dataclasses
 import json
 import shutil
 
@@ -14,25 +13,18 @@ from model.serving import ONNX_FILE, KeywordModel, onnx_predictor
 from model.training.data import load_split
 from model.training.train_verifier import copy_verifier
 from model.verifier import (
-    EDGE_SAMPLES,
     EMBEDDING_FILE,
     EMBEDDING_FRAMES,
     EMBEDDING_STEP,
     HEAD_FILE,
-    INT16_SCALE,
     MEL_FILE,
-    MEL_TABLES_FILE,
-    MEL_TOLERANCE_DB,
     SLIDING_FILE,
     VERIFIER_DIR,
-    FourierMel,
     SpeechEmbedding,
     candidates,
-    computes_as,
     fuse,
     session,
     sliding_embedding_model,
-    stored_fourier_mel,
     stored_sliding_session,
 )
 
@@ -111,45 +103,6 @@ def test_a_stored_sliding_model_of_other_weights_is_refused_and_rebuilt(val_clip
     np.testing.assert_array_equal(
         SpeechEmbedding(mel, original, sliding_bytes=wrong)(clips),
         SpeechEmbedding(mel, original)(clips),
-    )
-
-
-def test_the_fourier_mel_gives_the_mel_models_values_on_loud_and_faint_clips(val_clips):
-    """FourierMel (an FFT) against openWakeWord's mel model run one clip per call: the same dB
-    values to MEL_TOLERANCE_DB, for val clips at their own level and 40 dB fainter; the
-    artifact's stored tables are the ones FourierMel.of reads from the mel model."""
-    mel_bytes = (VERIFIER / MEL_FILE).read_bytes()
-    derived = FourierMel.of(mel_bytes)
-    stored = stored_fourier_mel((VERIFIER / MEL_TABLES_FILE).read_bytes())
-    np.testing.assert_array_equal(stored.window, derived.window)
-    np.testing.assert_array_equal(stored.filters, derived.filters)
-    assert stored.hop == derived.hop == 160
-    mel_session = session(mel_bytes, 1)
-    clips = val_clips[0][:24]
-    for gain in (1.0, 0.01):
-        scaled = np.round(clips * gain * INT16_SCALE)
-        padded = np.pad(scaled, ((0, 0), (EDGE_SAMPLES, EDGE_SAMPLES))).astype(np.float32)
-        expected = np.stack([mel_session.run(None, {"input": c[None]})[0][0, 0] for c in padded])
-        computed = stored(padded)
-        assert computed.shape == expected.shape == (24, 121, 32)
-        np.testing.assert_allclose(computed, expected, rtol=0, atol=MEL_TOLERANCE_DB)
-
-
-def test_stored_mel_tables_that_compute_otherwise_are_refused_and_rebuilt(val_clips):
-    """MEL_TABLES_FILE is derived, outside the model version: tables that do not give the mel
-    model's values (another hop, other filters, not tables at all) are not used."""
-    mel_bytes = (VERIFIER / MEL_FILE).read_bytes()
-    shipped = stored_fourier_mel((VERIFIER / MEL_TABLES_FILE).read_bytes())
-    assert computes_as(shipped, mel_bytes)
-    louder = dataclasses.replace(shipped, filters=shipped.filters * 2)
-    assert not computes_as(dataclasses.replace(shipped, hop=shipped.hop + 1), mel_bytes)
-    assert not computes_as(louder, mel_bytes)
-    assert stored_fourier_mel(b"not tables") is None and not computes_as(None, mel_bytes)
-    embedding_bytes = (VERIFIER / EMBEDDING_FILE).read_bytes()
-    clips = val_clips[0][:4]
-    np.testing.assert_array_equal(
-        SpeechEmbedding(mel_bytes, embedding_bytes, mel_tables=louder.as_bytes()).mel_frames(clips),
-        SpeechEmbedding(mel_bytes, embedding_bytes).mel_frames(clips),
     )
 
 

@@ -54,12 +54,10 @@ from model.verifier import (
     HEAD_WEIGHT,
     LICENSE_FILE,
     MEL_FILE,
-    MEL_TABLES_FILE,
     NOTICE_FILE,
     REHEAR_FLOOR,
     SLIDING_FILE,
     VERIFIER_DIR,
-    FourierMel,
     Head,
     SpeechEmbedding,
     head_features,
@@ -172,8 +170,8 @@ def fit_head(
 
 def write_verifier_files(directory: Path, models_dir: Path, head: Head) -> None:
     """The verifier's files in `directory`: openWakeWord's two models (and their licence, and
-    the notice of a tuned embedding) from `models_dir`, the head, and the files derived from
-    the two models (model.verifier.DERIVED_FILES)."""
+    the notice of a tuned embedding) from `models_dir`, the head, and the sliding form of the
+    embedding model (model.verifier)."""
     directory.mkdir(exist_ok=True)
     if models_dir.resolve() != directory.resolve():
         for name in (MEL_FILE, EMBEDDING_FILE):
@@ -185,8 +183,6 @@ def write_verifier_files(directory: Path, models_dir: Path, head: Head) -> None:
     np.savez(directory / HEAD_FILE, **head.as_arrays())
     embedding_bytes = (directory / EMBEDDING_FILE).read_bytes()
     (directory / SLIDING_FILE).write_bytes(sliding_embedding_model(embedding_bytes))
-    mel_tables = FourierMel.of((directory / MEL_FILE).read_bytes())
-    (directory / MEL_TABLES_FILE).write_bytes(mel_tables.as_bytes())
 
 
 def add_verifier(
