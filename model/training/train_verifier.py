@@ -268,8 +268,9 @@ def tune_verifier(
     if "embedding_tuning" in described:
         raise ValueError(f"{artifact_dir}: its verifier's embedding is tuned already")
     directory = artifact_dir / VERIFIER_DIR
+    mel_bytes = (directory / MEL_FILE).read_bytes()
     embedding_bytes = (directory / EMBEDDING_FILE).read_bytes()
-    embedding = SpeechEmbedding((directory / MEL_FILE).read_bytes(), embedding_bytes, 2)
+    embedding = SpeechEmbedding(mel_bytes, embedding_bytes, 2)
     with np.load(directory / HEAD_FILE) as stored:
         head = Head.from_npz(stored)
     waveforms, labels = training_examples(data_dir, read_speech_dir, np.random.default_rng(seed))
@@ -291,7 +292,7 @@ def tune_verifier(
     np.savez(directory / HEAD_FILE, **tuned_head.as_arrays())
     (directory / SLIDING_FILE).write_bytes(sliding_embedding_model(tuned_bytes))
     (directory / NOTICE_FILE).write_text(TUNING_NOTICE)
-    tuned = SpeechEmbedding((directory / MEL_FILE).read_bytes(), tuned_bytes, 2)
+    tuned = SpeechEmbedding(mel_bytes, tuned_bytes, 2)
     val_accuracy = float(
         np.mean(tuned_head.probabilities(embed(tuned, val_waveforms)).argmax(axis=1) == val_labels)
     )
