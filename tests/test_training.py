@@ -20,6 +20,7 @@ from model.training.data import (
     pair_words,
     place_word,
     read_manifest,
+    reverberate,
     rms,
     shorten,
     speech_windows,
@@ -174,6 +175,22 @@ def test_a_clip_played_faster_or_slower_has_its_word_shorter_or_longer_higher_or
     spectrum = np.abs(np.fft.rfft(changed))  # 1 Hz bins
     assert np.argmax(spectrum) == pytest.approx(440 * factor, rel=0.01)
     untouched = change_speed(clip[None], np.random.default_rng(0), 0.0, (factor, factor))
+    np.testing.assert_array_equal(untouched[0], clip)
+
+
+@pytest.mark.parametrize("rt60_s", [0.3, 0.8])
+def test_a_reverberated_word_rings_on_after_it_ends_for_the_rooms_reverberation_time(rt60_s):
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(4_000) / 16_000).astype(np.float32)
+    clip = np.concatenate([np.zeros(2_000, np.float32), tone, np.zeros(10_000, np.float32)])
+    room = reverberate(clip[None], np.random.default_rng(0), 1.0, (rt60_s, rt60_s), (0.0, 0.0))[0]
+    assert np.abs(room[:2_000]).max() < 1e-6  # nothing before the word: a room only delays
+    assert rms(room)[0] == pytest.approx(rms(clip)[0], rel=1e-4)
+    word_end = 6_000
+    # The tail decays 60 dB in rt60: 20 dB down a third of it after the word, still sounding.
+    third = word_end + int(rt60_s / 3 * 16_000)
+    level_db = 20 * np.log10(rms(room[third : third + 800])[0] / rms(room[4_000:word_end])[0])
+    assert -32 < level_db < -12
+    untouched = reverberate(clip[None], np.random.default_rng(0), 0.0, (0.3, 0.3), (0.0, 0.0))
     np.testing.assert_array_equal(untouched[0], clip)
 
 

@@ -130,6 +130,7 @@ def test_the_training_path_makes_an_artifact_the_labeller_serves(
         training = json.loads((path / METADATA_FILE).read_text())["training"]
         assert training["augmentation"]["babble_share"] == recipe.babble_share
         assert training["augmentation"]["speed_share"] == recipe.speed_share
+        assert training["augmentation"]["reverb_share"] == recipe.reverb_share
         assert training["per_epoch"]["unknown"].endswith(", ".join(recipe.hard_negatives))
     tuning = ensemble.MEMBERS[1].fine_tuning
     tuned = json.loads((members[1] / METADATA_FILE).read_text())["training"]

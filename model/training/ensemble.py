@@ -66,7 +66,8 @@ class MemberRecipe:
     the momentum of a moving average of the weights that is validated and kept instead of the
     last step's weights (`--average`; None: no average), the unknown words drawn more often
     than the others and how many times (`--hard-negatives`, `--hard-negative-draws`), and the
-    weight of a head that names each example's own word (`--word-head`; 0: none)."""
+    weight of a head that names each example's own word (`--word-head`; 0: none), and the share
+    of speech clips heard through a synthetic room (`--reverb`)."""
 
     architecture: str
     epochs: int
@@ -78,6 +79,7 @@ class MemberRecipe:
     hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS
     hard_negative_draws: int = HARD_NEGATIVE_DRAWS
     word_head_weight: float = 0.0
+    reverb_share: float = 0.0
 
 
 # The same DS-CNN on raw and on loudness-normalised input (model/README.md): the second is
@@ -126,6 +128,7 @@ def train_members(
         augmentation = AUGMENTATION | {
             "babble_share": recipe.babble_share,
             "speed_share": recipe.speed_share,
+            "reverb_share": recipe.reverb_share,
         }
         # What both runs of a member share: its recipe's training choices.
         recipe_options = {

@@ -71,6 +71,7 @@ from model.training.data import (
     place_word,
     random_noise_windows,
     read_manifest,
+    reverberate,
     rms,
     shorten,
     speech_windows,
@@ -169,6 +170,12 @@ AUGMENTATION = {
     # Share of speech clips (apart from those) given a whole second word in the same window, as a
     # spoken answer's window holds "yes I" (model.training.data.pair_words); the label stays true.
     "pair_share": 0.0,
+    # Share of speech clips heard through a synthetic room (model.training.data.reverberate):
+    # reverberation times and direct-to-reverberant ratios of a talker a few metres away in a
+    # room. Off in the shipped recipe.
+    "reverb_share": 0.0,
+    "reverb_rt60_s": (0.2, 0.8),
+    "reverb_direct_to_reverberant_db": (-3.0, 12.0),
     "gain": (0.03, 2.0),  # -30 dB to +6 dB
     # Share of all clips (speech and silence) band-limited like audio recorded at a low rate.
     "band_limit_probability": 0.2,
@@ -348,8 +355,9 @@ def augment_speech(
     rng: np.random.Generator,
     augmentation: dict,
 ) -> np.ndarray:
-    """Random speed (some clips), time shift, a neighbouring word (some clips), background or
-    babble noise at a random SNR (most clips), random gain.
+    """Random speed (some clips), time shift, a neighbouring word (some clips), a room's
+    reverberation (some clips), background or babble noise at a random SNR (most clips), random
+    gain.
 
     `talkers` are clips of non-keyword words, so neither a neighbour nor babble holds a keyword."""
     max_shift = augmentation["time_shift_ms"] * SAMPLE_RATE // 1000
@@ -376,6 +384,13 @@ def augment_speech(
         talkers[rng.integers(len(talkers), size=len(paired))],
         rng,
         max_gap,
+    )
+    clips = reverberate(
+        clips,
+        rng,
+        augmentation["reverb_share"],
+        augmentation["reverb_rt60_s"],
+        augmentation["reverb_direct_to_reverberant_db"],
     )
     noise = random_noise_windows(noise_segments, len(clips), rng)
     use_babble = np.flatnonzero(rng.random(len(clips)) < augmentation["babble_share"])
@@ -1155,6 +1170,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--reverb",
+        type=float,
+        default=AUGMENTATION["reverb_share"],
+        metavar="SHARE",
+        help="share of speech clips heard through a synthetic room (reverberate)",
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         metavar="DIR",
@@ -1215,6 +1237,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
             "pair_share": args.pair_share,
             "non_speech_share": args.non_speech,
             "speed_share": args.speed,
+            "reverb_share": args.reverb,
         },
         hard_negatives=tuple(args.hard_negatives),
         hard_negative_draws=args.hard_negative_draws,
