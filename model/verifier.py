@@ -45,6 +45,10 @@ MEL_BINS = 32
 EMBEDDING_FRAMES = 76  # mel frames per embedding (0.775 s)
 EMBEDDING_STEP = 8  # mel frames between embeddings (80 ms)
 EMBEDDING_VALUES = 96
+# The head's dropout while it learns, alone or with the embedding model (model.training):
+# of its standardised input, then after each hidden layer. Inactive when it serves.
+HEAD_INPUT_DROPOUT = 0.1
+HEAD_HIDDEN_DROPOUT = 0.3
 HEAD_WEIGHT = 0.5  # of the head's log-probabilities in the geometric mean (chosen on val)
 # The candidate floor a trained verifier stores unless told otherwise (chosen on val,
 # model/EXPERIMENTS.md); an artifact that stores none re-hears from CANDIDATE_FLOOR.

@@ -10,6 +10,7 @@ from model.context import CANDIDATE_FLOOR
 from model.contract import DEFAULT_ARTIFACT, LABELS, METADATA_FILE
 from model.export.artifact import model_version, store_verifier
 from model.serving import ONNX_FILE, KeywordModel, onnx_predictor
+from model.training import train_verifier
 from model.training.data import load_split
 from model.training.train_verifier import copy_verifier
 from model.verifier import (
@@ -152,6 +153,17 @@ def test_a_copied_verifier_keeps_its_floor_unless_given_one(tmp_path):
     described = json.loads((copy / METADATA_FILE).read_text())["verifier"]
     assert described["candidate_floor"] == 0.1 and ">= 0.1)" in described["fusion"]
     assert KeywordModel(copy)._verifier.candidate_floor == 0.1
+
+
+def test_a_head_weight_without_tuning_is_refused_not_ignored(monkeypatch, tmp_path, capsys):
+    copy = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, copy)
+    argv = ["train_verifier", "--artifact", str(copy), "--copy-from", str(DEFAULT_ARTIFACT)]
+    monkeypatch.setattr("sys.argv", [*argv, "--head-weight", "0.6"])
+    with pytest.raises(SystemExit) as refused:
+        train_verifier.main()
+    assert refused.value.code == 2 and "--tune-embedding" in capsys.readouterr().err
+    assert (copy / METADATA_FILE).read_bytes() == (DEFAULT_ARTIFACT / METADATA_FILE).read_bytes()
 
 
 def test_the_verifier_sets_no_apart_from_down_better_than_the_networks(data_dir):

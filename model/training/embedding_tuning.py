@@ -17,14 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from model.training import checkpoint
-from model.verifier import EMBEDDING_VALUES, MEL_BINS, Head
+from model.verifier import (
+    EMBEDDING_VALUES,
+    HEAD_HIDDEN_DROPOUT,
+    HEAD_INPUT_DROPOUT,
+    MEL_BINS,
+    Head,
+)
 
 LEAK = 0.2
 FLOOR = -0.4
 LEARNING_RATE = 1e-4  # Adam's, constant: the epoch of lowest val loss is kept
 BATCH = 64
-INPUT_DROPOUT = 0.1  # of the head's standardised input, then HIDDEN_DROPOUT after each hidden
-HIDDEN_DROPOUT = 0.3  # layer: the head's own (model.training.train_verifier.DROPOUT)
 
 
 @dataclass
@@ -101,7 +105,7 @@ def verifier_network(embedding_bytes: bytes, head: Head):
     )
     mean, scale = head.mean.astype(np.float32), head.scale.astype(np.float32)
     hidden = keras.layers.Lambda(lambda t: (t - mean) / scale)(features)
-    hidden = keras.layers.Dropout(INPUT_DROPOUT)(hidden)
+    hidden = keras.layers.Dropout(HEAD_INPUT_DROPOUT)(hidden)
     dense = []
     for index, (weights, bias) in enumerate(head.layers):
         last = index == len(head.layers) - 1
@@ -110,7 +114,7 @@ def verifier_network(embedding_bytes: bytes, head: Head):
         layer.set_weights([weights, bias])
         dense.append(layer)
         if not last:
-            hidden = keras.layers.Dropout(HIDDEN_DROPOUT)(hidden)
+            hidden = keras.layers.Dropout(HEAD_HIDDEN_DROPOUT)(hidden)
     return keras.Model(frames, hidden), convolutions, dense
 
 

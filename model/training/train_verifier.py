@@ -51,6 +51,8 @@ from model.training.train import TRAIN_SOUND_BANK
 from model.verifier import (
     EMBEDDING_FILE,
     HEAD_FILE,
+    HEAD_HIDDEN_DROPOUT,
+    HEAD_INPUT_DROPOUT,
     HEAD_WEIGHT,
     LICENSE_FILE,
     MEL_FILE,
@@ -74,7 +76,7 @@ NOISE_PROBABILITY = 0.8
 NOISE_SNR_DB = (5.0, 30.0)
 EMBEDDING_BATCH = 64
 HIDDEN = (256, 128)
-DROPOUT = (0.1, 0.3, 0.3)  # of the input and of each hidden layer
+DROPOUT = (HEAD_INPUT_DROPOUT, *(HEAD_HIDDEN_DROPOUT for _ in HIDDEN))
 EPOCHS = 60
 PATIENCE = 6
 SOURCE = (
@@ -370,6 +372,8 @@ def main() -> None:
         "--head-weight", type=float, help="with --tune-embedding: the head's weight in the fusion"
     )
     args = parser.parse_args()
+    if args.head_weight is not None and args.tune_embedding is None:
+        parser.error("--head-weight sets the weight of a tuned head: give it with --tune-embedding")
     if args.tune_embedding is not None:
         tune_verifier(
             args.artifact,
