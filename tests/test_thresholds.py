@@ -1,5 +1,7 @@
 """Choosing the thresholds: the most recall within every false-keyword budget."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,8 @@ from model.evaluation.thresholds import (
     choose_thresholds,
     false_figures,
     long_occurrences,
+    operating_points,
+    val_figures,
     words_said,
 )
 
@@ -72,6 +76,15 @@ def test_false_figures_count_both_keywords_on_every_kind_of_evidence():
     assert figures["non_answers"] == 0.0
     assert figures["continuous_per_10_min"] == pytest.approx(2 / 1.01)  # 10 min + two 3 s files
     assert figures["sentences"] == 0.5
+
+
+def test_a_keyword_labelled_nowhere_has_no_precision_rather_than_nan():
+    figures = val_figures(Decision(0.5, 0.99), evidence())  # no `no` reaches 0.99
+    assert figures["no_recall"] == 0.0 and figures["no_precision"] is None
+    assert figures["yes_precision"] == 50 / 75  # 50 yes clips and 25 down clips labelled yes
+    json.loads(json.dumps(figures), parse_constant=pytest.fail)  # no NaN in metadata.json
+    row = operating_points(evidence(), [0.99]).splitlines()[-1]  # nothing labelled a keyword
+    assert row.split(" | ")[3:5] == ["-", "-"]
 
 
 def test_the_chosen_thresholds_sit_just_above_the_false_keywords():
