@@ -1066,6 +1066,11 @@ def training_description(config: TrainingConfig, data: TrainingData, run: Fitted
     }
 
 
+def add_share_option(parser: argparse.ArgumentParser, flag: str, key: str, help: str) -> None:
+    """A `flag` that sets the share AUGMENTATION[key] of the examples augmented one way."""
+    parser.add_argument(flag, type=float, default=AUGMENTATION[key], metavar="SHARE", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -1130,19 +1135,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="time-shift the silence windows too, leaving zero-filled gaps",
     )
-    parser.add_argument(
+    add_share_option(
+        parser,
         "--short-silence",
-        type=float,
-        default=AUGMENTATION["short_silence_share"],
-        metavar="SHARE",
-        help="share of silence windows cut to 0.25-0.95 s and zero-padded like a short file",
+        "short_silence_share",
+        "share of silence windows cut to 0.25-0.95 s and zero-padded like a short file",
     )
-    parser.add_argument(
+    add_share_option(
+        parser,
         "--non-speech",
-        type=float,
-        default=AUGMENTATION["non_speech_share"],
-        metavar="SHARE",
-        help="share of silence windows replaced by non-speech sounds (tones, noise bursts)",
+        "non_speech_share",
+        "share of silence windows replaced by non-speech sounds (tones, noise bursts)",
     )
     parser.add_argument(
         "--continuous-scale",
@@ -1153,28 +1156,25 @@ def build_parser() -> argparse.ArgumentParser:
         f" {READ_SPEECH_WINDOWS_PER_EPOCH}, synthetic word sequences"
         f" {SYNTHETIC_SENTENCE_WINDOWS_PER_EPOCH} from a pool of {SYNTHETIC_SENTENCES})",
     )
-    parser.add_argument(
+    add_share_option(
+        parser,
         "--pair-share",
-        type=float,
-        default=AUGMENTATION["pair_share"],
-        metavar="SHARE",
-        help="share of speech clips given a whole second word in the window (pair_words)",
+        "pair_share",
+        "share of speech clips given a whole second word in the window (pair_words)",
     )
-    parser.add_argument(
+    add_share_option(
+        parser,
         "--speed",
-        type=float,
-        default=AUGMENTATION["speed_share"],
-        metavar="SHARE",
-        help="share of speech clips played {}-{} times as fast (change_speed)".format(
+        "speed_share",
+        "share of speech clips played {}-{} times as fast (change_speed)".format(
             *AUGMENTATION["speed_factors"]
         ),
     )
-    parser.add_argument(
+    add_share_option(
+        parser,
         "--reverb",
-        type=float,
-        default=AUGMENTATION["reverb_share"],
-        metavar="SHARE",
-        help="share of speech clips heard through a synthetic room (reverberate)",
+        "reverb_share",
+        "share of speech clips heard through a synthetic room (reverberate)",
     )
     parser.add_argument(
         "--init",
