@@ -209,8 +209,7 @@ def reverberate(
 ) -> np.ndarray:
     """A random `share` of the clips heard through a random synthetic room (`room_response`),
     kept at their own RMS: speech recorded far from the microphone, whose reverberant tail
-    smears the word over time, as the test clips and users' calls hold but the train clips rarely
-    do."""
+    smears the word over time."""
     out = waveforms.copy()
     for i in np.flatnonzero(rng.random(len(waveforms)) < share):
         response = room_response(
