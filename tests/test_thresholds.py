@@ -78,13 +78,14 @@ def test_false_figures_count_both_keywords_on_every_kind_of_evidence():
     assert figures["sentences"] == 0.5
 
 
-def test_a_keyword_labelled_nowhere_has_no_precision_rather_than_nan():
+def test_a_keyword_labelled_nowhere_has_precision_zero_rather_than_nan():
     figures = val_figures(Decision(0.5, 0.99), evidence())  # no `no` reaches 0.99
-    assert figures["no_recall"] == 0.0 and figures["no_precision"] is None
+    assert figures["no_recall"] == 0.0 and figures["no_precision"] == 0.0  # as test figures do
     assert figures["yes_precision"] == 50 / 75  # 50 yes clips and 25 down clips labelled yes
+    assert figures["yes_recall"] == 1.0
     json.loads(json.dumps(figures), parse_constant=pytest.fail)  # no NaN in metadata.json
     row = operating_points(evidence(), [0.99]).splitlines()[-1]  # nothing labelled a keyword
-    assert row.split(" | ")[3:5] == ["-", "-"]
+    assert row.split(" | ")[3:5] == ["0.000", "0.000"]
 
 
 def test_the_chosen_thresholds_sit_just_above_the_false_keywords():

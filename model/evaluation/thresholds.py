@@ -42,6 +42,7 @@ from model.evaluation.eval_sets import (
 from model.evaluation.evaluate import (
     DEFAULT_DATA,
     answers_report,
+    classification_metrics,
     continuous_report,
     label_recordings,
     load_eval_set,
@@ -248,12 +249,6 @@ def gather_evidence(
     )
 
 
-def share_of(flags: np.ndarray) -> float | None:
-    """The share of true flags; None when there are none to count (a keyword's precision when
-    nothing is labelled it), which JSON stores as null where numpy's mean would give NaN."""
-    return float(np.mean(flags)) if len(flags) else None
-
-
 def val_figures(decision: Decision, evidence: ValEvidence) -> dict:
     """Recall, precision and false figures of both keywords together under `decision`."""
     clip_labels = decision.clip_labels(evidence.clip_probabilities)
@@ -266,14 +261,12 @@ def val_figures(decision: Decision, evidence: ValEvidence) -> dict:
     )["all"]
     negatives = ~np.isin(truth, KEYWORD_IDS)
     long_recall, long_precision = long_occurrences(decision, evidence)
+    per_class = classification_metrics(truth, clip_labels)["per_class"]
     return {
         **{
-            f"{LABELS[k]}_{figure}": share_of(hits[among] == k)
-            for k in KEYWORD_IDS
-            for figure, hits, among in (
-                ("recall", clip_labels, truth == k),
-                ("precision", truth, clip_labels == k),
-            )
+            f"{keyword}_{figure}": per_class[keyword][figure]
+            for keyword in KEYWORDS
+            for figure in ("recall", "precision")
         },
         "false_keyword_rate": float(np.mean(np.isin(clip_labels[negatives], KEYWORD_IDS))),
         "answers_right": answers["answers_right"] / answers["answers"],
@@ -334,13 +327,9 @@ def operating_points(evidence: ValEvidence, thresholds: list[float]) -> str:
     ]
     for threshold in thresholds:
         figures = val_figures(Decision(threshold, threshold), evidence)
-        precision = {
-            k: "-" if figures[f"{k}_precision"] is None else f"{figures[f'{k}_precision']:.3f}"
-            for k in KEYWORDS
-        }
         lines.append(
             f"| {threshold:.2f} | {figures['yes_recall']:.3f} | {figures['no_recall']:.3f}"
-            f" | {precision['yes']} | {precision['no']}"
+            f" | {figures['yes_precision']:.3f} | {figures['no_precision']:.3f}"
             f" | {figures['false_keyword_rate']:.2%} | {figures['answers_right']:.1%}"
             f" | {figures['non_answers_fired']:.1%}"
             f" | {figures['continuous_false_per_10_min']:.2f}"
