@@ -67,7 +67,8 @@ class MemberRecipe:
     last step's weights (`--average`; None: no average), the unknown words drawn more often
     than the others and how many times (`--hard-negatives`, `--hard-negative-draws`), and the
     weight of a head that names each example's own word (`--word-head`; 0: none), and the share
-    of speech clips heard through a synthetic room (`--reverb`)."""
+    of speech clips heard through a synthetic room (`--reverb`), and the share of synthetic
+    utterances spoken by flite instead of espeak-ng (`--flite`)."""
 
     architecture: str
     epochs: int
@@ -80,6 +81,7 @@ class MemberRecipe:
     hard_negative_draws: int = HARD_NEGATIVE_DRAWS
     word_head_weight: float = 0.0
     reverb_share: float = 0.0
+    flite_share: float = 0.0
 
 
 # The same DS-CNN on raw and on loudness-normalised input (model/README.md): the second is
@@ -138,6 +140,7 @@ def train_members(
             "keyword_phrases": recipe.keyword_phrases,
             "average_momentum": recipe.average_momentum,
             "word_head_weight": recipe.word_head_weight,
+            "flite_share": recipe.flite_share,
         }
         config = TrainingConfig(
             data_dir=data_dir,

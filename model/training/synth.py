@@ -1,9 +1,11 @@
-"""Synthetic speech from Debian's `espeak-ng`: many voices, rates and pitches, as 16 kHz floats.
+"""Synthetic speech from two of Debian's synthesizers, as 16 kHz floats: `espeak-ng` (formant
+synthesis: many accents, voice variants, rates and pitches) and `flite` (four recorded voices,
+diphone and statistical, at random durations and pitches).
 
 Used twice, with disjoint voices: training adds synthetic keywords, near-miss words and word
 sequences (TRAIN voices), and `model.evaluation.evaluate --answers` builds spoken answers and
-non-answers (EVAL voices). espeak-ng is a program, not a Python package: `apt-get install
-espeak-ng`.
+non-answers (EVAL voices). Both are programs, not Python packages: `apt-get install espeak-ng
+flite`.
 """
 
 import io
@@ -18,6 +20,7 @@ import soxr
 from model.contract import SAMPLE_RATE
 
 ESPEAK = "espeak-ng"
+FLITE = "flite"
 # espeak-ng's English accents (its own voices, no MBROLA data needed) and voice variants.
 ACCENTS = (
     "en-us",
@@ -43,6 +46,12 @@ EVAL_VARIANTS = VARIANTS[::3]
 TRAIN_VARIANTS = tuple(v for v in VARIANTS if v not in EVAL_VARIANTS)
 RATE_WPM = (110, 240)  # words per minute, espeak's -s
 PITCH = (15, 85)  # espeak's -p, 0-99
+# flite's English voices (its `kal16` is `kal` at 16 kHz): two for training, two for evaluation,
+# a male and a female never trained on.
+FLITE_TRAIN_VOICES = ("awb", "rms")
+FLITE_EVAL_VOICES = ("kal", "slt")
+FLITE_DURATION_STRETCH = (0.75, 1.35)  # flite's duration_stretch: above 1 is slower
+FLITE_PITCH_HZ = (80.0, 220.0)  # flite's int_f0_target_mean
 
 # Words said alone or in sequences as non-keywords: the other command words, words that sound
 # like part of "yes" or "no", and common words of spoken replies. Not "know" (it sounds exactly
@@ -76,16 +85,38 @@ class Voice:
     rate: int
     pitch: int
 
-    def arguments(self) -> list[str]:
-        return ["-v", f"{self.accent}+{self.variant}", "-s", str(self.rate), "-p", str(self.pitch)]
+    def command(self, text: str) -> list[str]:
+        """espeak-ng's command line that writes `text` as a WAV file to stdout."""
+        voice = f"{self.accent}+{self.variant}"
+        return [ESPEAK, "-v", voice, "-s", str(self.rate), "-p", str(self.pitch), "--stdout", text]
+
+
+@dataclass(frozen=True)
+class FliteVoice:
+    """One of flite's voices at a duration stretch and a mean pitch (Hz)."""
+
+    name: str
+    duration_stretch: float
+    pitch_hz: float
+
+    def command(self, text: str) -> list[str]:
+        """flite's command line that writes `text` as a WAV file to stdout."""
+        settings = [f"duration_stretch={self.duration_stretch:.3f}"]
+        settings.append(f"int_f0_target_mean={self.pitch_hz:.1f}")
+        options = [option for setting in settings for option in ("--setf", setting)]
+        return [FLITE, "-voice", self.name, *options, "-t", text, "-o", "/dev/stdout"]
 
 
 def espeak_available() -> bool:
     return shutil.which(ESPEAK) is not None
 
 
+def flite_available() -> bool:
+    return shutil.which(FLITE) is not None
+
+
 def random_voices(n: int, rng: np.random.Generator, variants: tuple[str, ...]) -> list[Voice]:
-    """n voices: accent, variant, rate and pitch drawn at random."""
+    """n espeak-ng voices: accent, variant, rate and pitch drawn at random."""
     return [
         Voice(
             str(rng.choice(ACCENTS)),
@@ -97,11 +128,34 @@ def random_voices(n: int, rng: np.random.Generator, variants: tuple[str, ...]) -
     ]
 
 
-def speak(text: str, voice: Voice) -> np.ndarray:
+def random_flite_voices(
+    n: int, rng: np.random.Generator, names: tuple[str, ...]
+) -> list[FliteVoice]:
+    """n flite voices of `names`, duration stretch and mean pitch drawn at random."""
+    return [
+        FliteVoice(
+            str(rng.choice(names)),
+            float(rng.uniform(*FLITE_DURATION_STRETCH)),
+            float(rng.uniform(*FLITE_PITCH_HZ)),
+        )
+        for _ in range(n)
+    ]
+
+
+def mixed_voices(n: int, rng: np.random.Generator, flite_share: float) -> list[Voice | FliteVoice]:
+    """n training voices, each a flite training voice with probability `flite_share`, else an
+    espeak-ng training voice (with none, the draws of `random_voices` alone)."""
+    if flite_share == 0.0:
+        return list(random_voices(n, rng, TRAIN_VARIANTS))
+    from_flite = rng.random(n) < flite_share
+    espeak = iter(random_voices(int((~from_flite).sum()), rng, TRAIN_VARIANTS))
+    flite = iter(random_flite_voices(int(from_flite.sum()), rng, FLITE_TRAIN_VOICES))
+    return [next(flite) if chosen else next(espeak) for chosen in from_flite]
+
+
+def speak(text: str, voice: Voice | FliteVoice) -> np.ndarray:
     """`text` spoken by `voice`: float32 mono at 16 kHz, leading and trailing silence kept."""
-    result = subprocess.run(
-        [ESPEAK, *voice.arguments(), "--stdout", text], capture_output=True, check=True
-    )
+    result = subprocess.run(voice.command(text), capture_output=True, check=True)
     audio, rate = soundfile.read(io.BytesIO(result.stdout), dtype="float32")
     return soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
 

@@ -79,9 +79,9 @@ from model.training.data import (
 )
 from model.training.synth import (
     NON_KEYWORDS,
-    TRAIN_VARIANTS,
+    FliteVoice,
     Voice,
-    random_voices,
+    mixed_voices,
     random_word_sequence,
     speak,
 )
@@ -252,10 +252,13 @@ class TrainingSources:
 
 
 def make_synthetic_pool(
-    rng: np.random.Generator, keyword_phrases: bool = True, sentences: int = SYNTHETIC_SENTENCES
+    rng: np.random.Generator,
+    keyword_phrases: bool = True,
+    sentences: int = SYNTHETIC_SENTENCES,
+    flite_share: float = 0.0,
 ) -> SyntheticPool:
     """The synthetic words, sentences and (with `keyword_phrases`) answer windows of one training
-    run (a minute or two of espeak-ng)."""
+    run (a minute or two of espeak-ng and flite), `flite_share` of them in flite's voices."""
     keyword_texts = [
         (str(text), word)
         for word in KEYWORDS
@@ -265,7 +268,7 @@ def make_synthetic_pool(
     ]
     other_texts = rng.choice(NON_KEYWORDS, SYNTHETIC_NON_KEYWORDS)
     texts = keyword_texts + [(str(text), str(text)) for text in other_texts]
-    voices = random_voices(len(texts) + sentences, rng, TRAIN_VARIANTS)
+    voices = mixed_voices(len(texts) + sentences, rng, flite_share)
     clips = [
         place_word(speak(text, voice), rng) for (text, _), voice in zip(texts, voices, strict=False)
     ]
@@ -273,7 +276,7 @@ def make_synthetic_pool(
     words = [word for _, word in texts]
     labels = [LABELS.index(word) if word in KEYWORDS else LABELS.index("unknown") for word in words]
     phrases = len(KEYWORDS) * SYNTHETIC_PHRASES_PER_WORD if keyword_phrases else 0
-    phrase_voices = random_voices(phrases, rng, TRAIN_VARIANTS)
+    phrase_voices = mixed_voices(phrases, rng, flite_share)
     for index, voice in enumerate(phrase_voices):
         word = KEYWORDS[index % len(KEYWORDS)]
         clips.append(keyword_phrase_window(word, voice, rng))
@@ -282,7 +285,9 @@ def make_synthetic_pool(
     return SyntheticPool(np.stack(clips), np.array(labels), spoken, np.array(words))
 
 
-def keyword_phrase_window(word: str, voice: Voice, rng: np.random.Generator) -> np.ndarray:
+def keyword_phrase_window(
+    word: str, voice: Voice | FliteVoice, rng: np.random.Generator
+) -> np.ndarray:
     """The 1 s window of a synthetic answer that holds its keyword: `word` spoken first or last
     in one utterance with 1-3 other words, the window starting up to PHRASE_WINDOW_MARGIN_S
     before the utterance (so before the keyword) or ending as far after it."""
@@ -619,7 +624,8 @@ class TrainingConfig:
     hard_negative_draws: int = HARD_NEGATIVE_DRAWS
     selection_modes: tuple[str, ...] = ()  # robustness modes the kept epoch is chosen under
     read_speech_dir: Path | None = DEFAULT_READ_SPEECH
-    synthetic: bool = True  # espeak-ng speech in the epochs
+    synthetic: bool = True  # espeak-ng (and flite) speech in the epochs
+    flite_share: float = 0.0  # of the synthetic utterances, spoken by flite's training voices
     keyword_phrases: bool = True  # synthetic answer windows
     continuous_scale: float = 1.0  # of the continuous-speech windows per epoch
     init_dir: Path | None = None  # fine-tune from this trained artifact
@@ -679,7 +685,9 @@ def load_training_data(config: TrainingConfig, rng: np.random.Generator) -> Trai
         [path.split("/")[0] for path in train_paths],
         load_noise(config.data_dir, "train"),
         load_read_speech(read_speech, "train")[0] if read_speech else [],
-        make_synthetic_pool(rng, config.keyword_phrases, round(SYNTHETIC_SENTENCES * scale))
+        make_synthetic_pool(
+            rng, config.keyword_phrases, round(SYNTHETIC_SENTENCES * scale), config.flite_share
+        )
         if config.synthetic
         else None,
         (
@@ -1010,6 +1018,7 @@ def per_epoch_description(config: TrainingConfig, data: TrainingData, examples: 
             "yes": SYNTHETIC_KEYWORDS_PER_EPOCH,
             "no": SYNTHETIC_KEYWORDS_PER_EPOCH,
             "unknown": SYNTHETIC_NON_KEYWORDS_PER_EPOCH,
+            "flite_share": config.flite_share,
         }
         if config.synthetic
         else None,
@@ -1177,6 +1186,14 @@ def build_parser() -> argparse.ArgumentParser:
         "share of speech clips heard through a synthetic room (reverberate)",
     )
     parser.add_argument(
+        "--flite",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the synthetic utterances spoken by flite's training voices"
+        " (synth.FLITE_TRAIN_VOICES) instead of espeak-ng's",
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         metavar="DIR",
@@ -1252,6 +1269,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         speaker_share=args.speaker_share,
         average_momentum=args.average,
         word_head_weight=args.word_head,
+        flite_share=args.flite,
     )
 
 
