@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from model.evaluation.eval_sets import (
+    FLITE,
     TELEPHONE_RATE,
     WITH_SPEECH,
     continuous_speech,
@@ -15,18 +16,55 @@ from model.evaluation.eval_sets import (
     spoken_answers,
 )
 from model.evaluation.evaluate import answers_report, label_recordings, recording_windows
-from model.training.synth import EVAL_VARIANTS, TRAIN_VARIANTS, espeak_available
+from model.training.synth import (
+    EVAL_VARIANTS,
+    FLITE_EVAL_VOICES,
+    FLITE_TRAIN_VOICES,
+    TRAIN_VARIANTS,
+    FliteVoice,
+    espeak_available,
+    flite_available,
+    mixed_voices,
+    random_voices,
+    speak,
+)
 from pipeline.cli import main
 from tests.helpers import read_output, write_wav
 
-needs_espeak = pytest.mark.skipif(
-    not espeak_available(), reason="espeak-ng is not installed (.ci/run installs it)"
+needs_synthesizers = pytest.mark.skipif(
+    not (espeak_available() and flite_available()),
+    reason="espeak-ng or flite is not installed (.ci/run installs them)",
 )
 
 
 def test_evaluation_voices_are_never_training_voices():
     assert EVAL_VARIANTS and TRAIN_VARIANTS
     assert not set(EVAL_VARIANTS) & set(TRAIN_VARIANTS)
+    assert FLITE_EVAL_VOICES and FLITE_TRAIN_VOICES
+    assert not set(FLITE_EVAL_VOICES) & set(FLITE_TRAIN_VOICES)
+
+
+def test_training_voices_mix_flite_in_at_its_share_and_without_it_draw_as_espeak_alone():
+    voices = mixed_voices(1_000, np.random.default_rng(0), 0.3)
+    flite = [voice for voice in voices if isinstance(voice, FliteVoice)]
+    assert 250 < len(flite) < 350
+    assert {voice.name for voice in flite} == set(FLITE_TRAIN_VOICES)
+    assert {voice.name.split("+")[1] for voice in voices if voice not in flite} <= set(
+        TRAIN_VARIANTS
+    )
+    # With no flite share the random stream is the one earlier training runs drew.
+    alone = random_voices(50, np.random.default_rng(1), TRAIN_VARIANTS)
+    assert mixed_voices(50, np.random.default_rng(1), 0.0) == alone
+
+
+@needs_synthesizers
+def test_a_flite_voice_speaks_at_16_khz_and_its_duration_stretch_sets_the_length():
+    fast = speak("no thank you", FliteVoice("slt", 0.8, 150.0))
+    slow = speak("no thank you", FliteVoice("slt", 1.3, 150.0))
+    assert fast.dtype == slow.dtype == np.float32
+    assert 0.05 < np.abs(fast).max() <= 1.0
+    assert 0.5 < len(fast) / 16_000 < 2.0
+    assert 1.3 < len(slow) / len(fast) < 1.9  # 1.3 / 0.8 = 1.6 for the words; pauses move less
 
 
 def test_non_speech_clips_are_fixed_per_split_and_differ_between_splits():
@@ -45,14 +83,20 @@ def test_the_reading_holds_neither_keyword_nor_its_homophone():
     assert not words & {"yes", "no", "know"}
 
 
-@needs_espeak
+@needs_synthesizers
 def test_spoken_answers_are_short_files_half_of_them_answers(data_dir):
-    sizes = {"synthetic": 24, "assembled": 24, "with_speech": 24}
+    sizes = {"synthetic": 24, "assembled": 24, "with_speech": 24, "flite": 24}
     read_speech = data_dir.parent / "read_speech"
     recordings = spoken_answers(data_dir, "val", **sizes, read_speech_dir=read_speech)
-    assert len(recordings) == 72
+    assert len(recordings) == 96
     truths = [r.truth for r in recordings]
-    assert truths.count("yes") == truths.count("no") == 18 and truths.count("none") == 36
+    assert truths.count("yes") == truths.count("no") == 24 and truths.count("none") == 48
+    # The flite kind speaks only in voices that training never uses.
+    flite = [r for r in recordings if r.kind == FLITE]
+    assert len(flite) == 24
+    assert {r.name.split()[-2] for r in flite} == set(
+        FLITE_EVAL_VOICES
+    )  # name: ... voice condition
     durations = [len(r.audio) / r.sample_rate for r in recordings]
     assert 0.5 < min(durations) and max(durations) < 6.0
     assert {r.sample_rate for r in recordings} == {16_000, TELEPHONE_RATE}
@@ -65,11 +109,13 @@ def test_spoken_answers_are_short_files_half_of_them_answers(data_dir):
     assert [r.name for r in again] == [r.name for r in recordings]
 
 
-@needs_espeak
+@needs_synthesizers
 def test_evaluation_labels_recordings_exactly_as_the_pipeline_does(
     data_dir, keyword_model, tmp_path
 ):
-    recordings = spoken_answers(data_dir, "test", synthetic=12, assembled=12, with_speech=0)
+    recordings = spoken_answers(
+        data_dir, "test", synthetic=12, assembled=12, with_speech=0, flite=0
+    )
     recordings += continuous_speech(data_dir, data_dir.parent / "read_speech", "test", 1, 1, 8.0)[
         -2:
     ]

@@ -93,7 +93,7 @@ def tiny_sizes(monkeypatch):
         monkeypatch.setattr(
             module,
             "spoken_answers",
-            functools.partial(answers, synthetic=8, assembled=8, with_speech=8),
+            functools.partial(answers, synthetic=8, assembled=8, with_speech=8, flite=8),
         )
         monkeypatch.setattr(
             module,

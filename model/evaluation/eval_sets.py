@@ -4,8 +4,9 @@ Built deterministically (a seed per split) from a split's own speakers and the e
 of `model.training.synth`, never from anything training reads:
 
 - spoken answers (`spoken_answers`): 1-5 s files that answer yes or no ("yes please", "no thank
-  you") and files that do not ("I'm not sure", "call me later"), spoken by espeak-ng, assembled
-  from the split's clips with pauses, or a keyword clip with a piece of the split's real read
+  you") and files that do not ("I'm not sure", "call me later"), spoken by espeak-ng or by
+  flite (a second synthesizer, in voices never trained on), assembled from the split's clips
+  with pauses, or a keyword clip with a piece of the split's real read
   speech before or after it; some in noise, some as 8 kHz telephone audio.
 - continuous speech (`continuous_speech`): the split's read sentences, long synthetic readings of
   public-domain text with the keywords taken out, and chains of the split's non-keyword clips
@@ -32,7 +33,15 @@ from model.training.data import (
     read_manifest,
     rms,
 )
-from model.training.synth import EVAL_VARIANTS, random_voices, speak
+from model.training.synth import (
+    EVAL_VARIANTS,
+    FLITE_EVAL_VOICES,
+    FliteVoice,
+    Voice,
+    random_flite_voices,
+    random_voices,
+    speak,
+)
 
 ANSWERS = {
     "yes": (
@@ -88,6 +97,7 @@ SEEDS = {"val": 11, "test": 23}
 EVENTS_IN_BANK = 256
 READ_SENTENCES = "read speech"  # the `kind` of continuous_speech's real read sentences
 WITH_SPEECH = "with speech"  # the `kind` of spoken answers with real speech around the keyword
+FLITE = "flite"  # the `kind` of spoken answers in flite's evaluation voices
 
 
 @dataclass(frozen=True)
@@ -160,29 +170,43 @@ def speech_piece(
             return piece
 
 
+def synthetic_answers(
+    voices: list[Voice] | list[FliteVoice],
+    kind: str,
+    noise: list[np.ndarray],
+    rng: np.random.Generator,
+) -> list[EvalRecording]:
+    """One answer or non-answer spoken by each voice, in turn yes, no and two non-answers."""
+    recordings = []
+    truths = ("yes", "no", "none", "none")
+    for index, voice in enumerate(voices):
+        truth = truths[index % 4]
+        text = str(rng.choice(NON_ANSWERS if truth == "none" else ANSWERS[truth]))
+        audio, rate, condition = as_recorded(speak(text, voice), noise, rng)
+        name = f"{kind}-{index:04d} {text!r} {voice.name} {condition}"
+        recordings.append(EvalRecording(name, audio, rate, truth, kind))
+    return recordings
+
+
 def spoken_answers(
     data_dir: Path,
     split: str,
     synthetic: int = 400,
     assembled: int = 300,
     with_speech: int = 200,
+    flite: int = 200,
     read_speech_dir: Path = DEFAULT_READ_SPEECH,
 ) -> list[EvalRecording]:
     """Spoken answers and non-answers of 1-5 s: `synthetic` spoken by espeak-ng in the evaluation
-    voices, `assembled` from the split's clips, and `with_speech` from the split's real speech
-    (a keyword clip with 0.3-1.5 s of a read sentence before or after it, as "no" + "thank
-    you"; a non-answer is the speech alone); in each, half answers (yes and no alike) and half
-    non-answers."""
+    voices, `assembled` from the split's clips, `with_speech` from the split's real speech (a
+    keyword clip with 0.3-1.5 s of a read sentence before or after it, as "no" + "thank you"; a
+    non-answer is the speech alone) and `flite` spoken by flite in its evaluation voices; in
+    each, half answers (yes and no alike) and half non-answers."""
     rng = np.random.default_rng(SEEDS[split])
     noise = load_noise(data_dir, split)
-    recordings = []
+    voices = random_voices(synthetic, rng, EVAL_VARIANTS)
+    recordings = synthetic_answers(voices, "synthetic", noise, rng)
     truths = np.array(["yes", "no", "none", "none"])
-    for index, voice in enumerate(random_voices(synthetic, rng, EVAL_VARIANTS)):
-        truth = str(truths[index % 4])
-        text = str(rng.choice(NON_ANSWERS if truth == "none" else ANSWERS[truth]))
-        audio, rate, condition = as_recorded(speak(text, voice), noise, rng)
-        name = f"synthetic-{index:04d} {text!r} {voice.accent}+{voice.variant} {condition}"
-        recordings.append(EvalRecording(name, audio, rate, truth, "synthetic"))
     clips = split_clips(data_dir, split)
     for index in range(assembled):
         truth = str(truths[index % 4])
@@ -213,7 +237,8 @@ def spoken_answers(
         audio, rate, condition = as_recorded(np.concatenate(pieces), noise, rng)
         name = f"with-speech-{index:04d} {where}, {len(speech) / SAMPLE_RATE:.1f} s {condition}"
         recordings.append(EvalRecording(name, audio, rate, truth, WITH_SPEECH))
-    return recordings
+    flite_voices = random_flite_voices(flite, rng, FLITE_EVAL_VOICES)
+    return recordings + synthetic_answers(flite_voices, FLITE, noise, rng)
 
 
 def continuous_speech(

@@ -26,6 +26,7 @@ from model.audio import read_recording, split_windows
 from model.contract import CLIP_SAMPLES, DEFAULT_ARTIFACT, LABELS, METADATA_FILE, SAMPLE_RATE
 from model.decision import KEYWORD_IDS, KEYWORDS, NO, YES, Decision, count_occurrences
 from model.evaluation.eval_sets import (
+    FLITE,
     WITH_SPEECH,
     EvalRecording,
     LongRecording,
@@ -455,7 +456,7 @@ def label_recordings(
 
 def answers_report(results: list[RecordingResult]) -> dict:
     """Answers labelled right (yes as yes, no as no) and non-answers labelled yes or no, overall
-    and by kind (synthetic, assembled, with speech) and condition."""
+    and by kind (synthetic, assembled, with speech, flite) and condition."""
 
     def figures(subset: list[RecordingResult]) -> dict:
         answers = [r for r in subset if r.recording.truth != "none"]
@@ -474,7 +475,7 @@ def answers_report(results: list[RecordingResult]) -> dict:
         "all": results,
         **{
             f"kind {k}": [r for r in results if r.recording.kind == k]
-            for k in ("synthetic", "assembled", WITH_SPEECH)
+            for k in ("synthetic", "assembled", WITH_SPEECH, FLITE)
         },
         **{
             f"condition {c}": [r for r in results if condition(r) == c]
@@ -764,7 +765,7 @@ def main() -> None:
         "--answers",
         action="store_true",
         help="label the split's spoken answers and non-answers (model.evaluation.eval_sets;"
-        " needs espeak-ng)",
+        " needs espeak-ng and flite)",
     )
     parser.add_argument(
         "--continuous",

@@ -85,10 +85,14 @@ class Voice:
     rate: int
     pitch: int
 
+    @property
+    def name(self) -> str:
+        return f"{self.accent}+{self.variant}"
+
     def command(self, text: str) -> list[str]:
         """espeak-ng's command line that writes `text` as a WAV file to stdout."""
-        voice = f"{self.accent}+{self.variant}"
-        return [ESPEAK, "-v", voice, "-s", str(self.rate), "-p", str(self.pitch), "--stdout", text]
+        rate, pitch = str(self.rate), str(self.pitch)
+        return [ESPEAK, "-v", self.name, "-s", rate, "-p", pitch, "--stdout", text]
 
 
 @dataclass(frozen=True)

@@ -1128,7 +1128,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-synthetic",
         action="store_true",
-        help="train without espeak-ng speech (which needs `apt-get install espeak-ng`)",
+        help="train without synthetic speech (which needs `apt-get install espeak-ng flite`)",
     )
     parser.add_argument(
         "--select-under",
