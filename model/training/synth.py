@@ -150,7 +150,7 @@ def mixed_voices(n: int, rng: np.random.Generator, flite_share: float) -> list[V
     """n training voices, each a flite training voice with probability `flite_share`, else an
     espeak-ng training voice (with none, the draws of `random_voices` alone)."""
     if flite_share == 0.0:
-        return list(random_voices(n, rng, TRAIN_VARIANTS))
+        return random_voices(n, rng, TRAIN_VARIANTS)
     from_flite = rng.random(n) < flite_share
     espeak = iter(random_voices(int((~from_flite).sum()), rng, TRAIN_VARIANTS))
     flite = iter(random_flite_voices(int(from_flite.sum()), rng, FLITE_TRAIN_VOICES))
