@@ -176,7 +176,7 @@ def synthetic_answers(
     noise: list[np.ndarray],
     rng: np.random.Generator,
 ) -> list[EvalRecording]:
-    """One answer or non-answer spoken by each voice, in turn yes, no and two non-answers."""
+    """One answer or non-answer spoken by each voice: yes, no, then two non-answers, repeated."""
     recordings = []
     truths = ("yes", "no", "none", "none")
     for index, voice in enumerate(voices):
