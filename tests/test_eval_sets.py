@@ -91,12 +91,10 @@ def test_spoken_answers_are_short_files_half_of_them_answers(data_dir):
     assert len(recordings) == 96
     truths = [r.truth for r in recordings]
     assert truths.count("yes") == truths.count("no") == 24 and truths.count("none") == 48
-    # The flite kind speaks only in voices that training never uses.
+    # The flite kind speaks only in voices that training never uses (name: ... voice condition).
     flite = [r for r in recordings if r.kind == FLITE]
     assert len(flite) == 24
-    assert {r.name.split()[-2] for r in flite} == set(
-        FLITE_EVAL_VOICES
-    )  # name: ... voice condition
+    assert {r.name.split()[-2] for r in flite} == set(FLITE_EVAL_VOICES)
     durations = [len(r.audio) / r.sample_rate for r in recordings]
     assert 0.5 < min(durations) and max(durations) < 6.0
     assert {r.sample_rate for r in recordings} == {16_000, TELEPHONE_RATE}

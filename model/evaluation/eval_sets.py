@@ -98,6 +98,8 @@ EVENTS_IN_BANK = 256
 READ_SENTENCES = "read speech"  # the `kind` of continuous_speech's real read sentences
 WITH_SPEECH = "with speech"  # the `kind` of spoken answers with real speech around the keyword
 FLITE = "flite"  # the `kind` of spoken answers in flite's evaluation voices
+# Each kind of spoken answers cycles through these truths: half answers, half non-answers.
+TRUTHS = ("yes", "no", "none", "none")
 
 
 @dataclass(frozen=True)
@@ -178,9 +180,8 @@ def synthetic_answers(
 ) -> list[EvalRecording]:
     """One answer or non-answer spoken by each voice: yes, no, then two non-answers, repeated."""
     recordings = []
-    truths = ("yes", "no", "none", "none")
     for index, voice in enumerate(voices):
-        truth = truths[index % 4]
+        truth = TRUTHS[index % len(TRUTHS)]
         text = str(rng.choice(NON_ANSWERS if truth == "none" else ANSWERS[truth]))
         audio, rate, condition = as_recorded(speak(text, voice), noise, rng)
         name = f"{kind}-{index:04d} {text!r} {voice.name} {condition}"
@@ -206,10 +207,9 @@ def spoken_answers(
     noise = load_noise(data_dir, split)
     voices = random_voices(synthetic, rng, EVAL_VARIANTS)
     recordings = synthetic_answers(voices, "synthetic", noise, rng)
-    truths = np.array(["yes", "no", "none", "none"])
     clips = split_clips(data_dir, split)
     for index in range(assembled):
-        truth = str(truths[index % 4])
+        truth = TRUTHS[index % len(TRUTHS)]
         words = [clips["unknown"][i] for i in rng.integers(len(clips["unknown"]), size=3)]
         count = int(rng.integers(1, 4))
         if truth == "none":
@@ -224,7 +224,7 @@ def spoken_answers(
         recordings.append(EvalRecording(name, audio, rate, truth, "assembled"))
     sentences = load_read_speech(read_speech_dir, split)[0] if with_speech else []
     for index in range(with_speech):
-        truth = str(truths[index % 4])
+        truth = TRUTHS[index % len(TRUTHS)]
         speech = speech_piece(sentences, rng.uniform(0.3, 1.5), rng)
         gap = silence_gap(rng, 0.0, 0.3)
         if truth == "none":

@@ -105,10 +105,21 @@ class FliteVoice:
 
     def command(self, text: str) -> list[str]:
         """flite's command line that writes `text` as a WAV file to stdout."""
-        settings = [f"duration_stretch={self.duration_stretch:.3f}"]
-        settings.append(f"int_f0_target_mean={self.pitch_hz:.1f}")
-        options = [option for setting in settings for option in ("--setf", setting)]
-        return [FLITE, "-voice", self.name, *options, "-t", text, "-o", "/dev/stdout"]
+        stretch = f"duration_stretch={self.duration_stretch:.3f}"
+        pitch = f"int_f0_target_mean={self.pitch_hz:.1f}"
+        return [
+            FLITE,
+            "-voice",
+            self.name,
+            "--setf",
+            stretch,
+            "--setf",
+            pitch,
+            "-t",
+            text,
+            "-o",
+            "/dev/stdout",
+        ]
 
 
 def espeak_available() -> bool:
