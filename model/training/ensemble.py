@@ -59,29 +59,25 @@ class FineTuning:
 
 @dataclass(frozen=True)
 class MemberRecipe:
-    """How one member is trained: `model.training.train` with this architecture, epochs, babble
-    share (the share of noisy training clips mixed with babble instead of a noise recording),
-    whether it learns from synthetic answer windows (`--no-keyword-phrases` when not), an
-    optional fine-tuning, the share of speech clips played faster or slower (`--speed`), and
-    the momentum of a moving average of the weights that is validated and kept instead of the
-    last step's weights (`--average`; None: no average), the unknown words drawn more often
-    than the others and how many times (`--hard-negatives`, `--hard-negative-draws`), and the
-    weight of a head that names each example's own word (`--word-head`; 0: none), and the share
-    of speech clips heard through a synthetic room (`--reverb`), and the share of synthetic
-    utterances spoken by flite instead of espeak-ng (`--flite`)."""
+    """How one member is trained: the `model.training.train` options of its run (and of an
+    optional second run from its weights)."""
 
     architecture: str
     epochs: int
-    babble_share: float
-    keyword_phrases: bool
+    babble_share: float  # noisy training clips mixed with babble instead of a noise recording
+    keyword_phrases: bool  # learns from synthetic answer windows (else --no-keyword-phrases)
     fine_tuning: FineTuning | None = None
-    speed_share: float = 0.0
+    speed_share: float = 0.0  # speech clips played faster or slower (--speed)
+    # Momentum of a moving average of the weights, validated and kept instead of the last
+    # step's weights (--average); None: no average.
     average_momentum: float | None = None
+    # Unknown words drawn more often than the others, and how many times (--hard-negatives,
+    # --hard-negative-draws).
     hard_negatives: tuple[str, ...] = HARD_NEGATIVE_WORDS
     hard_negative_draws: int = HARD_NEGATIVE_DRAWS
-    word_head_weight: float = 0.0
-    reverb_share: float = 0.0
-    flite_share: float = 0.0
+    word_head_weight: float = 0.0  # a head naming each example's own word (--word-head); 0: none
+    reverb_share: float = 0.0  # speech clips heard through a synthetic room (--reverb)
+    flite_share: float = 0.0  # synthetic utterances spoken by flite, not espeak-ng (--flite)
 
 
 # The same DS-CNN on raw and on loudness-normalised input (model/README.md): the second is
