@@ -156,6 +156,45 @@ def test_the_training_path_makes_an_artifact_the_labeller_serves(
     assert all(row["label"] in LABELS for row in rows if row["error"] is None)
 
 
+def test_refreshing_the_shipped_ensemble_fine_tunes_each_member_from_its_own_weights(
+    tiny_data, tiny_read_speech, tiny_sizes, monkeypatch, tmp_path
+):
+    """`ensemble --start-from`: the shipped networks split into artifacts that give, averaged,
+    what the shipped model gives on real clips; each then fine-tuned from its own weights with
+    its recipe's choices (one epoch here)."""
+    import numpy as np
+
+    from model.contract import DEFAULT_ARTIFACT
+    from model.serving import TOLERANCE, saved_model_predictor
+    from model.training import ensemble
+    from model.training.data import load_split
+
+    monkeypatch.setattr(ensemble, "REFRESH_EPOCHS", 1)
+    members_dir = tmp_path / "members"
+    refreshed = ensemble.train_members(
+        tiny_data, members_dir, 0, tiny_read_speech, start_from=DEFAULT_ARTIFACT
+    )
+
+    recipes = ensemble.MEMBERS
+    assert [path.name for path in refreshed] == [f"{r.architecture}-refreshed" for r in recipes]
+    starts = [members_dir / f"{recipe.architecture}-start" for recipe in recipes]
+    clips = load_split(tiny_data, "val")[0]
+    split = np.mean([KeywordModel(start).predict(clips) for start in starts], axis=0)
+    shipped = saved_model_predictor(str(DEFAULT_ARTIFACT))(clips)  # the networks alone
+    assert np.max(np.abs(split - shipped)) <= TOLERANCE
+    for path, start, recipe in zip(refreshed, starts, recipes, strict=True):
+        training = json.loads((path / METADATA_FILE).read_text())["training"]
+        assert training["initialised_from"] == KeywordModel(start).version
+        assert training["epochs"] == 1 and training["optimizer"].startswith(
+            f"Adam, cosine decay from {ensemble.REFRESH_PEAK_LEARNING_RATE}"
+        )
+        assert training["augmentation"]["babble_share"] == recipe.babble_share
+        tuning = recipe.fine_tuning
+        assert training["augmentation"]["non_speech_share"] == (
+            tuning.non_speech_share if tuning else 0.0
+        )
+
+
 def test_tuning_the_verifier_writes_an_artifact_the_labeller_serves(
     tiny_data, tiny_read_speech, monkeypatch, tmp_path
 ):

@@ -223,20 +223,38 @@ def check_onnx(artifact_dir: str | Path, waveforms: np.ndarray, batch_size: int 
 
 
 def rebuild_keras_model(saved_model_dir: str | Path, architecture: str) -> keras.Model:
-    """A Keras model with the weights of an exported SavedModel, for artifacts trained earlier.
+    """A Keras model with the weights of an exported one-network SavedModel
+    (rebuild_keras_models)."""
+    return rebuild_keras_models(saved_model_dir, [architecture])[0]
 
-    Keras 3 cannot reload the SavedModel, so the architecture is rebuilt with
-    `model.training.architecture.build_model` and every variable of the serving signature is
-    assigned by name (`conv/kernel:0` -> `conv/kernel`); the names and shapes must match exactly.
+
+def rebuild_keras_models(saved_model_dir: str | Path, architectures: list[str]) -> list:
+    """Keras models with the weights of an exported SavedModel of one network or an ensemble,
+    one per architecture in the order of its members.
+
+    Keras 3 cannot reload the SavedModel, so each architecture is rebuilt with
+    `model.training.architecture.build_model`. The serving signature lists its variables member
+    after member; each member's are assigned by name (`conv/kernel:0` -> `conv/kernel`), and
+    the names and shapes must match exactly.
     """
     import tensorflow as tf
 
     from model.training.architecture import build_model
 
     loaded = tf.saved_model.load(str(saved_model_dir))  # keep alive: the signature holds weak refs
-    saved = loaded.signatures[SIGNATURE].variables
-    values = {variable.name.removesuffix(":0"): variable.numpy() for variable in saved}
-    model = build_model(architecture)
+    saved = list(loaded.signatures[SIGNATURE].variables)
+    models = [build_model(architecture) for architecture in architectures]
+    if len(saved) != sum(len(model.weights) for model in models):
+        raise ValueError(f"{len(saved)} saved variables are not those of {architectures}")
+    for model in models:
+        member, saved = saved[: len(model.weights)], saved[len(model.weights) :]
+        assign_by_name(model, {variable.name.removesuffix(":0"): variable for variable in member})
+    return models
+
+
+def assign_by_name(model: keras.Model, values: dict) -> None:
+    """Give each weight of `model` the value of the same name in `values` (arrays or
+    variables), which must hold exactly its weights, of the same shapes."""
     weights = {weight.path: weight for weight in model.weights}
     if set(values) != set(weights):
         raise ValueError(
@@ -244,10 +262,10 @@ def rebuild_keras_model(saved_model_dir: str | Path, architecture: str) -> keras
             f"only rebuilt {sorted(set(weights) - set(values))}"
         )
     for name, weight in weights.items():
-        if tuple(weight.shape) != values[name].shape:
-            raise ValueError(f"{name}: saved {values[name].shape} != rebuilt {weight.shape}")
-        weight.assign(values[name])
-    return model
+        value = np.asarray(values[name])
+        if tuple(weight.shape) != value.shape:
+            raise ValueError(f"{name}: saved {value.shape} != rebuilt {weight.shape}")
+        weight.assign(value)
 
 
 def write_onnx(artifact_dir: Path, members: list[Member], waveforms: np.ndarray) -> dict:

@@ -9,8 +9,10 @@ probabilities (each member's own val-fitted temperature folded in): a SavedModel
 networks and a model.onnx checked against it, like any artifact, so the pipeline serves it
 unchanged; and chooses its keyword decision (context rule and thresholds) on val
 (`model.evaluation.thresholds`). With `--members DIR ...` it combines artifacts trained before
-instead. Test figures are measured and stored for the report only; which members to combine was
-decided on val (model/README.md).
+instead. With `--start-from ARTIFACT` it fine-tunes the members of an ensemble trained before on
+the data, each from its own weights (refresh_member), rather than training them from scratch. Test
+figures are measured and stored for the report only; which members to combine was decided on val
+(model/README.md).
 """
 
 import argparse
@@ -19,7 +21,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from model.contract import METADATA_FILE
+import numpy as np
+
+from model.contract import CLIP_SAMPLES, METADATA_FILE
 from model.evaluation.evaluate import (
     DEFAULT_DATA,
     expected_calibration_error,
@@ -43,6 +47,10 @@ from model.training.train import (
 )
 
 DEFAULT_OUT = Path("model/artifacts/yesno")
+# Fine-tuning the members of an ensemble trained before on the data (--start-from): epochs and
+# peak learning rate of each member's run from its own weights.
+REFRESH_EPOCHS = 8
+REFRESH_PEAK_LEARNING_RATE = 1e-3
 CHECK_WINDOWS = 64  # val windows on which the reloaded SavedModel must match the Keras models
 
 
@@ -113,58 +121,129 @@ def train_members(
     seed: int,
     read_speech_dir: Path = DEFAULT_READ_SPEECH,
     architectures: tuple[str, ...] | None = None,
+    start_from: Path | None = None,
 ) -> list[Path]:
     """Train each member of MEMBERS (those of `architectures` only, when given) into
-    members_dir/<architecture> (a fine-tuned one into members_dir/<architecture>-tuned), each
-    run resuming from its checkpoint and a finished run kept; returns the paths of the members
-    to combine."""
+    members_dir/<architecture> (a fine-tuned one into members_dir/<architecture>-tuned); with
+    `start_from`, an ensemble trained before, fine-tune its members instead (refresh_member).
+    Each run resumes from its checkpoint and a finished run is kept; returns the paths of the
+    members to combine."""
+    recipes = [r for r in MEMBERS if architectures is None or r.architecture in architectures]
+    starts = (
+        split_members(start_from, members_dir, [recipe.architecture for recipe in recipes])
+        if start_from
+        else {}
+    )
     paths = []
-    for recipe in MEMBERS:
-        if architectures is not None and recipe.architecture not in architectures:
-            continue
-        path = members_dir / recipe.architecture
-        augmentation = AUGMENTATION | {
+    for recipe in recipes:
+        config = member_config(recipe, data_dir, seed, read_speech_dir)
+        if start_from:
+            paths.append(refresh_member(recipe, config, starts[recipe.architecture], members_dir))
+        else:
+            paths.append(train_member(recipe, config, members_dir))
+    return paths
+
+
+def member_config(
+    recipe: MemberRecipe, data_dir: Path, seed: int, read_speech_dir: Path
+) -> TrainingConfig:
+    """The training run of a member's recipe, from scratch."""
+    return TrainingConfig(
+        data_dir=data_dir,
+        seed=seed,
+        epochs=recipe.epochs,
+        architecture=recipe.architecture,
+        augmentation=AUGMENTATION
+        | {
             "babble_share": recipe.babble_share,
             "speed_share": recipe.speed_share,
             "reverb_share": recipe.reverb_share,
-        }
-        # What both runs of a member share: its recipe's training choices.
-        recipe_options = {
-            "hard_negatives": recipe.hard_negatives,
-            "hard_negative_draws": recipe.hard_negative_draws,
-            "read_speech_dir": read_speech_dir,
-            "keyword_phrases": recipe.keyword_phrases,
-            "average_momentum": recipe.average_momentum,
-            "word_head_weight": recipe.word_head_weight,
-            "flite_share": recipe.flite_share,
-        }
-        config = TrainingConfig(
-            data_dir=data_dir,
-            seed=seed,
-            epochs=recipe.epochs,
-            architecture=recipe.architecture,
-            augmentation=augmentation,
-            **recipe_options,
+        },
+        hard_negatives=recipe.hard_negatives,
+        hard_negative_draws=recipe.hard_negative_draws,
+        read_speech_dir=read_speech_dir,
+        keyword_phrases=recipe.keyword_phrases,
+        average_momentum=recipe.average_momentum,
+        word_head_weight=recipe.word_head_weight,
+        flite_share=recipe.flite_share,
+    )
+
+
+def train_member(recipe: MemberRecipe, config: TrainingConfig, members_dir: Path) -> Path:
+    """The member trained from scratch, then fine-tuned from its weights if its recipe says so
+    (the same choices, its FineTuning's epochs, learning rate and non-speech share)."""
+    path = members_dir / recipe.architecture
+    if not trained_already(path, config.seed, config.epochs):
+        train(config, path)
+    tuning = recipe.fine_tuning
+    if not tuning:
+        return path
+    tuned = members_dir / f"{recipe.architecture}-tuned"
+    if not trained_already(tuned, config.seed, tuning.epochs):
+        tuning_config = replace(
+            config,
+            epochs=tuning.epochs,
+            augmentation=config.augmentation | {"non_speech_share": tuning.non_speech_share},
+            init_dir=path,
+            peak_learning_rate=tuning.peak_learning_rate,
         )
-        if not trained_already(path, seed, recipe.epochs):
-            train(config, path)
-        tuning = recipe.fine_tuning
-        if tuning:
-            tuned = members_dir / f"{recipe.architecture}-tuned"
-            if trained_already(tuned, seed, tuning.epochs):
-                paths.append(tuned)
-                continue
-            tuning_config = replace(
-                config,
-                epochs=tuning.epochs,
-                augmentation=augmentation | {"non_speech_share": tuning.non_speech_share},
-                init_dir=path,
-                peak_learning_rate=tuning.peak_learning_rate,
-            )
-            train(tuning_config, tuned)
-            path = tuned
-        paths.append(path)
-    return paths
+        train(tuning_config, tuned)
+    return tuned
+
+
+def refresh_member(
+    recipe: MemberRecipe, config: TrainingConfig, start: Path, members_dir: Path
+) -> Path:
+    """A member of an ensemble trained before (`start`, from split_members) fine-tuned on the
+    data for REFRESH_EPOCHS from its own weights, with its recipe's choices and its
+    fine-tuning's non-speech share, into members_dir/<architecture>-refreshed."""
+    path = members_dir / f"{recipe.architecture}-refreshed"
+    if not trained_already(path, config.seed, REFRESH_EPOCHS):
+        non_speech = recipe.fine_tuning.non_speech_share if recipe.fine_tuning else 0.0
+        refresh_config = replace(
+            config,
+            epochs=REFRESH_EPOCHS,
+            augmentation=config.augmentation | {"non_speech_share": non_speech},
+            init_dir=start,
+            peak_learning_rate=REFRESH_PEAK_LEARNING_RATE,
+        )
+        train(refresh_config, path)
+    return path
+
+
+def split_members(artifact: Path, members_dir: Path, architectures: list[str]) -> dict[str, Path]:
+    """The networks of the ensemble `artifact` whose architectures are named, each as an
+    artifact of its own (its temperature and training record kept) in
+    members_dir/<architecture>-start, where `model.training.train --init` can start from it."""
+    configure_tensorflow(seed=0)
+    from model.export.artifact import artifact_metadata, export_saved_model, write_metadata
+    from model.export.onnx_export import rebuild_keras_models
+
+    metadata = json.loads((artifact / METADATA_FILE).read_text())
+    described = metadata["architecture"].get("members", [metadata["architecture"]])
+    missing = set(architectures) - {member["name"] for member in described}
+    if missing:
+        raise ValueError(f"{artifact} has no member of architecture {sorted(missing)}")
+    networks = rebuild_keras_models(artifact, [member["name"] for member in described])
+    temperatures = metadata["calibration"]["member_temperatures"]
+    check = np.random.default_rng(0).normal(0.0, 0.1, (8, CLIP_SAMPLES)).astype(np.float32)
+    starts = {}
+    for network, temperature, architecture, training in zip(
+        networks, temperatures, described, metadata["training"]["members"], strict=True
+    ):
+        if architecture["name"] not in architectures:
+            continue
+        path = members_dir / f"{architecture['name']}-start"
+        export_saved_model([(network, temperature)], path, check)
+        fields = {"temperature": temperature}
+        write_metadata(
+            path,
+            artifact_metadata(
+                path, architecture=architecture, calibration=fields, training=training
+            ),
+        )
+        starts[architecture["name"]] = path
+    return starts
 
 
 def combine(member_dirs: list[Path], out_dir: Path, data_dir: Path, read_speech_dir: Path) -> dict:
@@ -246,13 +325,24 @@ def main() -> None:
         help="train only these members and do not combine: run one process per member to"
         " train them side by side, then the command without --only combines them",
     )
+    parser.add_argument(
+        "--start-from",
+        type=Path,
+        metavar="ARTIFACT",
+        help=f"fine-tune the members of this trained ensemble on the data ({REFRESH_EPOCHS}"
+        " epochs each, from its own weights) instead of training them from scratch",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     members_dir = args.out.with_name(args.out.name + "-members")
     if args.only:
-        train_members(args.data, members_dir, args.seed, args.read_speech, tuple(args.only))
+        train_members(
+            args.data, members_dir, args.seed, args.read_speech, tuple(args.only), args.start_from
+        )
         return
-    member_dirs = args.members or train_members(args.data, members_dir, args.seed, args.read_speech)
+    member_dirs = args.members or train_members(
+        args.data, members_dir, args.seed, args.read_speech, start_from=args.start_from
+    )
     combine(member_dirs, args.out, args.data, args.read_speech)
     print(f"total {time.monotonic() - started:.0f}s")
 
