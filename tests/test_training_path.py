@@ -195,6 +195,16 @@ def test_refreshing_the_shipped_ensemble_fine_tunes_each_member_from_its_own_wei
         )
 
 
+def test_refreshing_one_network_is_refused_with_the_command_that_fine_tunes_it(tmp_path):
+    from model.training import ensemble
+
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    (artifact / METADATA_FILE).write_text(json.dumps({"architecture": {"name": "ds-cnn-m"}}))
+    with pytest.raises(ValueError, match="not an ensemble: use train --init"):
+        ensemble.split_members(artifact, tmp_path / "members", ["ds-cnn-m"])
+
+
 def test_tuning_the_verifier_writes_an_artifact_the_labeller_serves(
     tiny_data, tiny_read_speech, monkeypatch, tmp_path
 ):

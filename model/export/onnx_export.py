@@ -228,7 +228,9 @@ def rebuild_keras_model(saved_model_dir: str | Path, architecture: str) -> keras
     return rebuild_keras_models(saved_model_dir, [architecture])[0]
 
 
-def rebuild_keras_models(saved_model_dir: str | Path, architectures: list[str]) -> list:
+def rebuild_keras_models(
+    saved_model_dir: str | Path, architectures: list[str]
+) -> list[keras.Model]:
     """Keras models with the weights of an exported SavedModel of one network or an ensemble,
     one per architecture in the order of its members.
 

@@ -220,7 +220,9 @@ def split_members(artifact: Path, members_dir: Path, architectures: list[str]) -
     from model.export.onnx_export import rebuild_keras_models
 
     metadata = json.loads((artifact / METADATA_FILE).read_text())
-    described = metadata["architecture"].get("members", [metadata["architecture"]])
+    if "members" not in metadata["architecture"]:
+        raise ValueError(f"{artifact} is one network, not an ensemble: use train --init")
+    described = metadata["architecture"]["members"]
     missing = set(architectures) - {member["name"] for member in described}
     if missing:
         raise ValueError(f"{artifact} has no member of architecture {sorted(missing)}")
